@@ -1,0 +1,97 @@
+"""The one interface every backend implements, and the registry that picks one by name.
+
+A backend is an object; a network holds its own (no global state). Arrays go in and come out
+in NCHW float32 (the `ref` backend also runs in float64 to serve as ground truth). Weights are
+prepared once at load time (`prepare_conv`, `prepare_connected`): that is where a backend folds
+batchnorm, packs weights into its preferred layout or copies them to the GPU. The prepared
+object is opaque to the caller and only handed back to the same backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from kern.errors import KernError
+from kern.params import BatchNorm
+
+
+class Backend(Protocol):
+    name: str
+
+    def asarray(self, x: np.ndarray) -> Any:
+        """Host NCHW array -> this backend's array (a copy on the GPU for cuda)."""
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """This backend's array -> a host NumPy array."""
+
+    def prepare_conv(
+        self,
+        weights: np.ndarray,
+        bias: np.ndarray,
+        bn: BatchNorm | None,
+        *,
+        stride: int,
+        padding: int,
+        groups: int,
+        activation: str,
+    ) -> Any:
+        """Weights OIHW (I = input channels / groups), bias [O]; returns a prepared conv."""
+
+    def conv2d(self, x: Any, conv: Any) -> Any:
+        """activation(batchnorm(conv(x, weights)) + bias), NCHW -> NCHW."""
+
+    def prepare_connected(
+        self, weights: np.ndarray, bias: np.ndarray, bn: BatchNorm | None, *, activation: str
+    ) -> Any:
+        """Weights [outputs][inputs] (row-major, as Darknet applies them), bias [outputs]."""
+
+    def connected(self, x: Any, fc: Any) -> Any:
+        """activation(W @ flatten(x) + b) per image: (N, C, H, W) -> (N, outputs, 1, 1)."""
+
+    def maxpool(self, x: Any, *, size: int, stride: int, padding: int) -> Any:
+        """Darknet max pooling; padding is the total, the window starts at -padding//2."""
+
+    def avgpool(self, x: Any) -> Any:
+        """Global average over H and W: (N, C, H, W) -> (N, C, 1, 1)."""
+
+    def softmax(self, x: Any, *, groups: int, temperature: float) -> Any:
+        """Softmax over each of `groups` equal slices of every flattened image."""
+
+    def shortcut(
+        self, x: Any, source: Any, *, alpha: float, beta: float, activation: str
+    ) -> Any:
+        """Darknet's residual add: activation(alpha*x + beta*source) on the common part."""
+
+    def route(self, xs: Sequence[Any]) -> Any:
+        """Concatenate along channels (all inputs share N, H and W)."""
+
+    def crop(self, x: Any, *, height: int, width: int, scale: float, shift: float) -> Any:
+        """Centre crop to height x width, then x*scale + shift."""
+
+    def activate(self, x: Any, activation: str) -> Any:
+        """Apply one of kern.params.ACTIVATIONS element-wise."""
+
+
+# Explicit registry: backend name -> "module:class". Imported lazily, so that `ref` and `cpu`
+# never import cupy and `ref` never compiles Numba code.
+BACKENDS = {
+    "ref": "kern.ref:RefBackend",
+    "cpu": "kern.cpu:CpuBackend",
+    "cuda": "kern.cuda:CudaBackend",
+}
+
+
+def get_backend(name: str, **options: Any) -> Backend:
+    """Make the backend called `name` ('ref', 'cpu', 'cuda'); raises KernError if unavailable."""
+    if name not in BACKENDS:
+        raise KernError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    module_name, class_name = BACKENDS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise KernError(f"backend {name!r} is not available: {error}") from None
+    return getattr(module, class_name)(**options)

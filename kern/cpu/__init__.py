@@ -1,0 +1,112 @@
+"""The Numba CPU backend: hand-written parallel kernels, no BLAS.
+
+Weights are prepared once: batchnorm folded in, conv weights packed to whole 4-row tiles.
+`threads` caps Numba's worker threads for this backend's calls (None: all cores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from kern.cpu import conv, elementwise, pool
+from kern.cpu.connected import connected, pack_connected
+from kern.errors import KernError
+from kern.params import activation_code, fold_batchnorm
+
+
+@dataclass(frozen=True)
+class CpuConv:
+    packed: np.ndarray  # (groups, filters/groups padded to 4, C/groups*K*K)
+    bias: np.ndarray
+    filters: int
+    ksize: int
+    stride: int
+    padding: int
+    act: int
+
+
+@dataclass(frozen=True)
+class CpuConnected:
+    packed: np.ndarray
+    bias: np.ndarray
+    outputs: int
+    act: int
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self, threads: int | None = None) -> None:
+        available = numba.config.NUMBA_NUM_THREADS
+        if threads is not None and not 1 <= threads <= available:
+            raise KernError(f"--threads {threads}: expected 1..{available} on this machine")
+        self.threads = threads or available
+
+    def _use_threads(self) -> None:
+        # Numba's thread count is per calling thread; set it for each call of this backend.
+        numba.set_num_threads(self.threads)
+
+    def asarray(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
+        w, b = fold_batchnorm(weights, bias, bn)
+        return CpuConv(
+            conv.pack_weights(w, groups), b, w.shape[0], w.shape[2], stride, padding,
+            activation_code(activation),
+        )
+
+    def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
+        self._use_threads()
+        return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
+
+    def prepare_connected(self, weights, bias, bn, *, activation) -> CpuConnected:
+        w, b = fold_batchnorm(weights, bias, bn)
+        return CpuConnected(pack_connected(w), b, w.shape[0], activation_code(activation))
+
+    def connected(self, x: np.ndarray, fc: CpuConnected) -> np.ndarray:
+        self._use_threads()
+        return connected(x, fc.packed, fc.bias, fc.outputs, fc.act)
+
+    def maxpool(self, x, *, size, stride, padding):
+        self._use_threads()
+        return pool.maxpool(x, size, stride, padding)
+
+    def avgpool(self, x):
+        self._use_threads()
+        return pool.avgpool(x)
+
+    def softmax(self, x, *, groups, temperature):
+        self._use_threads()
+        return elementwise.softmax(x, groups, float(temperature))
+
+    def shortcut(self, x, source, *, alpha, beta, activation):
+        self._use_threads()
+        return elementwise.shortcut(x, source, float(alpha), float(beta), activation_code(activation))
+
+    def route(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        self._use_threads()
+        first = xs[0]
+        out = np.empty(
+            (first.shape[0], sum(x.shape[1] for x in xs)) + first.shape[2:], dtype=np.float32
+        )
+        channel = 0
+        for x in xs:
+            elementwise.copy_channels(x, out, channel)
+            channel += x.shape[1]
+        return out
+
+    def crop(self, x, *, height, width, scale, shift):
+        self._use_threads()
+        return elementwise.crop(x, height, width, float(scale), float(shift))
+
+    def activate(self, x, activation):
+        self._use_threads()
+        return elementwise.activate(x, activation_code(activation))

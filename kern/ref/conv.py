@@ -1,0 +1,85 @@
+"""Convolution, the plain way: first as the obvious loops, then as im2col + one matrix product.
+
+Shapes: x is (N, C, H, W); weights are (F, C/groups, K, K) (OIHW, Darknet's file order);
+the output is (N, F, OH, OW) with OH = (H + 2*padding - K)//stride + 1.
+
+Worked example of im2col (one channel, 3x3 input, 2x2 filter, stride 1, no padding):
+
+    x = a b c      columns (one per output pixel, one row per filter tap):
+        d e f        tap (0,0): a b d e
+        g h i        tap (0,1): b c e f
+                     tap (1,0): d e g h
+                     tap (1,1): e f h i
+    Then out[f, pixel] = sum over taps of w[f, tap] * column[tap, pixel]: a matrix product
+    (F x taps) @ (taps x pixels). With C channels and groups, taps = C/groups * K * K.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kern.params import conv_output_size
+
+
+def conv2d_loops(
+    x: np.ndarray, weights: np.ndarray, stride: int, padding: int, groups: int
+) -> np.ndarray:
+    """Seven nested loops, exactly the definition. Slow: for tests on tiny shapes only."""
+    n_images, channels, height, width = x.shape
+    filters, group_channels, ksize, _ = weights.shape
+    out_h = conv_output_size(height, ksize, stride, padding)
+    out_w = conv_output_size(width, ksize, stride, padding)
+    filters_per_group = filters // groups
+    out = np.zeros((n_images, filters, out_h, out_w), dtype=np.float64)
+    for n in range(n_images):
+        for f in range(filters):
+            group = f // filters_per_group
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    total = 0.0
+                    for c in range(group_channels):
+                        for ky in range(ksize):
+                            for kx in range(ksize):
+                                iy = oy * stride - padding + ky
+                                ix = ox * stride - padding + kx
+                                if 0 <= iy < height and 0 <= ix < width:
+                                    channel = group * group_channels + c
+                                    total += weights[f, c, ky, kx] * x[n, channel, iy, ix]
+                    out[n, f, oy, ox] = total
+    return out.astype(x.dtype)
+
+
+def im2col(x: np.ndarray, ksize: int, stride: int, padding: int) -> np.ndarray:
+    """(C, H, W) -> (C*K*K, OH*OW): one column of input taps per output pixel."""
+    channels, height, width = x.shape
+    out_h = conv_output_size(height, ksize, stride, padding)
+    out_w = conv_output_size(width, ksize, stride, padding)
+    padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
+    columns = np.empty((channels, ksize, ksize, out_h, out_w), dtype=x.dtype)
+    for ky in range(ksize):
+        for kx in range(ksize):
+            rows = slice(ky, ky + stride * (out_h - 1) + 1, stride)
+            cols = slice(kx, kx + stride * (out_w - 1) + 1, stride)
+            columns[:, ky, kx] = padded[:, rows, cols]
+    return columns.reshape(channels * ksize * ksize, out_h * out_w)
+
+
+def conv2d_im2col(
+    x: np.ndarray, weights: np.ndarray, stride: int, padding: int, groups: int
+) -> np.ndarray:
+    """Per image and group: (F/groups x taps) @ im2col (taps x pixels). Darknet's own method."""
+    n_images, channels, height, width = x.shape
+    filters, group_channels, ksize, _ = weights.shape
+    out_h = conv_output_size(height, ksize, stride, padding)
+    out_w = conv_output_size(width, ksize, stride, padding)
+    filters_per_group = filters // groups
+    out = np.empty((n_images, filters, out_h * out_w), dtype=x.dtype)
+    for n in range(n_images):
+        for g in range(groups):
+            inputs = x[n, g * group_channels : (g + 1) * group_channels]
+            columns = im2col(inputs, ksize, stride, padding)
+            w = weights[g * filters_per_group : (g + 1) * filters_per_group]
+            out[n, g * filters_per_group : (g + 1) * filters_per_group] = (
+                w.reshape(filters_per_group, -1) @ columns
+            )
+    return out.reshape(n_images, filters, out_h, out_w)

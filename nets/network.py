@@ -1,0 +1,125 @@
+"""Build a network from cfg sections (shapes checked, Darknet's layer table), and run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kern.backend import Backend
+from kern.errors import KernError
+from nets.cfg import Section
+from nets.layers import BUILDERS, TRAINING_ONLY, Layer, Shape
+
+# [net] options that only training reads.
+NET_TRAINING_ONLY = frozenset(
+    "batch subdivisions momentum decay learning_rate policy power max_batches angle hue "
+    "saturation exposure aspect max_crop min_crop burn_in steps scales step gamma time_steps "
+    "notruth random adam B1 B2 eps center inputs clip flip rate max_ratio min_ratio".split()
+)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What a cfg describes: the input shape and the layers, with every shape checked."""
+
+    cfg_path: str
+    input_shape: Shape
+    layers: tuple[Layer, ...]
+
+    @property
+    def outputs(self) -> int:
+        return int(np.prod(self.layers[-1].out_shape))
+
+    @property
+    def flops(self) -> float:
+        return sum(layer.flops for layer in self.layers)
+
+    def table(self) -> str:
+        """Darknet's layer table (index, type, filters, size, input -> output, BFLOPs)."""
+        lines = ["layer     filters    size              input                output"]
+        lines += ["%5d %s" % (layer.index, layer.describe()) for layer in self.layers]
+        lines.append("Total BFLOPs %.3f" % (self.flops / 1e9))
+        return "\n".join(lines)
+
+
+def build_network(sections: list[Section]) -> NetworkSpec:
+    net = sections[0]
+    shape = (
+        _positive(net, "channels", 0), _positive(net, "height", 0), _positive(net, "width", 0)
+    )
+    net.check_unknown(NET_TRAINING_ONLY)
+    input_shape = shape
+    layers: list[Layer] = []
+    shapes: list[Shape] = []
+    for index, section in enumerate(sections[1:]):
+        builder = BUILDERS.get(section.name)
+        if builder is None:
+            raise KernError(
+                f"{section.where()}: unknown layer type [{section.name}]; expected one of "
+                + ", ".join(f"[{name}]" for name in sorted(set(BUILDERS)))
+            )
+        layer = builder(section, index, shape, shapes)
+        section.check_unknown(TRAINING_ONLY.get(builder.__name__.removeprefix("build_"), frozenset()))
+        layers.append(layer)
+        shapes.append(layer.out_shape)
+        shape = layer.out_shape
+    if not layers:
+        raise KernError(f"{net.path}: no layers after [net]")
+    return NetworkSpec(net.path, input_shape, tuple(layers))
+
+
+def _positive(section: Section, key: str, default: int) -> int:
+    value = section.integer(key, default)
+    if value < 1:
+        raise section.error(f"needs a positive {key}=", key)
+    return value
+
+
+class Network:
+    """A network ready to run: its layers' parameters prepared on its own backend."""
+
+    def __init__(
+        self, spec: NetworkSpec, values: list[dict[str, np.ndarray]], backend: Backend
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.prepared = [layer.prepare(backend, v) for layer, v in zip(spec.layers, values)]
+        # Outputs read again later (route, shortcut) are kept; all others are dropped at once.
+        self.kept = frozenset(i for layer in spec.layers for i in layer.sources())
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.spec.input_shape
+
+    def forward(self, images: np.ndarray, until: int | None = None) -> np.ndarray:
+        """Images (N, C, H, W) or (C, H, W) -> the output of layer `until` (default: the last)."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[1:] != self.input_shape:
+            expected = "x".join(map(str, self.input_shape))
+            raise KernError(
+                f"{self.spec.cfg_path}: expected images of shape (N, {expected.replace('x', ', ')}), "
+                f"got {images.shape}"
+            )
+        last = len(self.spec.layers) - 1 if until is None else until
+        x: Any = self.backend.asarray(images)
+        outputs: dict[int, Any] = {}
+        for layer, prepared in zip(self.spec.layers[: last + 1], self.prepared):
+            x = layer.forward(self.backend, prepared, x, outputs)
+            if layer.index in self.kept:
+                outputs[layer.index] = x
+        return self.backend.to_numpy(x)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Images -> (N, outputs) scores (probabilities when the cfg ends in softmax)."""
+        out = self.forward(images)
+        return out.reshape(out.shape[0], -1)
+
+    @staticmethod
+    def top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Darknet's top_k: the k best (index, score), ties going to the lower index."""
+        order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+        return [(int(i), float(scores[i])) for i in order]

@@ -1,0 +1,148 @@
+"""Darknet's `classifier predict`: python -m nets.predict [CFG] [WEIGHTS] [IMAGE ...]
+
+With no arguments it runs the shipped Tiny Darknet on data/dog.jpg. With a cfg but no image
+it asks `Enter Image Path:` until end of input. Output as Darknet's: the layer table and
+`<path>: Predicted in <s> seconds.` on stderr, `"%5.2f%%: %s"` lines on stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import nets
+from kern.backend import BACKENDS, get_backend
+from kern.errors import KernError
+from nets import cli, fetch
+from nets.data import DEFAULT_DATA, REPO, load_names, read_data_file
+from nets.image import PREPROCESS, load_image
+from nets.network import Network
+from nets.weights import random_weights, read_weights
+
+DEFAULT_CFG = REPO / "cfg" / "tiny.cfg"
+DEFAULT_IMAGE = REPO / "data" / "dog.jpg"
+
+
+def parse_args(argv: list[str] | None):
+    parser = cli.ArgumentParser(
+        prog="python -m nets.predict",
+        description="Classify images with a Darknet cfg + weights (Darknet's classifier predict).",
+    )
+    parser.add_argument("cfg", nargs="?", help="network cfg (default: cfg/tiny.cfg on data/dog.jpg)")
+    parser.add_argument(
+        "paths", nargs="*", metavar="[WEIGHTS] IMAGE",
+        help="a .weights file (else looked up beside the cfg, in weights/, here, in the cache), "
+        "then images; no image: ask for paths",
+    )
+    parser.add_argument("--top", type=int, help="how many classes to print (default: top= of --data)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="Darknet .data file with names=")
+    parser.add_argument("--backend", default="cpu", choices=list(BACKENDS))
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    parser.add_argument(
+        "--preprocess", default="letterbox", choices=list(PREPROCESS),
+        help="letterbox (classifier predict), crop (centre crop, as classifier valid), resize",
+    )
+    parser.add_argument("--download", action="store_true", help="fetch missing weights into the cache")
+    parser.add_argument("--weights-url", help="where --download fetches from (default: Darknet's site)")
+    parser.add_argument(
+        "--random-weights", type=int, nargs="?", const=0, metavar="SEED",
+        help="seeded random weights (timing and teaching; predictions mean nothing)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no layer table")
+    args = parser.parse_args(argv)
+    if args.top is not None and args.top < 1:
+        parser.error(f"--top {args.top}: expected a positive number")
+    return args
+
+
+def split_paths(cfg: str | None, paths: list[str]) -> tuple[Path, Path | None, list[str]]:
+    """(cfg, weights or None, images): a second path ending in .weights is the weights file."""
+    if cfg is None:
+        return DEFAULT_CFG, None, [str(DEFAULT_IMAGE)]
+    if paths and paths[0].endswith(".weights"):
+        return Path(cfg), Path(paths[0]), paths[1:]
+    return Path(cfg), None, paths
+
+
+def make_backend(args):
+    if args.backend == "cpu":
+        return get_backend("cpu", threads=args.threads)
+    return get_backend(args.backend)
+
+
+def load_network(args, cfg: Path, weights: Path | None) -> Network:
+    spec = nets.load_spec(cfg)
+    if not args.quiet:
+        print(spec.table(), file=sys.stderr)
+    if args.random_weights is not None:
+        values = random_weights(spec.layers, args.random_weights)
+    else:
+        if weights is None:
+            cache = fetch.cache_dir()
+            weights = fetch.find_weights(cfg, cache)
+            if weights is None and args.download:
+                url = args.weights_url or fetch.DARKNET_URL.format(name=cfg.stem)
+                weights = fetch.download(url, cache / f"{cfg.stem}.weights", spec.layers)
+            if weights is None:
+                raise KernError(fetch.not_found_message(cfg, cache, spec.layers))
+        print(f"Loading weights from {weights}...Done!", file=sys.stderr)
+        values = read_weights(weights, spec.layers)
+    net = Network(spec, values, make_backend(args))
+    # One untimed pass loads the compiled kernels, so "Predicted in" times the network alone.
+    net.predict(np.full((1, *spec.input_shape), 0.5, dtype=np.float32))
+    return net
+
+
+def predict_one(net: Network, path: str, names: list[str], top: int, args) -> None:
+    image = load_image(path)
+    _, height, width = net.input_shape
+    x = PREPROCESS[args.preprocess](image, width, height)
+    start = time.perf_counter()
+    scores = net.predict(x[None])[0]
+    elapsed = time.perf_counter() - start
+    print(f"{path}: Predicted in {elapsed:f} seconds.", file=sys.stderr)
+    if args.random_weights is not None:
+        print(f"(random weights, seed {args.random_weights}: not a real prediction)")
+    for index, score in net.top_k(scores, top):
+        print("%5.2f%%: %s" % (score * 100, names[index]))
+    sys.stdout.flush()
+
+
+def ask_paths():
+    """Darknet's prompt loop; ends on end of input."""
+    while True:
+        print("Enter Image Path: ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            print()
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg, weights, images = split_paths(args.cfg, args.paths)
+    net = load_network(args, cfg, weights)
+    names = load_names(args.data, net.spec.outputs)
+    top = args.top or int(read_data_file(args.data).get("top", 1))
+    if images:
+        for path in images:
+            predict_one(net, path, names, top, args)
+        return 0
+    try:
+        for path in ask_paths():
+            try:
+                predict_one(net, path, names, top, args)
+            except KernError as error:  # a typo at the prompt should not end the session
+                print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

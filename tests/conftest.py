@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from kern import get_backend
+
+
+@pytest.fixture
+def rng(request):
+    # A fresh stream per test, reproducible from the test's name.
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+
+
+@pytest.fixture(scope="session")
+def ref64():
+    return get_backend("ref", dtype=np.float64)
+
+
+@pytest.fixture(scope="session")
+def cpu():
+    return get_backend("cpu")
+
+
+def assert_close(actual, expected, rtol=1e-5):
+    """Float32 kernels vs a float64 reference: |a - e| <= rtol * max|e| elementwise."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert np.all(np.isfinite(actual)), "unwritten (NaN-poisoned) or non-finite outputs"
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    worst = float(np.abs(actual.astype(np.float64) - expected).max()) / scale
+    assert worst <= rtol, f"max error {worst:.3g} relative to max |expected|, allowed {rtol}"

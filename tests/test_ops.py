@@ -1,0 +1,171 @@
+"""Every kern/cpu op against kern/ref (float64) on fresh random, awkward shapes.
+
+Tolerance: 1e-5 of the largest reference value (float32 sums of up to ~5000 products).
+"""
+
+import numpy as np
+import pytest
+
+from kern.cpu import conv as cpu_conv
+from kern.cpu.gemm import gemm_nt_bias_act
+from kern.params import ACTIVATIONS, BatchNorm
+from kern.ref import conv2d_im2col, conv2d_loops
+from tests.conftest import assert_close
+
+# (batch, channels, height, width, filters, size, stride, padding, groups)
+CONV_SHAPES = [
+    (1, 3, 17, 13, 5, 3, 1, 1, 1),
+    (3, 6, 15, 11, 10, 3, 2, 1, 2),
+    (2, 7, 9, 9, 13, 1, 1, 0, 1),
+    (1, 5, 19, 21, 7, 5, 2, 2, 1),
+    (2, 3, 23, 23, 6, 7, 2, 3, 3),
+    (1, 3, 31, 29, 8, 11, 4, 0, 1),
+    (2, 64, 9, 7, 64, 3, 1, 1, 32),
+    (1, 64, 8, 8, 128, 3, 2, 1, 32),
+    (3, 33, 5, 6, 17, 2, 1, 0, 1),
+]
+
+
+def random_conv(rng, shape, activation="leaky", with_bn=True):
+    n, c, h, w, f, k, stride, padding, groups = shape
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    weights = rng.standard_normal((f, c // groups, k, k)).astype(np.float32)
+    bias = rng.standard_normal(f).astype(np.float32)
+    bn = None
+    if with_bn:
+        bn = BatchNorm(
+            rng.uniform(0.5, 2, f).astype(np.float32),
+            rng.standard_normal(f).astype(np.float32),
+            rng.uniform(0.1, 2, f).astype(np.float32),
+        )
+    options = dict(stride=stride, padding=padding, groups=groups, activation=activation)
+    return x, weights, bias, bn, options
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_ref_im2col_matches_loops(rng, shape):
+    x, weights, _, _, o = random_conv(rng, shape)
+    x64, w64 = x.astype(np.float64), weights.astype(np.float64)
+    expected = conv2d_loops(x64, w64, o["stride"], o["padding"], o["groups"])
+    assert_close(conv2d_im2col(x64, w64, o["stride"], o["padding"], o["groups"]), expected, 1e-12)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_cpu_conv_matches_ref(rng, cpu, ref64, shape, activation):
+    x, weights, bias, bn, options = random_conv(rng, shape, activation)
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))
+    assert_close(cpu.conv2d(x, cpu.prepare_conv(weights, bias, bn, **options)), expected)
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_cpu_direct_conv_matches_ref(rng, ref64, shape):
+    x, weights, bias, _, o = random_conv(rng, shape, with_bn=False)
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **o))
+    got = cpu_conv.conv2d_direct(x, weights, bias, o["stride"], o["padding"], o["groups"], 1)
+    assert_close(got, expected)
+
+
+def test_gemm_writes_every_output_and_nothing_else(rng):
+    groups, rows, cols, depth = 2, 9, 7, 37  # neither a multiple of the 4 x 3 tile
+    a = np.zeros((groups, 12, depth), np.float32)
+    b = np.zeros((groups, 9, depth), np.float32)
+    a[:, :rows] = rng.standard_normal((groups, rows, depth))
+    b[:, :cols] = rng.standard_normal((groups, cols, depth))
+    bias = rng.standard_normal(groups * rows).astype(np.float32)
+    out = np.full((groups * rows + 1, cols + 1), np.nan, np.float32)  # poisoned, plus a margin
+    gemm_nt_bias_act(a, b, bias, 0, out[: groups * rows, :cols], rows, cols)
+    expected = np.einsum("gmk,gpk->gmp", a[:, :rows].astype(np.float64), b[:, :cols])
+    expected = expected.reshape(groups * rows, cols) + bias[:, None]
+    assert_close(out[: groups * rows, :cols], expected)
+    assert np.isnan(out[-1]).all() and np.isnan(out[:, -1]).all()
+
+
+def test_im2row_fills_every_row(rng):
+    x = rng.standard_normal((6, 7, 5)).astype(np.float32)
+    rows = np.full((2, 3 * 4, 3 * 9), np.nan, np.float32)  # 9 pixels padded to 12
+    cpu_conv.im2row(x, 2, 3, 2, 1, 4, 3, rows)
+    assert np.isfinite(rows).all() and not rows[:, 12:].any()
+
+
+@pytest.mark.parametrize(
+    "shape,size,stride,padding",
+    [
+        ((2, 3, 8, 8), 2, 2, None),
+        ((1, 4, 9, 7), 2, 2, None),
+        ((3, 2, 11, 13), 3, 2, None),
+        ((1, 5, 13, 13), 2, 1, None),
+        ((2, 3, 27, 27), 3, 2, 0),
+        ((1, 2, 10, 9), 3, 1, 2),
+        ((1, 3, 6, 7), 5, 3, 3),
+    ],
+    ids=str,
+)
+def test_cpu_maxpool_matches_ref(rng, cpu, ref64, shape, size, stride, padding):
+    padding = size - 1 if padding is None else padding
+    x = rng.standard_normal(shape).astype(np.float32)
+    expected = ref64.maxpool(ref64.asarray(x), size=size, stride=stride, padding=padding)
+    assert_close(cpu.maxpool(x, size=size, stride=stride, padding=padding), expected, 0)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7, 9), (3, 1000, 14, 14), (2, 3, 1, 1)], ids=str)
+def test_cpu_avgpool_matches_ref(rng, cpu, ref64, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    assert_close(cpu.avgpool(x), ref64.avgpool(ref64.asarray(x)), 1e-6)
+
+
+@pytest.mark.parametrize("groups,temperature", [(1, 1.0), (4, 1.0), (3, 0.5), (1, 2.5)])
+def test_cpu_softmax_matches_ref(rng, cpu, ref64, groups, temperature):
+    x = (5 * rng.standard_normal((3, 12 * 5, 1, 1))).astype(np.float32)
+    expected = ref64.softmax(ref64.asarray(x), groups=groups, temperature=temperature)
+    got = cpu.softmax(x, groups=groups, temperature=temperature)
+    assert_close(got, expected, 1e-6)
+    assert np.allclose(got.reshape(3, groups, -1).sum(axis=2), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "x_shape,source_shape",
+    [
+        ((2, 8, 9, 9), (2, 8, 9, 9)),  # same shape
+        ((2, 8, 5, 5), (2, 6, 10, 10)),  # source larger: sampled with stride 2
+        ((1, 6, 10, 10), (1, 8, 5, 5)),  # source smaller: spread with sample 2
+        ((1, 5, 7, 7), (1, 9, 7, 7)),  # channels differ only
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("activation", ["linear", "leaky"])
+def test_cpu_shortcut_matches_ref(rng, cpu, ref64, x_shape, source_shape, activation):
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    source = rng.standard_normal(source_shape).astype(np.float32)
+    options = dict(alpha=0.5, beta=1.5, activation=activation)
+    expected = ref64.shortcut(ref64.asarray(x), ref64.asarray(source), **options)
+    assert_close(cpu.shortcut(x, source, **options), expected, 1e-6)
+
+
+def test_cpu_route_matches_ref(rng, cpu, ref64):
+    xs = [rng.standard_normal((3, c, 5, 7)).astype(np.float32) for c in (2, 5, 1)]
+    assert_close(cpu.route(xs), ref64.route([ref64.asarray(x) for x in xs]), 0)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("batch,inputs,outputs,bn", [(1, 37, 10, False), (3, 50, 9, True)])
+def test_cpu_connected_matches_ref(rng, cpu, ref64, activation, batch, inputs, outputs, bn):
+    x = rng.standard_normal((batch, inputs, 1, 1)).astype(np.float32)
+    weights = rng.standard_normal((outputs, inputs)).astype(np.float32)
+    bias = rng.standard_normal(outputs).astype(np.float32)
+    norm = None
+    if bn:
+        norm = BatchNorm(*(rng.uniform(0.5, 1.5, outputs).astype(np.float32) for _ in range(3)))
+    expected = ref64.connected(
+        ref64.asarray(x), ref64.prepare_connected(weights, bias, norm, activation=activation)
+    )
+    got = cpu.connected(x, cpu.prepare_connected(weights, bias, norm, activation=activation))
+    assert_close(got, expected)
+
+
+def test_cpu_crop_and_activate_match_ref(rng, cpu, ref64):
+    x = rng.standard_normal((2, 3, 11, 10)).astype(np.float32)
+    options = dict(height=7, width=5, scale=2.0, shift=-1.0)
+    assert_close(cpu.crop(x, **options), ref64.crop(ref64.asarray(x), **options), 1e-7)
+    for activation in ACTIVATIONS:
+        assert_close(cpu.activate(x, activation), ref64.activate(ref64.asarray(x), activation), 1e-6)
