@@ -1,0 +1,50 @@
+"""Forward-pass time of whole networks on the CPU backend, per thread count.
+
+    python -m bench.forward cfg/darknet19.cfg cfg/resnext50.cfg --threads 1,2 --batch 1
+
+Random weights (timing does not depend on them); one untimed warm-up pass, then the median
+of --repeat passes. Prints ms and GFLOP/s per network and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import nets
+
+
+def time_forward(cfg: str, threads: int, batch: int, repeat: int) -> float:
+    net = nets.load(cfg, random_seed=0, backend="cpu", threads=threads)
+    images = np.random.default_rng(0).random((batch, *net.input_shape), dtype=np.float32)
+    net.predict(images)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        net.predict(images)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cfgs", nargs="+")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    print(f"{'network':<22} {'threads':>7} {'batch':>5} {'median ms':>10} {'GFLOP/s':>8}")
+    for cfg in args.cfgs:
+        flops = nets.load_spec(cfg).flops * args.batch
+        for threads in map(int, args.threads.split(",")):
+            seconds = time_forward(cfg, threads, args.batch, args.repeat)
+            name = cfg.rsplit("/", 1)[-1].removesuffix(".cfg")
+            gflops = flops / seconds / 1e9
+            print(f"{name:<22} {threads:>7} {args.batch:>5} {1e3 * seconds:>10.1f} {gflops:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
