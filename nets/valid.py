@@ -26,7 +26,7 @@ from tqdm import tqdm
 from kern.backend import BACKENDS
 from kern.errors import KernError
 from nets import cli
-from nets.data import REPO, read_data_file, read_lines, resolve
+from nets.data import DEFAULT_DATA, REPO, load_names, read_data_file, read_lines, resolve
 from nets.image import PREPROCESS, load_image, resize_image
 
 DEFAULT_LABELS = REPO / "data" / "imagenet.labels.list"
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = nets.load_spec(args.cfg)
     source = read_source(args.source, args.labels)
     labels = read_lines(source.labels_path, "labels list")[: spec.outputs]
-    names = labels
+    names = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else labels
     paths = source.paths[: args.limit] if args.limit else source.paths
     if not paths:
         raise KernError(f"{args.source}: no images found")
