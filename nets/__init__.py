@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kern.backend import get_backend
+from kern.backend import Backend, get_backend
 from nets.cfg import parse_cfg
 from nets.network import Network, NetworkSpec, build_network
 from nets.weights import random_weights, read_weights
 
-__all__ = ["Network", "NetworkSpec", "load", "load_spec"]
+__all__ = ["Network", "NetworkSpec", "load", "load_spec", "make_backend"]
 
 
 def load_spec(cfg: str | Path) -> NetworkSpec:
@@ -45,9 +45,13 @@ def load(
         if weights is None
         else read_weights(weights, spec.layers)
     )
-    options: dict = {}
-    if backend == "ref":
-        options["dtype"] = dtype
-    elif backend == "cpu":
-        options["threads"] = threads
-    return Network(spec, values, get_backend(backend, **options))
+    return Network(spec, values, make_backend(backend, threads=threads, dtype=dtype))
+
+
+def make_backend(name: str, *, threads: int | None = None, dtype: type = np.float32) -> Backend:
+    """A backend by name with the options that apply to it (threads: cpu; dtype: ref)."""
+    if name == "ref":
+        return get_backend("ref", dtype=dtype)
+    if name == "cpu":
+        return get_backend("cpu", threads=threads)
+    return get_backend(name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import nets
-from kern.backend import BACKENDS, get_backend
+from kern.backend import BACKENDS
 from kern.errors import KernError
 from nets import cli, fetch
 from nets.data import DEFAULT_DATA, REPO, load_names, read_data_file
@@ -67,12 +67,6 @@ def split_paths(cfg: str | None, paths: list[str]) -> tuple[Path, Path | None, l
     return Path(cfg), None, paths
 
 
-def make_backend(args):
-    if args.backend == "cpu":
-        return get_backend("cpu", threads=args.threads)
-    return get_backend(args.backend)
-
-
 def load_network(args, cfg: Path, weights: Path | None) -> Network:
     spec = nets.load_spec(cfg)
     if not args.quiet:
@@ -90,7 +84,7 @@ def load_network(args, cfg: Path, weights: Path | None) -> Network:
                 raise KernError(fetch.not_found_message(cfg, cache, spec.layers))
         print(f"Loading weights from {weights}...Done!", file=sys.stderr)
         values = read_weights(weights, spec.layers)
-    net = Network(spec, values, make_backend(args))
+    net = Network(spec, values, nets.make_backend(args.backend, threads=args.threads))
     # One untimed pass loads the compiled kernels, so "Predicted in" times the network alone.
     net.predict(np.full((1, *spec.input_shape), 0.5, dtype=np.float32))
     return net

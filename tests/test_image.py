@@ -40,11 +40,18 @@ def darknet_resize(im, w, h):
     return resized
 
 
-@pytest.mark.parametrize("size", [(13, 9, 7, 5), (10, 17, 23, 31), (5, 5, 5, 5), (29, 19, 11, 23)])
+@pytest.mark.parametrize("size", [(13, 9, 7, 5), (10, 17, 23, 31), (5, 5, 5, 5), (29, 19, 11, 23), (6, 8, 5, 448)])
 def test_resize_matches_darknet_exactly(rng, size):
     in_w, in_h, w, h = size
     image = rng.random((3, in_h, in_w), dtype=F)
     assert np.array_equal(resize_image(image, w, h), darknet_resize(image, w, h))
+
+
+def test_resize_keeps_darknets_dim_last_row(rng):
+    # 8 -> 448 rows: sy = 447 * (7/447) rounds to 6.9999995 in float32, and Darknet's last row
+    # is then (1 - dy) * row 6, nearly zero, not row 7 (SEMANTICS.md says "the last row").
+    image = rng.random((3, 8, 6), dtype=F) + F(0.5)
+    assert resize_image(image, 5, 448)[:, -1].max() < 1e-5
 
 
 def test_letterbox_keeps_aspect_and_fills_grey(rng):

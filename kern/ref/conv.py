@@ -21,14 +21,21 @@ import numpy as np
 from kern.params import conv_output_size
 
 
+def _output_size(x: np.ndarray, weights: np.ndarray, stride: int, padding: int) -> tuple[int, int]:
+    ksize = weights.shape[2]
+    return (
+        conv_output_size(x.shape[2], ksize, stride, padding),
+        conv_output_size(x.shape[3], ksize, stride, padding),
+    )
+
+
 def conv2d_loops(
     x: np.ndarray, weights: np.ndarray, stride: int, padding: int, groups: int
 ) -> np.ndarray:
     """Seven nested loops, exactly the definition. Slow: for tests on tiny shapes only."""
-    n_images, channels, height, width = x.shape
+    n_images, _, height, width = x.shape
     filters, group_channels, ksize, _ = weights.shape
-    out_h = conv_output_size(height, ksize, stride, padding)
-    out_w = conv_output_size(width, ksize, stride, padding)
+    out_h, out_w = _output_size(x, weights, stride, padding)
     filters_per_group = filters // groups
     out = np.zeros((n_images, filters, out_h, out_w), dtype=np.float64)
     for n in range(n_images):
@@ -68,10 +75,9 @@ def conv2d_im2col(
     x: np.ndarray, weights: np.ndarray, stride: int, padding: int, groups: int
 ) -> np.ndarray:
     """Per image and group: (F/groups x taps) @ im2col (taps x pixels). Darknet's own method."""
-    n_images, channels, height, width = x.shape
+    n_images = x.shape[0]
     filters, group_channels, ksize, _ = weights.shape
-    out_h = conv_output_size(height, ksize, stride, padding)
-    out_w = conv_output_size(width, ksize, stride, padding)
+    out_h, out_w = _output_size(x, weights, stride, padding)
     filters_per_group = filters // groups
     out = np.empty((n_images, filters, out_h * out_w), dtype=x.dtype)
     for n in range(n_images):
