@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,8 +94,13 @@ class Network:
     def input_shape(self) -> Shape:
         return self.spec.input_shape
 
-    def forward(self, images: np.ndarray, until: int | None = None) -> np.ndarray:
-        """Images (N, C, H, W) or (C, H, W) -> the output of layer `until` (default: the last)."""
+    def forward(
+        self, images: np.ndarray, until: int | None = None, layer_seconds: list[float] | None = None
+    ) -> np.ndarray:
+        """Images (N, C, H, W) or (C, H, W) -> the output of layer `until` (default: the last).
+
+        layer_seconds, if given, receives each layer's wall time (for profiling and scaling).
+        """
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
@@ -108,7 +114,10 @@ class Network:
         x: Any = self.backend.asarray(images)
         outputs: dict[int, Any] = {}
         for layer, prepared in zip(self.spec.layers[: last + 1], self.prepared):
+            start = time.perf_counter()
             x = layer.forward(self.backend, prepared, x, outputs)
+            if layer_seconds is not None:
+                layer_seconds.append(time.perf_counter() - start)
             if layer.index in self.kept:
                 outputs[layer.index] = x
         return self.backend.to_numpy(x)

@@ -55,7 +55,8 @@ def test_ref_im2col_matches_loops(rng, shape):
 def test_cpu_conv_matches_ref(rng, cpu, ref64, shape, activation):
     x, weights, bias, bn, options = random_conv(rng, shape, activation)
     expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))
-    assert_close(cpu.conv2d(x, cpu.prepare_conv(weights, bias, bn, **options)), expected)
+    got = cpu.to_numpy(cpu.conv2d(cpu.asarray(x), cpu.prepare_conv(weights, bias, bn, **options)))
+    assert_close(got, expected)
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
@@ -66,26 +67,28 @@ def test_cpu_direct_conv_matches_ref(rng, ref64, shape):
     assert_close(got, expected)
 
 
-def test_gemm_writes_every_output_and_nothing_else(rng):
-    groups, rows, cols, depth = 2, 9, 7, 37  # neither a multiple of the 4 x 3 tile
+@pytest.mark.parametrize("pixels", [1, 7, 25])
+def test_gemm_writes_every_output_and_nothing_else(rng, pixels):
+    groups, rows, depth = 2, 9, 37  # rows and pixels not multiples of the 4 x 3 tile
     a = np.zeros((groups, 12, depth), np.float32)
-    b = np.zeros((groups, 9, depth), np.float32)
     a[:, :rows] = rng.standard_normal((groups, rows, depth))
-    b[:, :cols] = rng.standard_normal((groups, cols, depth))
+    b = rng.standard_normal((pixels, groups * depth)).astype(np.float32)
     bias = rng.standard_normal(groups * rows).astype(np.float32)
-    out = np.full((groups * rows + 1, cols + 1), np.nan, np.float32)  # poisoned, plus a margin
-    gemm_nt_bias_act(a, b, bias, 0, out[: groups * rows, :cols], rows, cols)
-    expected = np.einsum("gmk,gpk->gmp", a[:, :rows].astype(np.float64), b[:, :cols])
-    expected = expected.reshape(groups * rows, cols) + bias[:, None]
-    assert_close(out[: groups * rows, :cols], expected)
+    out = np.full((pixels + 1, groups * rows + 1), np.nan, np.float32)  # poisoned, plus a margin
+    gemm_nt_bias_act(a, b, bias, 0, out[:pixels, : groups * rows], rows, pixels)
+    b64 = b.astype(np.float64).reshape(pixels, groups, depth)
+    expected = np.einsum("gmk,pgk->pgm", a[:, :rows].astype(np.float64), b64)
+    expected = expected.reshape(pixels, groups * rows) + bias
+    assert_close(out[:pixels, : groups * rows], expected)
     assert np.isnan(out[-1]).all() and np.isnan(out[:, -1]).all()
 
 
-def test_im2row_fills_every_row(rng):
-    x = rng.standard_normal((6, 7, 5)).astype(np.float32)
-    rows = np.full((2, 3 * 4, 3 * 9), np.nan, np.float32)  # 9 pixels padded to 12
-    cpu_conv.im2row(x, 2, 3, 2, 1, 4, 3, rows)
-    assert np.isfinite(rows).all() and not rows[:, 12:].any()
+def test_im2row_fills_every_row_and_zeroes_the_depth_padding(rng):
+    x = rng.standard_normal((7, 5, 6)).astype(np.float32)  # NHWC: 7 x 5, 6 channels
+    depth = 32  # 3 * 3 * 3 taps per group, padded to 32
+    rows = np.full((4 * 3, 2 * depth), np.nan, np.float32)
+    cpu_conv.im2row(x, 2, 3, 2, 1, 4, 3, depth, rows)
+    assert np.isfinite(rows).all() and not rows[:, 27:depth].any() and not rows[:, depth + 27 :].any()
 
 
 @pytest.mark.parametrize(
@@ -105,22 +108,24 @@ def test_cpu_maxpool_matches_ref(rng, cpu, ref64, shape, size, stride, padding):
     padding = size - 1 if padding is None else padding
     x = rng.standard_normal(shape).astype(np.float32)
     expected = ref64.maxpool(ref64.asarray(x), size=size, stride=stride, padding=padding)
-    assert_close(cpu.maxpool(x, size=size, stride=stride, padding=padding), expected, 0)
+    got = cpu.to_numpy(cpu.maxpool(cpu.asarray(x), size=size, stride=stride, padding=padding))
+    assert_close(got, expected, 0)
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 7, 9), (3, 1000, 14, 14), (2, 3, 1, 1)], ids=str)
 def test_cpu_avgpool_matches_ref(rng, cpu, ref64, shape):
     x = rng.standard_normal(shape).astype(np.float32)
-    assert_close(cpu.avgpool(x), ref64.avgpool(ref64.asarray(x)), 1e-6)
+    assert_close(cpu.to_numpy(cpu.avgpool(cpu.asarray(x))), ref64.avgpool(ref64.asarray(x)), 1e-6)
 
 
+@pytest.mark.parametrize("shape", [(3, 60, 1, 1), (2, 4, 3, 5)], ids=str)
 @pytest.mark.parametrize("groups,temperature", [(1, 1.0), (4, 1.0), (3, 0.5), (1, 2.5)])
-def test_cpu_softmax_matches_ref(rng, cpu, ref64, groups, temperature):
-    x = (5 * rng.standard_normal((3, 12 * 5, 1, 1))).astype(np.float32)
+def test_cpu_softmax_matches_ref(rng, cpu, ref64, shape, groups, temperature):
+    x = (5 * rng.standard_normal(shape)).astype(np.float32)
     expected = ref64.softmax(ref64.asarray(x), groups=groups, temperature=temperature)
-    got = cpu.softmax(x, groups=groups, temperature=temperature)
+    got = cpu.to_numpy(cpu.softmax(cpu.asarray(x), groups=groups, temperature=temperature))
     assert_close(got, expected, 1e-6)
-    assert np.allclose(got.reshape(3, groups, -1).sum(axis=2), 1, atol=1e-6)
+    assert np.allclose(got.reshape(shape[0], groups, -1).sum(axis=2), 1, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -139,18 +144,21 @@ def test_cpu_shortcut_matches_ref(rng, cpu, ref64, x_shape, source_shape, activa
     source = rng.standard_normal(source_shape).astype(np.float32)
     options = dict(alpha=0.5, beta=1.5, activation=activation)
     expected = ref64.shortcut(ref64.asarray(x), ref64.asarray(source), **options)
-    assert_close(cpu.shortcut(x, source, **options), expected, 1e-6)
+    got = cpu.to_numpy(cpu.shortcut(cpu.asarray(x), cpu.asarray(source), **options))
+    assert_close(got, expected, 1e-6)
 
 
 def test_cpu_route_matches_ref(rng, cpu, ref64):
     xs = [rng.standard_normal((3, c, 5, 7)).astype(np.float32) for c in (2, 5, 1)]
-    assert_close(cpu.route(xs), ref64.route([ref64.asarray(x) for x in xs]), 0)
+    got = cpu.to_numpy(cpu.route([cpu.asarray(x) for x in xs]))
+    assert_close(got, ref64.route([ref64.asarray(x) for x in xs]), 0)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("batch,inputs,outputs,bn", [(1, 37, 10, False), (3, 50, 9, True)])
+@pytest.mark.parametrize("batch,inputs,outputs,bn", [(1, 74, 10, False), (3, 50, 9, True)])
 def test_cpu_connected_matches_ref(rng, cpu, ref64, activation, batch, inputs, outputs, bn):
-    x = rng.standard_normal((batch, inputs, 1, 1)).astype(np.float32)
+    x = rng.standard_normal((batch, inputs // 2, 2, 1)).astype(np.float32)  # flattened C, H, W
+    inputs = x[0].size
     weights = rng.standard_normal((outputs, inputs)).astype(np.float32)
     bias = rng.standard_normal(outputs).astype(np.float32)
     norm = None
@@ -159,13 +167,15 @@ def test_cpu_connected_matches_ref(rng, cpu, ref64, activation, batch, inputs, o
     expected = ref64.connected(
         ref64.asarray(x), ref64.prepare_connected(weights, bias, norm, activation=activation)
     )
-    got = cpu.connected(x, cpu.prepare_connected(weights, bias, norm, activation=activation))
+    got = cpu.to_numpy(cpu.connected(cpu.asarray(x), cpu.prepare_connected(weights, bias, norm, activation=activation)))
     assert_close(got, expected)
 
 
 def test_cpu_crop_and_activate_match_ref(rng, cpu, ref64):
     x = rng.standard_normal((2, 3, 11, 10)).astype(np.float32)
     options = dict(height=7, width=5, scale=2.0, shift=-1.0)
-    assert_close(cpu.crop(x, **options), ref64.crop(ref64.asarray(x), **options), 1e-7)
+    got = cpu.to_numpy(cpu.crop(cpu.asarray(x), **options))
+    assert_close(got, ref64.crop(ref64.asarray(x), **options), 1e-7)
     for activation in ACTIVATIONS:
-        assert_close(cpu.activate(x, activation), ref64.activate(ref64.asarray(x), activation), 1e-6)
+        got = cpu.to_numpy(cpu.activate(cpu.asarray(x), activation))
+        assert_close(got, ref64.activate(ref64.asarray(x), activation), 1e-6)

@@ -42,4 +42,4 @@ def test_ref_batchnorm_folding_matches_explicit(rng, ref64, cpu):
     x, weights, bias, _, o = random_conv(rng, (1, 4, 6, 6, 3, 3, 1, 1, 1), "linear")
     bn = BatchNorm(*(rng.uniform(0.5, 1.5, 3).astype(np.float32) for _ in range(3)))
     explicit = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **o))
-    assert_close(cpu.conv2d(x, cpu.prepare_conv(weights, bias, bn, **o)), explicit)
+    assert_close(cpu.to_numpy(cpu.conv2d(cpu.asarray(x), cpu.prepare_conv(weights, bias, bn, **o))), explicit)

@@ -1,6 +1,9 @@
 """The Numba CPU backend: hand-written parallel kernels, no BLAS.
 
-Weights are prepared once: batchnorm folded in, conv weights packed to whole 4-row tiles.
+Its arrays are channels-last, (N, H, W, C) float32: `asarray` takes NCHW and `to_numpy` gives
+NCHW back, as every backend does; in between, each channel run is contiguous, which is what
+the convolution's dot products and the vectorized pooling want (see conv.py).
+Weights are prepared once: batchnorm folded in, conv weights packed to whole tiles.
 `threads` caps Numba's worker threads for this backend's calls (None: all cores).
 """
 
@@ -20,7 +23,10 @@ from kern.params import activation_code, fold_batchnorm
 
 @dataclass(frozen=True)
 class CpuConv:
-    packed: np.ndarray  # (groups, filters/groups padded to 4, C/groups*K*K)
+    # (groups, filters/groups padded to 4, K*K*C/groups padded to 8) for conv2d_gemm, or
+    # (K*K*C, filters) for conv2d_shallow when the input has few channels.
+    packed: np.ndarray
+    shallow: bool
     bias: np.ndarray
     filters: int
     ksize: int
@@ -51,20 +57,25 @@ class CpuBackend:
         numba.set_num_threads(self.threads)
 
     def asarray(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x, dtype=np.float32)
+        """NCHW -> this backend's NHWC."""
+        return np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
-        return x
+        """NHWC -> NCHW."""
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
         w, b = fold_batchnorm(weights, bias, bn)
+        shallow = groups == 1 and w.shape[1] <= conv.SHALLOW_CHANNELS
+        packed = conv.pack_taps(w) if shallow else conv.pack_weights(w, groups)
         return CpuConv(
-            conv.pack_weights(w, groups), b, w.shape[0], w.shape[2], stride, padding,
-            activation_code(activation),
+            packed, shallow, b, w.shape[0], w.shape[2], stride, padding, activation_code(activation)
         )
 
     def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         self._use_threads()
+        if c.shallow:
+            return conv.conv2d_shallow_batch(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
         return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
 
     def prepare_connected(self, weights, bias, bn, *, activation) -> CpuConnected:
@@ -85,7 +96,10 @@ class CpuBackend:
 
     def softmax(self, x, *, groups, temperature):
         self._use_threads()
-        return elementwise.softmax(x, groups, float(temperature))
+        # Darknet's slices run over the C, H, W order: the same as NHWC when H = W = 1.
+        nchw = x if x.shape[1] == x.shape[2] == 1 else self.to_numpy(x)
+        flat = elementwise.softmax_rows(nchw.reshape(x.shape[0], -1), groups, float(temperature))
+        return flat.reshape(x.shape) if nchw is x else self.asarray(flat.reshape(nchw.shape))
 
     def shortcut(self, x, source, *, alpha, beta, activation):
         self._use_threads()
@@ -94,13 +108,11 @@ class CpuBackend:
     def route(self, xs: Sequence[np.ndarray]) -> np.ndarray:
         self._use_threads()
         first = xs[0]
-        out = np.empty(
-            (first.shape[0], sum(x.shape[1] for x in xs)) + first.shape[2:], dtype=np.float32
-        )
+        out = np.empty(first.shape[:3] + (sum(x.shape[3] for x in xs),), dtype=np.float32)
         channel = 0
         for x in xs:
             elementwise.copy_channels(x, out, channel)
-            channel += x.shape[1]
+            channel += x.shape[3]
         return out
 
     def crop(self, x, *, height, width, scale, shift):

@@ -1,17 +1,19 @@
 """Convolution on the CPU, two ways side by side.
 
-conv2d_direct: the definition as loops, parallel over (image, filter); easy to check, slow.
-conv2d_gemm: the fast path. im2row turns each output pixel's input taps into one contiguous
-row (the transpose of im2col), so both operands of the product keep the reduction index
-contiguous; gemm.gemm_nt_bias_act then computes all filters x pixels with bias and activation
-fused into the store. Batchnorm was folded into the weights at load time.
+conv2d_direct (NCHW): the definition as loops, parallel over (image, filter); slow, obvious.
+conv2d_gemm (NHWC, channels-last, the backend's own layout): the fast path. An output pixel
+needs the size x size x C/groups input values around it; in NHWC each tap's channels are
+already contiguous, so im2row builds a pixel's row from `size*size` contiguous copies, and a
+1x1 stride-1 convolution needs no copy at all: the image IS the matrix of rows. The GEMM
+(gemm.py) then computes all pixels x filters with bias and activation fused into its store.
+Batchnorm was folded into the weights at load time.
 """
 
 import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate_scalar
-from kern.cpu.gemm import TILE_M, TILE_P, gemm_nt_bias_act, padded
+from kern.cpu.gemm import DEPTH_MULTIPLE, TILE_M, gemm_nt_bias_act, padded
 from kern.params import conv_output_size
 
 
@@ -42,39 +44,99 @@ def conv2d_direct(x, weights, bias, stride, padding, groups, act):
     return out
 
 
-@njit(parallel=True, cache=True)
-def im2row(x, groups, ksize, stride, padding, out_h, out_w, rows):
-    """One image x (C, H, W) -> rows (G, Pp, C/G*K*K): row p holds output pixel p's taps.
+@njit(parallel=True, fastmath=True, cache=True)
+def conv2d_shallow(x, taps, bias, ksize, stride, padding, out, act):
+    """NHWC direct convolution vectorized over output channels, for inputs with few channels.
 
-    Taps outside the image are 0 (zero padding); rows past the last pixel are zeroed.
+    x (H, W, C) one image; taps (K*K*C, F) (the weights transposed); out (OH, OW, F).
+    out[p, :] += x[tap] * taps[tap, :] for every tap: the filter loop is contiguous in both,
+    so it vectorizes. A dot product over only K*K*C = 27 inputs (an RGB 3x3 layer) would
+    spend more on summing its vector lanes than on multiplying.
     """
-    channels, height, width = x.shape
-    group_channels = channels // groups
-    pixels = out_h * out_w
-    for job in prange(groups * out_h):
-        g, oy = job // out_h, job % out_h
+    height, width, channels = x.shape
+    out_h, out_w, filters = out.shape
+    for oy in prange(out_h):
         for ox in range(out_w):
-            row = rows[g, oy * out_w + ox]
-            k = 0
-            for c in range(group_channels):
-                plane = x[g * group_channels + c]
-                for ky in range(ksize):
-                    iy = oy * stride - padding + ky
+            acc = out[oy, ox]
+            acc[:] = bias
+            for ky in range(ksize):
+                iy = oy * stride - padding + ky
+                if 0 <= iy < height:
                     for kx in range(ksize):
                         ix = ox * stride - padding + kx
-                        inside = 0 <= iy < height and 0 <= ix < width
-                        row[k] = plane[iy, ix] if inside else np.float32(0.0)
-                        k += 1
-    rows[:, pixels:, :] = 0
+                        if 0 <= ix < width:
+                            row = (ky * ksize + kx) * channels
+                            for c in range(channels):
+                                v = x[iy, ix, c]
+                                w = taps[row + c]
+                                for f in range(filters):
+                                    acc[f] += v * w[f]
+            for f in range(filters):
+                acc[f] = activate_scalar(acc[f], act)
+
+
+@njit(parallel=True, cache=True)
+def im2row(x, groups, ksize, stride, padding, out_h, out_w, depth, rows):
+    """One NHWC image x (H, W, C) -> rows (OH*OW, groups*depth).
+
+    Row p, group g holds the taps of output pixel p in (ky, kx, channel) order: size*size
+    contiguous runs of C/groups channels; taps outside the image and the padding up to
+    `depth` are zeros.
+    """
+    height, width, channels = x.shape
+    group_channels = channels // groups
+    for job in prange(out_h * out_w):
+        oy, ox = job // out_w, job % out_w
+        row = rows[job]
+        for g in range(groups):
+            base = g * depth
+            c0 = g * group_channels
+            k = base
+            for ky in range(ksize):
+                iy = oy * stride - padding + ky
+                for kx in range(ksize):
+                    ix = ox * stride - padding + kx
+                    if 0 <= iy < height and 0 <= ix < width:
+                        for c in range(group_channels):
+                            row[k + c] = x[iy, ix, c0 + c]
+                    else:
+                        for c in range(group_channels):
+                            row[k + c] = np.float32(0.0)
+                    k += group_channels
+            for k in range(base + ksize * ksize * group_channels, base + depth):
+                row[k] = np.float32(0.0)
+
+
+SHALLOW_CHANNELS = 4  # inputs this shallow (RGB) go through conv2d_shallow: measured faster
+
+
+def pack_taps(weights: np.ndarray) -> np.ndarray:
+    """OIHW -> (K*K*C, F) for conv2d_shallow: row (ky, kx, c) holds that tap for every filter."""
+    return np.ascontiguousarray(weights.transpose(2, 3, 1, 0).reshape(-1, weights.shape[0]))
+
+
+def conv2d_shallow_batch(
+    x: np.ndarray, taps: np.ndarray, bias: np.ndarray, ksize: int, stride: int, padding: int, act: int
+) -> np.ndarray:
+    """x (N, H, W, C) -> (N, OH, OW, F) with conv2d_shallow, image by image."""
+    n_images, height, width, _ = x.shape
+    out_h = conv_output_size(height, ksize, stride, padding)
+    out_w = conv_output_size(width, ksize, stride, padding)
+    out = np.empty((n_images, out_h, out_w, taps.shape[1]), dtype=np.float32)
+    for n in range(n_images):
+        conv2d_shallow(x[n], taps, bias, ksize, stride, padding, out[n], act)
+    return out
 
 
 def pack_weights(weights: np.ndarray, groups: int) -> np.ndarray:
-    """OIHW -> (G, F/G padded to a multiple of 4, C/G*K*K), zero rows at the end."""
+    """OIHW -> (G, F/G padded to 4, depth): each filter's taps in (ky, kx, c) order, the rows
+    and the depth (C/G*K*K, padded to a multiple of 8) filled up with zeros."""
     filters = weights.shape[0]
     per_group = filters // groups
-    flat = weights.reshape(groups, per_group, -1)
-    packed = np.zeros((groups, padded(per_group, TILE_M), flat.shape[2]), dtype=np.float32)
-    packed[:, :per_group] = flat
+    flat = weights.transpose(0, 2, 3, 1).reshape(groups, per_group, -1)
+    depth = padded(flat.shape[2], DEPTH_MULTIPLE)
+    packed = np.zeros((groups, padded(per_group, TILE_M), depth), dtype=np.float32)
+    packed[:, :per_group, : flat.shape[2]] = flat
     return packed
 
 
@@ -88,17 +150,22 @@ def conv2d_gemm(
     padding: int,
     act: int,
 ) -> np.ndarray:
-    """x (N, C, H, W) float32, packed from pack_weights -> (N, filters, OH, OW)."""
-    n_images, _, height, width = x.shape
+    """x (N, H, W, C) float32, packed from pack_weights -> (N, OH, OW, filters)."""
+    n_images, height, width, channels = x.shape
     groups, _, depth = packed.shape
     out_h = conv_output_size(height, ksize, stride, padding)
     out_w = conv_output_size(width, ksize, stride, padding)
     pixels = out_h * out_w
-    rows = np.empty((groups, padded(pixels, TILE_P), depth), dtype=np.float32)
-    out = np.empty((n_images, filters, out_h, out_w), dtype=np.float32)
+    out = np.empty((n_images, out_h, out_w, filters), dtype=np.float32)
+    # A 1x1 stride-1 convolution reads the image itself, when no depth padding is needed.
+    direct = ksize == 1 and stride == 1 and padding == 0 and depth * groups == channels
+    rows = None if direct else np.empty((pixels, groups * depth), dtype=np.float32)
     for n in range(n_images):
-        im2row(x[n], groups, ksize, stride, padding, out_h, out_w, rows)
+        if direct:
+            rows = x[n].reshape(pixels, channels)
+        else:
+            im2row(x[n], groups, ksize, stride, padding, out_h, out_w, depth, rows)
         gemm_nt_bias_act(
-            packed, rows, bias, act, out[n].reshape(filters, pixels), filters // groups, pixels
+            packed, rows, bias, act, out[n].reshape(pixels, filters), filters // groups, pixels
         )
     return out

@@ -1,4 +1,5 @@
-"""Element-wise and data-movement ops: activation, softmax, shortcut, route (concat), crop."""
+"""Element-wise and data-movement ops, channels-last (NHWC): activation, softmax, shortcut,
+route (concat), crop."""
 
 import numpy as np
 from numba import njit, prange
@@ -17,72 +18,73 @@ def activate(x, act):
 
 
 @njit(parallel=True, cache=True)
-def softmax(x, groups, temperature):
-    """Per image, softmax over each of `groups` contiguous slices of the flattened values."""
-    n_images = x.shape[0]
-    flat = x.reshape(n_images, -1)
-    per_group = flat.shape[1] // groups
-    out = np.empty_like(flat)
-    for job in prange(n_images * groups):
+def softmax_rows(x, groups, temperature):
+    """x (N, K): softmax over each of `groups` contiguous slices of every row."""
+    n_rows, width = x.shape
+    per_group = width // groups
+    out = np.empty_like(x)
+    for job in prange(n_rows * groups):
         n, start = job // groups, (job % groups) * per_group
-        largest = flat[n, start]
+        largest = x[n, start]
         for i in range(start, start + per_group):
-            largest = max(largest, flat[n, i])
+            largest = max(largest, x[n, i])
         total = 0.0  # float64: a sum of up to thousands of terms
         for i in range(start, start + per_group):
-            e = np.exp((flat[n, i] - largest) / temperature)
+            e = np.exp((x[n, i] - largest) / temperature)
             out[n, i] = e
             total += e
         for i in range(start, start + per_group):
             out[n, i] = out[n, i] / total
-    return out.reshape(x.shape)
+    return out
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def shortcut(x, source, alpha, beta, act):
-    """Darknet's residual add; see kern/ref/elementwise.py for the shape rules."""
-    n_images, c_out, h_out, w_out = x.shape
-    _, c_src, h_src, w_src = source.shape
+    """Darknet's residual add (NHWC); see kern/ref/elementwise.py for the shape rules."""
+    n_images, h_out, w_out, c_out = x.shape
+    _, h_src, w_src, c_src = source.shape
     stride = max(w_src // w_out, 1)
     sample = max(w_out // w_src, 1)
     channels, height, width = min(c_out, c_src), min(h_out, h_src), min(w_out, w_src)
     a, b = np.float32(alpha), np.float32(beta)
     out = np.empty_like(x)
-    for plane in prange(n_images * c_out):
-        n, c = plane // c_out, plane % c_out
-        for i in range(h_out):
-            for j in range(w_out):
-                out[n, c, i, j] = x[n, c, i, j]
-        if c < channels:
-            for i in range(height):
-                for j in range(width):
-                    oi, oj = i * sample, j * sample
-                    out[n, c, oi, oj] = a * x[n, c, oi, oj] + b * source[n, c, i * stride, j * stride]
-        for i in range(h_out):
-            for j in range(w_out):
-                out[n, c, i, j] = activate_scalar(out[n, c, i, j], act)
+    for job in prange(n_images * h_out):
+        n, i = job // h_out, job % h_out
+        added_row = i % sample == 0 and i // sample < height
+        for j in range(w_out):
+            if added_row and j % sample == 0 and j // sample < width:
+                src = source[n, (i // sample) * stride, (j // sample) * stride]
+                for c in range(channels):
+                    out[n, i, j, c] = activate_scalar(a * x[n, i, j, c] + b * src[c], act)
+                for c in range(channels, c_out):
+                    out[n, i, j, c] = activate_scalar(x[n, i, j, c], act)
+            else:
+                for c in range(c_out):
+                    out[n, i, j, c] = activate_scalar(x[n, i, j, c], act)
     return out
 
 
 @njit(parallel=True, cache=True)
 def copy_channels(src, dst, first_channel):
-    """dst[:, first_channel : first_channel + C] = src, parallel over images x channels."""
-    n_images, channels = src.shape[0], src.shape[1]
-    for plane in prange(n_images * channels):
-        n, c = plane // channels, plane % channels
-        dst[n, first_channel + c] = src[n, c]
+    """dst[..., first_channel : first_channel + C] = src (NHWC), parallel over image rows."""
+    n_images, height, width, channels = src.shape
+    for job in prange(n_images * height):
+        n, i = job // height, job % height
+        for j in range(width):
+            for c in range(channels):
+                dst[n, i, j, first_channel + c] = src[n, i, j, c]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def crop(x, height, width, scale, shift):
-    """The centred height x width window of every plane, then value*scale + shift."""
-    n_images, channels, in_h, in_w = x.shape
+    """The centred height x width window (NHWC), then value*scale + shift."""
+    n_images, in_h, in_w, channels = x.shape
     top, left = (in_h - height) // 2, (in_w - width) // 2
     s, t = np.float32(scale), np.float32(shift)
-    out = np.empty((n_images, channels, height, width), dtype=np.float32)
-    for plane in prange(n_images * channels):
-        n, c = plane // channels, plane % channels
-        for i in range(height):
-            for j in range(width):
-                out[n, c, i, j] = x[n, c, top + i, left + j] * s + t
+    out = np.empty((n_images, height, width, channels), dtype=np.float32)
+    for job in prange(n_images * height):
+        n, i = job // height, job % height
+        for j in range(width):
+            for c in range(channels):
+                out[n, i, j, c] = x[n, top + i, left + j, c] * s + t
     return out

@@ -1,18 +1,20 @@
 """The one compute kernel behind convolution and the connected layer: C = A B^T, by hand.
 
-out[g*rows + m, p] = activation(sum_k a[g, m, k] * b[g, p, k] + bias[g*rows + m])
+out[p, g*rows + m] = activation(sum_k a[g, m, k] * b[p, g*depth + k] + bias[g*rows + m])
 
-Both operands keep the reduction index k contiguous (weights as [out][in*k*k], Darknet's file
-order; inputs as rows of patches, see conv.im2row). Each inner loop computes a 4 x 3 tile of
-dot products at once: 12 scalar accumulators, k innermost. With fastmath=True LLVM
-reassociates the sums and vectorizes over k with AVX2 FMA (NUMBA-NOTES.md: ~82 GFLOP/s per
-core here, versus ~4 for a tile kept in a local array). Per 8 values of k it loads 7 vectors
-and does 12 FMAs, so it is bound by arithmetic, not by loads.
+a holds the weights, packed at load time as (groups, rows padded to 4, depth), with depth
+padded to a multiple of 8 (zeros). b holds one row of `depth` inputs per output pixel: the
+image itself for a 1x1 convolution in channels-last layout, else rows built by im2row. Both
+keep the reduction index k contiguous, so each inner loop is a dot product.
 
-The operands are padded to whole tiles (rows of a to a multiple of 4, of b to a multiple of 3),
-so there is no edge code; the store skips the padded rows. Work is split over output tiles,
-never over k: each output is summed by one thread in a fixed order, so results are identical
-for every thread count.
+Each tile computes 4 x 3 dot products at once: 12 scalar accumulators, k innermost. With
+fastmath=True LLVM reassociates the sums and vectorizes over k with AVX2 FMA (NUMBA-NOTES.md:
+~82 GFLOP/s per core here, versus ~4 for a tile kept in a local array). Per 8 values of k it
+loads 7 vectors and does 12 FMAs: bound by arithmetic, not by loads.
+
+Rows of b past the last pixel are never read: the tile re-reads the last row and skips the
+store (no padding copy). Work is split over output blocks, never over k: each output is summed
+by one thread in a fixed order, so results are identical for every thread count.
 """
 
 import numpy as np
@@ -20,8 +22,9 @@ from numba import njit, prange
 
 from kern.cpu.activation import activate_scalar
 
-TILE_M, TILE_P = 4, 3  # the register tile: rows of a x rows of b
-BLOCK_M, BLOCK_P = 64, 24  # a block of tiles one thread computes (weights reused from L2)
+TILE_M, TILE_P = 4, 3  # the register tile: weight rows x pixel rows
+BLOCK_M, BLOCK_P = 64, 24  # the tiles one thread computes in a row (weights reused from L2)
+DEPTH_MULTIPLE = 8  # one AVX2 vector of float32: no scalar tail in the k loop
 
 
 def padded(count: int, multiple: int) -> int:
@@ -29,24 +32,27 @@ def padded(count: int, multiple: int) -> int:
 
 
 @njit(inline="always", cache=True)
-def _store(out, row, col, value, bias, act, rows, cols, group):
-    if row < rows and col < cols:
-        out[group * rows + row, col] = activate_scalar(value + bias[group * rows + row], act)
+def _store(out, p, m, value, bias, act, rows, pixels, g):
+    if m < rows and p < pixels:
+        out[p, g * rows + m] = activate_scalar(value + bias[g * rows + m], act)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def gemm_nt_bias_act(a, b, bias, act, out, rows, cols):
-    """a: (G, Mp, K), b: (G, Pp, K), bias: (G*rows,), out: (G*rows, cols); see module doc."""
+def gemm_nt_bias_act(a, b, bias, act, out, rows, pixels):
+    """a (G, Mp, depth), b (>= pixels, G*depth or more), bias (G*rows,), out (pixels, G*rows)."""
     groups, mp, depth = a.shape
-    pp = b.shape[1]
     m_blocks = (mp + BLOCK_M - 1) // BLOCK_M
-    p_blocks = (pp + BLOCK_P - 1) // BLOCK_P
-    for tile in prange(groups * m_blocks * p_blocks):
-        g = tile // (m_blocks * p_blocks)
-        m_block = (tile // p_blocks) % m_blocks
-        p_block = tile % p_blocks
-        for p in range(p_block * BLOCK_P, min(pp, p_block * BLOCK_P + BLOCK_P), TILE_P):
-            b0, b1, b2 = b[g, p], b[g, p + 1], b[g, p + 2]
+    p_blocks = (pixels + BLOCK_P - 1) // BLOCK_P
+    last = pixels - 1
+    for block in prange(groups * m_blocks * p_blocks):
+        g = block // (m_blocks * p_blocks)
+        m_block = (block // p_blocks) % m_blocks
+        p_block = block % p_blocks
+        k0 = g * depth
+        for p in range(p_block * BLOCK_P, min(pixels, p_block * BLOCK_P + BLOCK_P), TILE_P):
+            b0 = b[p, k0 : k0 + depth]
+            b1 = b[min(p + 1, last), k0 : k0 + depth]
+            b2 = b[min(p + 2, last), k0 : k0 + depth]
             for m in range(m_block * BLOCK_M, min(mp, m_block * BLOCK_M + BLOCK_M), TILE_M):
                 a0, a1, a2, a3 = a[g, m], a[g, m + 1], a[g, m + 2], a[g, m + 3]
                 c00 = c01 = c02 = c10 = c11 = c12 = np.float32(0.0)
@@ -69,15 +75,15 @@ def gemm_nt_bias_act(a, b, bias, act, out, rows, cols):
                     c30 += w * x0
                     c31 += w * x1
                     c32 += w * x2
-                _store(out, m, p, c00, bias, act, rows, cols, g)
-                _store(out, m, p + 1, c01, bias, act, rows, cols, g)
-                _store(out, m, p + 2, c02, bias, act, rows, cols, g)
-                _store(out, m + 1, p, c10, bias, act, rows, cols, g)
-                _store(out, m + 1, p + 1, c11, bias, act, rows, cols, g)
-                _store(out, m + 1, p + 2, c12, bias, act, rows, cols, g)
-                _store(out, m + 2, p, c20, bias, act, rows, cols, g)
-                _store(out, m + 2, p + 1, c21, bias, act, rows, cols, g)
-                _store(out, m + 2, p + 2, c22, bias, act, rows, cols, g)
-                _store(out, m + 3, p, c30, bias, act, rows, cols, g)
-                _store(out, m + 3, p + 1, c31, bias, act, rows, cols, g)
-                _store(out, m + 3, p + 2, c32, bias, act, rows, cols, g)
+                _store(out, p, m, c00, bias, act, rows, pixels, g)
+                _store(out, p + 1, m, c01, bias, act, rows, pixels, g)
+                _store(out, p + 2, m, c02, bias, act, rows, pixels, g)
+                _store(out, p, m + 1, c10, bias, act, rows, pixels, g)
+                _store(out, p + 1, m + 1, c11, bias, act, rows, pixels, g)
+                _store(out, p + 2, m + 1, c12, bias, act, rows, pixels, g)
+                _store(out, p, m + 2, c20, bias, act, rows, pixels, g)
+                _store(out, p + 1, m + 2, c21, bias, act, rows, pixels, g)
+                _store(out, p + 2, m + 2, c22, bias, act, rows, pixels, g)
+                _store(out, p, m + 3, c30, bias, act, rows, pixels, g)
+                _store(out, p + 1, m + 3, c31, bias, act, rows, pixels, g)
+                _store(out, p + 2, m + 3, c32, bias, act, rows, pixels, g)

@@ -1,48 +1,52 @@
-"""Max pooling (Darknet's padding rule) and global average pooling, parallel over planes."""
+"""Max pooling (Darknet's padding rule) and global average pooling, channels-last (NHWC).
+
+In NHWC the innermost loop runs over contiguous channels, so LLVM vectorizes the max and the
+sum; the window is clipped to the image once per output pixel, not tested per cell.
+"""
 
 import numpy as np
 from numba import njit, prange
 
-_LOWEST = np.float32(-np.inf)  # Darknet uses -FLT_MAX: outside cells never win either way
 
-
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath=True, cache=True)
 def maxpool(x, size, stride, padding):
-    """x (N, C, H, W) -> (N, C, OH, OW), OH = (H + padding - size)//stride + 1.
+    """x (N, H, W, C) -> (N, OH, OW, C), OH = (H + padding - size)//stride + 1.
 
-    The window of output (i, j) starts at (i*stride - padding//2, j*stride - padding//2).
+    The window of output (i, j) starts at (i*stride - padding//2, j*stride - padding//2);
+    cells outside the image never win (Darknet: -FLT_MAX).
     """
-    n_images, channels, height, width = x.shape
+    n_images, height, width, channels = x.shape
     out_h = (height + padding - size) // stride + 1
     out_w = (width + padding - size) // stride + 1
     offset = padding // 2
-    out = np.empty((n_images, channels, out_h, out_w), dtype=np.float32)
-    for plane in prange(n_images * channels):
-        n, c = plane // channels, plane % channels
-        for i in range(out_h):
-            for j in range(out_w):
-                best = _LOWEST
-                for ky in range(size):
-                    y = i * stride - offset + ky
-                    if 0 <= y < height:
-                        for kx in range(size):
-                            xx = j * stride - offset + kx
-                            if 0 <= xx < width and x[n, c, y, xx] > best:
-                                best = x[n, c, y, xx]
-                out[n, c, i, j] = best
+    out = np.empty((n_images, out_h, out_w, channels), dtype=np.float32)
+    for job in prange(n_images * out_h):
+        n, i = job // out_h, job % out_h
+        y0 = max(i * stride - offset, 0)
+        y1 = min(i * stride - offset + size, height)
+        for j in range(out_w):
+            x0 = max(j * stride - offset, 0)
+            x1 = min(j * stride - offset + size, width)
+            best = out[n, i, j]
+            best[:] = -np.inf
+            for y in range(y0, y1):
+                for xx in range(x0, x1):
+                    cell = x[n, y, xx]
+                    for c in range(channels):
+                        best[c] = max(best[c], cell[c])
     return out
 
 
 @njit(parallel=True, cache=True)
 def avgpool(x):
-    """Global average: (N, C, H, W) -> (N, C, 1, 1); sums in float64, then one division."""
-    n_images, channels, height, width = x.shape
-    out = np.empty((n_images, channels, 1, 1), dtype=np.float32)
-    for plane in prange(n_images * channels):
-        n, c = plane // channels, plane % channels
+    """Global average: (N, H, W, C) -> (N, 1, 1, C); sums in float64, then one division."""
+    n_images, height, width, channels = x.shape
+    out = np.empty((n_images, 1, 1, channels), dtype=np.float32)
+    for job in prange(n_images * channels):
+        n, c = job // channels, job % channels
         total = 0.0
         for y in range(height):
             for xx in range(width):
-                total += x[n, c, y, xx]
-        out[n, c, 0, 0] = total / (height * width)
+                total += x[n, y, xx, c]
+        out[n, 0, 0, c] = total / (height * width)
     return out
