@@ -23,6 +23,9 @@ CONV_SHAPES = [
     (2, 64, 9, 7, 64, 3, 1, 1, 32),
     (1, 64, 8, 8, 128, 3, 2, 1, 32),
     (3, 33, 5, 6, 17, 2, 1, 0, 1),
+    (2, 24, 9, 11, 24, 3, 2, 1, 3),  # banded: 8 channels per group, stride 2
+    (1, 12, 7, 6, 12, 3, 1, 1, 12),  # banded: depthwise (1 channel per group)
+    (1, 20, 6, 5, 40, 3, 1, 1, 4),  # grouped, more filters than channels per group: GEMM
 ]
 
 
@@ -179,3 +182,11 @@ def test_cpu_crop_and_activate_match_ref(rng, cpu, ref64):
     for activation in ACTIVATIONS:
         got = cpu.to_numpy(cpu.activate(cpu.asarray(x), activation))
         assert_close(got, ref64.activate(ref64.asarray(x), activation), 1e-6)
+
+
+def test_conv_shapes_cover_every_cpu_kernel(rng, cpu):
+    kernels = set()
+    for shape in CONV_SHAPES:
+        _, weights, bias, bn, options = random_conv(rng, shape)
+        kernels.add(cpu.prepare_conv(weights, bias, bn, **options).kernel)
+    assert kernels == {"gemm", "shallow", "banded"}

@@ -23,10 +23,12 @@ from kern.params import activation_code, fold_batchnorm
 
 @dataclass(frozen=True)
 class CpuConv:
-    # (groups, filters/groups padded to 4, K*K*C/groups padded to 8) for conv2d_gemm, or
-    # (K*K*C, filters) for conv2d_shallow when the input has few channels.
+    # How this conv runs, and its weights packed for that kernel:
+    # "gemm": (groups, filters/groups padded to 4, K*K*C/groups padded to 8);
+    # "shallow" (inputs of few channels): (K*K*C, filters);
+    # "banded" (narrow groups, as many filters as channels per group): (K*K, 2*cg - 1, filters).
+    kernel: str
     packed: np.ndarray
-    shallow: bool
     bias: np.ndarray
     filters: int
     ksize: int
@@ -66,16 +68,21 @@ class CpuBackend:
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
         w, b = fold_batchnorm(weights, bias, bn)
-        shallow = groups == 1 and w.shape[1] <= conv.SHALLOW_CHANNELS
-        packed = conv.pack_taps(w) if shallow else conv.pack_weights(w, groups)
-        return CpuConv(
-            packed, shallow, b, w.shape[0], w.shape[2], stride, padding, activation_code(activation)
-        )
+        filters, group_channels = w.shape[:2]
+        if groups == 1 and group_channels <= conv.SHALLOW_CHANNELS:
+            kernel, packed = "shallow", conv.pack_taps(w)
+        elif 1 < groups and filters == group_channels * groups and group_channels <= conv.BANDED_GROUP_WIDTH:
+            kernel, packed = "banded", conv.pack_band(w)
+        else:
+            kernel, packed = "gemm", conv.pack_weights(w, groups)
+        return CpuConv(kernel, packed, b, filters, w.shape[2], stride, padding, activation_code(activation))
 
     def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         self._use_threads()
-        if c.shallow:
+        if c.kernel == "shallow":
             return conv.conv2d_shallow_batch(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
+        if c.kernel == "banded":
+            return conv.conv2d_banded_batch(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
         return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
 
     def prepare_connected(self, weights, bias, bn, *, activation) -> CpuConnected:

@@ -1,0 +1,185 @@
+"""Whole-network benchmark: kern against PyTorch CPU, OpenCV DNN and Darknet, in one run.
+
+    python -m bench.nets cfg/darknet19.cfg cfg/resnet50.cfg --threads 2 --batch 1,8
+
+Every peer runs the same cfg with the same random weights (written once as a .weights file)
+in its own process, so its peak memory (max RSS) is its own. Times are medians of --repeat
+passes after one warm-up. A peer that is not installed, or cannot load a cfg, gets a note.
+- kern: nets.Network on the Numba CPU backend.
+- torch: the same graph through bench/torch_backend.py (batchnorm folded, channels-last).
+- opencv: cv2.dnn.readNetFromDarknet (opencv-python-headless<5; 5.x dropped the importer).
+- darknet: Debian's `darknet` CPU build, `classifier predict` fed the same image `--repeat`
+  times at its prompt; its time is (wall(repeat + 1) - wall(1)) / repeat, so it includes
+  Darknet's image loading and letterboxing (a few ms), and batch 1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PEERS = ("kern", "torch", "opencv", "darknet")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _median_seconds(run, repeat: int) -> float:
+    run()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(peer: str, cfg: str, weights: str, batch: int, threads: int, repeat: int) -> float:
+    """Median seconds of one forward pass of `batch` images, in this process."""
+    import nets
+
+    spec = nets.load_spec(cfg)
+    images = np.random.default_rng(0).random((batch, *spec.input_shape), dtype=np.float32)
+    if peer == "kern":
+        net = nets.load(cfg, weights, backend="cpu", threads=threads)
+        return _median_seconds(lambda: net.predict(images), repeat)
+    if peer == "torch":
+        from bench.torch_backend import TorchBackend
+        from nets.weights import read_weights
+
+        net = nets.Network(spec, read_weights(weights, spec.layers), TorchBackend(threads))
+        return _median_seconds(lambda: net.predict(images), repeat)
+    if peer == "opencv":
+        import cv2
+
+        cv2.setNumThreads(threads)
+        model = cv2.dnn.readNetFromDarknet(cfg, weights)
+        model.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+
+        def run():
+            model.setInput(images)
+            model.forward()
+
+        return _median_seconds(run, repeat)
+    raise ValueError(peer)
+
+
+def measure_darknet(cfg: str, weights: str, threads: int, repeat: int) -> float:
+    image = str(REPO / "data" / "dog.jpg")
+    data = REPO / "cfg" / "imagenet1k.data"
+    env = {"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"}
+
+    def wall(count: int) -> float:
+        start = time.perf_counter()
+        subprocess.run(
+            ["darknet", "classifier", "predict", str(data), cfg, weights],
+            input=(image + "\n") * count, capture_output=True, text=True, check=True, cwd=REPO,
+            env=env,
+        )
+        return time.perf_counter() - start
+
+    return (wall(repeat + 1) - wall(1)) / repeat
+
+
+def worker(args) -> None:
+    """One measurement in a fresh process; prints JSON {seconds, peak_mb} or {error}."""
+    try:
+        cfg, weights = args.cfgs[0], args.weights
+        if args.worker == "darknet":
+            seconds = measure_darknet(cfg, weights, args.threads, args.repeat)
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # darknet's own process
+        else:
+            seconds = measure(args.worker, cfg, weights, args.batch_one, args.threads, args.repeat)
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+        peak = usage.ru_maxrss / 1024
+        print(json.dumps({"seconds": seconds, "peak_mb": peak}))
+    except Exception as error:  # a peer that cannot run this cfg: reported, not fatal
+        print(json.dumps({"error": f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"}))
+
+
+def run_worker(peer, cfg, weights, batch, threads, repeat) -> dict:
+    command = [
+        sys.executable, "-m", "bench.nets", cfg, "--worker", peer, "--weights", weights,
+        "--batch-one", str(batch), "--threads", str(threads), "--repeat", str(repeat),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode or not lines:
+        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1][:80]}
+    return json.loads(lines[-1])
+
+
+def available(peer: str) -> str | None:
+    """None if the peer can run here, else why not."""
+    modules = {"torch": ("torch", "torch==2.13.0"), "opencv": ("cv2", "'opencv-python-headless<5'")}
+    if peer in modules:
+        module, package = modules[peer]
+        try:
+            __import__(module)
+        except ImportError:
+            return f"not installed (pip install {package})"
+    if peer == "darknet" and shutil.which("darknet") is None:
+        return "not installed (apt-get install darknet)"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cfgs", nargs="+")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    import nets
+    from nets.weights import random_weights, write_weights
+
+    peers = args.peers.split(",")
+    for peer in peers:
+        if reason := available(peer):
+            print(f"# {peer}: skipped, {reason}")
+    peers = [p for p in peers if available(p) is None]
+    print(f"# {args.threads} threads, median of {args.repeat} after a warm-up; ratio = peer time / kern time")
+    print(f"{'network':<18} {'batch':>5} {'peer':<8} {'ms':>9} {'GFLOP/s':>8} {'peak MB':>8} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as folder:
+        for cfg in args.cfgs:
+            spec = nets.load_spec(cfg)
+            weights = str(Path(folder) / "random.weights")
+            write_weights(weights, spec.layers, random_weights(spec.layers, seed=0))
+            name = Path(cfg).stem
+            for batch in map(int, args.batch.split(",")):
+                kern_seconds = None
+                for peer in peers:
+                    if peer == "darknet" and batch != 1:
+                        continue
+                    result = run_worker(peer, cfg, weights, batch, args.threads, args.repeat)
+                    if "error" in result:
+                        print(f"{name:<18} {batch:>5} {peer:<8} cannot run it: {result['error']}")
+                        continue
+                    seconds = result["seconds"]
+                    kern_seconds = kern_seconds or (seconds if peer == "kern" else None)
+                    ratio = f"{seconds / kern_seconds:6.2f}" if kern_seconds else "     -"
+                    gflops = spec.flops * batch / seconds / 1e9
+                    print(
+                        f"{name:<18} {batch:>5} {peer:<8} {1e3 * seconds:>9.1f} {gflops:>8.1f} "
+                        f"{result['peak_mb']:>8.0f} {ratio}",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()

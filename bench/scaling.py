@@ -1,0 +1,123 @@
+"""Thread-scaling study: does kern "scale linearly" with OpenMP-style threads?
+
+    python -m bench.scaling cfg/darknet19.cfg --threads 1,2 [--batch 1] [--repeat 7] [--out DIR]
+
+For each thread count: the whole network's median forward time and every layer's median time
+(random weights; one warm-up pass). Prints a table of speedup S(t) = T(1)/T(t) and parallel
+efficiency S(t)/t, and the serial fraction s that best fits Amdahl's law
+T(t) = T(1) * (s + (1 - s)/t) (least squares), for the network and for each layer.
+Writes scaling.csv and, when matplotlib is installed, scaling.png to --out. Records Numba's
+threading layer, since scaling depends on it (omp, tbb or workqueue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numba
+import numpy as np
+
+import nets
+
+
+def amdahl_serial_fraction(threads: list[int], seconds: list[float]) -> float:
+    """Least-squares s in T(t)/T(1) = s + (1 - s)/t, i.e. y - 1/t = s (1 - 1/t)."""
+    t = np.asarray(threads, dtype=float)
+    y = np.asarray(seconds) / seconds[threads.index(1)]
+    x = 1 - 1 / t
+    if not np.any(x):
+        return float("nan")
+    return float(np.clip(np.dot(y - 1 / t, x) / np.dot(x, x), 0, 1))
+
+
+def profile(cfg: str, threads: int, batch: int, repeat: int) -> tuple[float, np.ndarray]:
+    """(median network seconds, median seconds per layer) at this thread count."""
+    net = nets.load(cfg, random_seed=0, backend="cpu", threads=threads)
+    images = np.random.default_rng(0).random((batch, *net.input_shape), dtype=np.float32)
+    net.forward(images)
+    runs = []
+    for _ in range(repeat):
+        layer_seconds: list[float] = []
+        net.forward(images, layer_seconds=layer_seconds)
+        runs.append(layer_seconds)
+    per_layer = np.median(np.array(runs), axis=0)
+    return float(np.median(np.array(runs).sum(axis=1))), per_layer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cfg")
+    parser.add_argument("--threads", default=None, help="comma-separated (default 1..all cores)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--out", default=".", help="folder for scaling.csv and scaling.png")
+    parser.add_argument("--layers", type=int, default=12, help="how many of the slowest layers to list")
+    args = parser.parse_args()
+    cores = numba.config.NUMBA_NUM_THREADS
+    counts = [int(t) for t in args.threads.split(",")] if args.threads else list(range(1, cores + 1))
+    if 1 not in counts:
+        counts.insert(0, 1)
+    spec = nets.load_spec(args.cfg)
+    totals, layers = [], []
+    for threads in counts:
+        total, per_layer = profile(args.cfg, threads, args.batch, args.repeat)
+        totals.append(total)
+        layers.append(per_layer)
+    layers_by_t = np.array(layers)  # (thread counts, layers)
+    print(f"# {Path(args.cfg).stem}, batch {args.batch}, {spec.flops * args.batch / 1e9:.2f} GFLOP; "
+          f"Numba threading layer: {numba.threading_layer()}; {cores} cores available")
+    print(f"{'threads':>7} {'ms':>9} {'GFLOP/s':>8} {'speedup':>8} {'efficiency':>10}")
+    for threads, total in zip(counts, totals):
+        speedup = totals[0] / total
+        print(f"{threads:>7} {1e3 * total:>9.2f} {spec.flops * args.batch / total / 1e9:>8.1f} "
+              f"{speedup:>8.2f} {speedup / threads:>10.2f}")
+    print(f"Amdahl serial fraction (whole network): {amdahl_serial_fraction(counts, totals):.3f}")
+    best = counts.index(max(counts))
+    print(f"\nslowest layers at 1 thread; speedup at {counts[best]} threads and fitted serial fraction:")
+    print(f"{'layer':>5} {'':<58} {'ms@1':>8} {'speedup':>8} {'serial':>7}")
+    order = np.argsort(-layers_by_t[0])[: args.layers]
+    for i in order:
+        layer = spec.layers[i]
+        speedup = layers_by_t[0, i] / layers_by_t[best, i]
+        serial = amdahl_serial_fraction(counts, list(layers_by_t[:, i]))
+        ms = 1e3 * layers_by_t[0, i]
+        print(f"{i:>5} {layer.describe()[:58]:<58} {ms:>8.2f} {speedup:>8.2f} {serial:>7.3f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "scaling.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["threads", "layer", "kind", "seconds"])
+        for threads, total, per_layer in zip(counts, totals, layers):
+            writer.writerow([threads, "network", "all", f"{total:.6f}"])
+            for layer, seconds in zip(spec.layers, per_layer):
+                writer.writerow([threads, layer.index, layer.kind, f"{seconds:.6f}"])
+    print(f"\nwrote {out / 'scaling.csv'}")
+    plot(out / "scaling.png", Path(args.cfg).stem, counts, totals)
+
+
+def plot(path: Path, name: str, counts: list[int], totals: list[float]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'kern[plot]')")
+        return
+    speedup = [totals[0] / t for t in totals]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    left.plot(counts, speedup, "o-", label="kern")
+    left.plot(counts, counts, "--", color="grey", label="linear")
+    left.set(xlabel="threads", ylabel="speedup", title=f"{name}: speedup")
+    left.legend()
+    right.plot(counts, [s / t for s, t in zip(speedup, counts)], "o-")
+    right.set(xlabel="threads", ylabel="efficiency", ylim=(0, 1.1), title="parallel efficiency")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
