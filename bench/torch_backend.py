@@ -47,22 +47,27 @@ def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int = 1, device: str = "cpu") -> None:
+        """threads: CPU threads; device 'cuda' runs cuDNN, with TF32 off (float32 results)."""
         torch.set_num_threads(threads)
-        self.threads = threads
+        if device == "cuda":
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        self.device = torch.device(device)
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
 
     def asarray(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(
-            memory_format=torch.channels_last
-        )
+        return self._tensor(x).to(memory_format=torch.channels_last)
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
-        return x.contiguous().numpy()
+        return x.contiguous().cpu().numpy()
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> TorchConv:
         w, b = fold_batchnorm(weights, bias, bn)
-        w = torch.from_numpy(w).to(memory_format=torch.channels_last)
-        return TorchConv(w, torch.from_numpy(b), stride, padding, groups, activation)
+        w = self._tensor(w).to(memory_format=torch.channels_last)
+        return TorchConv(w, self._tensor(b), stride, padding, groups, activation)
 
     def conv2d(self, x, c: TorchConv):
         with torch.inference_mode():
@@ -71,7 +76,7 @@ class TorchBackend:
 
     def prepare_connected(self, weights, bias, bn, *, activation) -> TorchConnected:
         w, b = fold_batchnorm(weights, bias, bn)
-        return TorchConnected(torch.from_numpy(w), torch.from_numpy(b), activation)
+        return TorchConnected(self._tensor(w), self._tensor(b), activation)
 
     def connected(self, x, fc: TorchConnected):
         with torch.inference_mode():

@@ -81,7 +81,7 @@ class Backend(Protocol):
 BACKENDS = {
     "ref": "kern.ref:RefBackend",
     "cpu": "kern.cpu:CpuBackend",
-    "cuda": "kern.cuda:CudaBackend",
+    "cuda": "kern.cuda.backend:CudaBackend",
 }
 
 

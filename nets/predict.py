@@ -69,6 +69,7 @@ def split_paths(cfg: str | None, paths: list[str]) -> tuple[Path, Path | None, l
 
 def load_network(args, cfg: Path, weights: Path | None) -> Network:
     spec = nets.load_spec(cfg)
+    backend = nets.make_backend(args.backend, threads=args.threads)  # fail fast if unavailable
     if not args.quiet:
         print(spec.table(), file=sys.stderr)
     if args.random_weights is not None:
@@ -84,7 +85,7 @@ def load_network(args, cfg: Path, weights: Path | None) -> Network:
                 raise KernError(fetch.not_found_message(cfg, cache, spec.layers))
         print(f"Loading weights from {weights}...Done!", file=sys.stderr)
         values = read_weights(weights, spec.layers)
-    net = Network(spec, values, nets.make_backend(args.backend, threads=args.threads))
+    net = Network(spec, values, backend)
     # One untimed pass loads the compiled kernels, so "Predicted in" times the network alone.
     net.predict(np.full((1, *spec.input_shape), 0.5, dtype=np.float32))
     return net

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kern import get_backend
+from kern import KernError, get_backend
 
 
 @pytest.fixture
@@ -18,6 +18,15 @@ def ref64():
 @pytest.fixture(scope="session")
 def cpu():
     return get_backend("cpu")
+
+
+@pytest.fixture(scope="session", params=["cpu", "cuda"])
+def fast(request):
+    """Each fast backend in turn; cuda skips (with the reason) where there is no cupy or GPU."""
+    try:
+        return get_backend(request.param)
+    except KernError as error:
+        pytest.skip(str(error))
 
 
 def assert_close(actual, expected, rtol=1e-5):

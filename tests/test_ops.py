@@ -1,4 +1,5 @@
-"""Every kern/cpu op against kern/ref (float64) on fresh random, awkward shapes.
+"""Every fast backend's ops (cpu; cuda where there is a GPU) against kern/ref (float64) on
+fresh random, awkward shapes; and the CPU kernels called directly.
 
 Tolerance: 1e-5 of the largest reference value (float32 sums of up to ~5000 products).
 """
@@ -26,6 +27,8 @@ CONV_SHAPES = [
     (2, 24, 9, 11, 24, 3, 2, 1, 3),  # banded: 8 channels per group, stride 2
     (1, 12, 7, 6, 12, 3, 1, 1, 12),  # banded: depthwise (1 channel per group)
     (1, 20, 6, 5, 40, 3, 1, 1, 4),  # grouped, more filters than channels per group: GEMM
+    (2, 16, 13, 11, 40, 3, 1, 1, 1),  # >= 16 filters per group: CUDA's implicit GEMM
+    (1, 32, 9, 9, 64, 3, 2, 1, 2),  # the same, grouped and strided
 ]
 
 
@@ -55,10 +58,10 @@ def test_ref_im2col_matches_loops(rng, shape):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
-def test_cpu_conv_matches_ref(rng, cpu, ref64, shape, activation):
+def test_conv_matches_ref(rng, fast, ref64, shape, activation):
     x, weights, bias, bn, options = random_conv(rng, shape, activation)
     expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))
-    got = cpu.to_numpy(cpu.conv2d(cpu.asarray(x), cpu.prepare_conv(weights, bias, bn, **options)))
+    got = fast.to_numpy(fast.conv2d(fast.asarray(x), fast.prepare_conv(weights, bias, bn, **options)))
     assert_close(got, expected)
 
 
@@ -107,26 +110,26 @@ def test_im2row_fills_every_row_and_zeroes_the_depth_padding(rng):
     ],
     ids=str,
 )
-def test_cpu_maxpool_matches_ref(rng, cpu, ref64, shape, size, stride, padding):
+def test_maxpool_matches_ref(rng, fast, ref64, shape, size, stride, padding):
     padding = size - 1 if padding is None else padding
     x = rng.standard_normal(shape).astype(np.float32)
     expected = ref64.maxpool(ref64.asarray(x), size=size, stride=stride, padding=padding)
-    got = cpu.to_numpy(cpu.maxpool(cpu.asarray(x), size=size, stride=stride, padding=padding))
+    got = fast.to_numpy(fast.maxpool(fast.asarray(x), size=size, stride=stride, padding=padding))
     assert_close(got, expected, 0)
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 7, 9), (3, 1000, 14, 14), (2, 3, 1, 1)], ids=str)
-def test_cpu_avgpool_matches_ref(rng, cpu, ref64, shape):
+def test_avgpool_matches_ref(rng, fast, ref64, shape):
     x = rng.standard_normal(shape).astype(np.float32)
-    assert_close(cpu.to_numpy(cpu.avgpool(cpu.asarray(x))), ref64.avgpool(ref64.asarray(x)), 1e-6)
+    assert_close(fast.to_numpy(fast.avgpool(fast.asarray(x))), ref64.avgpool(ref64.asarray(x)), 1e-6)
 
 
 @pytest.mark.parametrize("shape", [(3, 60, 1, 1), (2, 4, 3, 5)], ids=str)
 @pytest.mark.parametrize("groups,temperature", [(1, 1.0), (4, 1.0), (3, 0.5), (1, 2.5)])
-def test_cpu_softmax_matches_ref(rng, cpu, ref64, shape, groups, temperature):
+def test_softmax_matches_ref(rng, fast, ref64, shape, groups, temperature):
     x = (5 * rng.standard_normal(shape)).astype(np.float32)
     expected = ref64.softmax(ref64.asarray(x), groups=groups, temperature=temperature)
-    got = cpu.to_numpy(cpu.softmax(cpu.asarray(x), groups=groups, temperature=temperature))
+    got = fast.to_numpy(fast.softmax(fast.asarray(x), groups=groups, temperature=temperature))
     assert_close(got, expected, 1e-6)
     assert np.allclose(got.reshape(shape[0], groups, -1).sum(axis=2), 1, atol=1e-6)
 
@@ -142,24 +145,24 @@ def test_cpu_softmax_matches_ref(rng, cpu, ref64, shape, groups, temperature):
     ids=str,
 )
 @pytest.mark.parametrize("activation", ["linear", "leaky"])
-def test_cpu_shortcut_matches_ref(rng, cpu, ref64, x_shape, source_shape, activation):
+def test_shortcut_matches_ref(rng, fast, ref64, x_shape, source_shape, activation):
     x = rng.standard_normal(x_shape).astype(np.float32)
     source = rng.standard_normal(source_shape).astype(np.float32)
     options = dict(alpha=0.5, beta=1.5, activation=activation)
     expected = ref64.shortcut(ref64.asarray(x), ref64.asarray(source), **options)
-    got = cpu.to_numpy(cpu.shortcut(cpu.asarray(x), cpu.asarray(source), **options))
+    got = fast.to_numpy(fast.shortcut(fast.asarray(x), fast.asarray(source), **options))
     assert_close(got, expected, 1e-6)
 
 
-def test_cpu_route_matches_ref(rng, cpu, ref64):
+def test_route_matches_ref(rng, fast, ref64):
     xs = [rng.standard_normal((3, c, 5, 7)).astype(np.float32) for c in (2, 5, 1)]
-    got = cpu.to_numpy(cpu.route([cpu.asarray(x) for x in xs]))
+    got = fast.to_numpy(fast.route([fast.asarray(x) for x in xs]))
     assert_close(got, ref64.route([ref64.asarray(x) for x in xs]), 0)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("batch,inputs,outputs,bn", [(1, 74, 10, False), (3, 50, 9, True)])
-def test_cpu_connected_matches_ref(rng, cpu, ref64, activation, batch, inputs, outputs, bn):
+def test_connected_matches_ref(rng, fast, ref64, activation, batch, inputs, outputs, bn):
     x = rng.standard_normal((batch, inputs // 2, 2, 1)).astype(np.float32)  # flattened C, H, W
     inputs = x[0].size
     weights = rng.standard_normal((outputs, inputs)).astype(np.float32)
@@ -170,17 +173,17 @@ def test_cpu_connected_matches_ref(rng, cpu, ref64, activation, batch, inputs, o
     expected = ref64.connected(
         ref64.asarray(x), ref64.prepare_connected(weights, bias, norm, activation=activation)
     )
-    got = cpu.to_numpy(cpu.connected(cpu.asarray(x), cpu.prepare_connected(weights, bias, norm, activation=activation)))
+    got = fast.to_numpy(fast.connected(fast.asarray(x), fast.prepare_connected(weights, bias, norm, activation=activation)))
     assert_close(got, expected)
 
 
-def test_cpu_crop_and_activate_match_ref(rng, cpu, ref64):
+def test_crop_and_activate_match_ref(rng, fast, ref64):
     x = rng.standard_normal((2, 3, 11, 10)).astype(np.float32)
     options = dict(height=7, width=5, scale=2.0, shift=-1.0)
-    got = cpu.to_numpy(cpu.crop(cpu.asarray(x), **options))
+    got = fast.to_numpy(fast.crop(fast.asarray(x), **options))
     assert_close(got, ref64.crop(ref64.asarray(x), **options), 1e-7)
     for activation in ACTIVATIONS:
-        got = cpu.to_numpy(cpu.activate(cpu.asarray(x), activation))
+        got = fast.to_numpy(fast.activate(fast.asarray(x), activation))
         assert_close(got, ref64.activate(ref64.asarray(x), activation), 1e-6)
 
 

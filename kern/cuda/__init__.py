@@ -1,21 +1,5 @@
-"""The CUDA backend (hand-written CUDA C kernels through CuPy). cupy is imported here only.
+"""CUDA kernels for kern: CUDA C sources (*.cu) and the CuPy backend that runs them.
 
-Importing this module without cupy, or without a GPU, raises ImportError with the reason;
-kern.get_backend turns that into one line for the user.
+`kern.cuda.backend` imports cupy (and fails with the reason when there is no cupy or GPU);
+`kern.cuda.sources` does not, so the sources can be compiled and checked anywhere.
 """
-
-try:
-    import cupy
-except ImportError:
-    raise ImportError(
-        "cupy is not installed (pip install 'kern[cuda12]' or 'kern[cuda13]')"
-    ) from None
-
-try:
-    _gpus = cupy.cuda.runtime.getDeviceCount()
-except cupy.cuda.runtime.CUDARuntimeError:
-    _gpus = 0
-if _gpus == 0:
-    raise ImportError("no CUDA GPU found")
-
-raise ImportError("the CUDA kernels are not built yet (issue 4)")

@@ -1,0 +1,128 @@
+"""The GPU check-and-time script: everything the CUDA backend must show, in one call.
+
+    python -m bench.cuda_check [--quick]
+
+1. correctness: pytest on tests/test_cuda_sources.py, tests/test_ops.py (every op on cuda
+   against the float64 reference) and tests/test_cuda.py (18 cfgs vs cpu, tiny's top-5);
+2. per-op: every convolution shape of darknet19, resnet50 and resnext50 (batch 1 and 64),
+   kern's CUDA kernels vs PyTorch + cuDNN (TF32 off), CUDA events, warm-up, median;
+3. networks: batch-1 latency and batch-64 throughput, kern vs PyTorch eager;
+then prints the tables last. Needs cupy, torch with CUDA and a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+NETWORKS = ("darknet19", "resnet50", "resnext50", "darknet53", "densenet201")
+
+
+def median_ms(run, repeat: int = 20, warmup: int = 3) -> float:
+    import cupy
+
+    for _ in range(warmup):
+        run()
+    cupy.cuda.Device().synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def conv_rows(kern, torch_backend, batches) -> list[str]:
+    import nets
+    from nets.layers import Convolutional
+
+    rows, seen = [], set()
+    rng = np.random.default_rng(0)
+    for name in ("darknet19", "resnet50", "resnext50"):
+        for layer in nets.load_spec(REPO / "cfg" / f"{name}.cfg").layers:
+            key = (layer.in_shape, layer.describe())
+            if not isinstance(layer, Convolutional) or key in seen:
+                continue
+            seen.add(key)
+            shape = (layer.filters, layer.in_shape[0] // layer.groups, layer.size, layer.size)
+            w = rng.standard_normal(shape, dtype=np.float32)
+            b = np.zeros(layer.filters, np.float32)
+            options = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups,
+                           activation=layer.activation)
+            for batch in batches:
+                x = rng.random((batch, *layer.in_shape), dtype=np.float32)
+                times = []
+                for backend in (kern, torch_backend):
+                    conv, xd = backend.prepare_conv(w, b, None, **options), backend.asarray(x)
+                    times.append(median_ms(lambda on=backend, xd=xd, conv=conv: on.conv2d(xd, conv)))
+                gflops = layer.flops * batch / times[0] / 1e6
+                rows.append(f"{name:<10} {layer.describe()[:62]:<62} {batch:>3} {times[0]:>8.3f} "
+                            f"{times[1]:>8.3f} {gflops:>8.0f} {times[1] / times[0]:>6.2f}")
+    return rows
+
+
+def network_rows(kern, torch_backend, quick: bool) -> list[str]:
+    import nets
+    from nets.network import Network
+    from nets.weights import random_weights
+
+    rows = []
+    for name in NETWORKS[:2] if quick else NETWORKS:
+        spec = nets.load_spec(REPO / "cfg" / f"{name}.cfg")
+        values = random_weights(spec.layers, seed=0)
+        ours, theirs = Network(spec, values, kern), Network(spec, values, torch_backend)
+        for batch in (1, 64):
+            images = np.random.default_rng(0).random((batch, *spec.input_shape), dtype=np.float32)
+            xk, xt = kern.asarray(images), torch_backend.asarray(images)
+            times = [median_ms(lambda net=net, x=x: forward_on_device(net, x))
+                     for net, x in ((ours, xk), (theirs, xt))]
+            rows.append(f"{name:<12} {batch:>5} {times[0]:>9.2f} {times[1]:>9.2f} "
+                        f"{batch * 1000 / times[0]:>9.0f} {batch * 1000 / times[1]:>9.0f} "
+                        f"{times[1] / times[0]:>6.2f}")
+    return rows
+
+
+def forward_on_device(net, x):
+    """A forward pass that leaves its result on the device (no copy back: timing the GPU)."""
+    outputs = {}
+    for layer, prepared in zip(net.spec.layers, net.prepared):
+        x = layer.forward(net.backend, prepared, x, outputs)
+        if layer.index in net.kept:
+            outputs[layer.index] = x
+    return x
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two networks, batch 1 per-op only")
+    args = parser.parse_args()
+    tests = ["tests/test_cuda_sources.py", "tests/test_ops.py", "tests/test_cuda.py"]
+    check = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", *tests], cwd=REPO)
+
+    from bench.torch_backend import TorchBackend
+    from kern import get_backend
+
+    kern, torch_backend = get_backend("cuda"), TorchBackend(device="cuda")
+    convs = conv_rows(kern, torch_backend, (1,) if args.quick else (1, 64))
+    networks = network_rows(kern, torch_backend, args.quick)
+    print("\n# convolutions: kern CUDA vs PyTorch cuDNN (TF32 off), median ms by CUDA events")
+    print(f"{'network':<10} {'layer':<62} {'N':>3} {'kern ms':>8} {'cuDNN ms':>8} {'GFLOP/s':>8} {'ratio':>6}")
+    print("\n".join(convs))
+    print("\n# networks: ratio = PyTorch time / kern time (> 1: kern faster)")
+    header = ("network", "batch", "kern ms", "torch ms", "kern im/s", "torch im/s", "ratio")
+    print("{:<12} {:>5} {:>9} {:>9} {:>9} {:>9} {:>6}".format(*header))
+    print("\n".join(networks))
+    print(f"\ncorrectness tests: {'passed' if check.returncode == 0 else 'FAILED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+// Activations by integer code, in the order of kern.params.ACTIVATIONS.
+#pragma once
+
+#define ACT_LINEAR 0
+#define ACT_LEAKY 1
+#define ACT_RELU 2
+#define ACT_LOGISTIC 3
+
+__device__ __forceinline__ float activate(float v, int act) {
+    switch (act) {
+        case ACT_LEAKY: return v > 0.f ? v : 0.1f * v;
+        case ACT_RELU: return v > 0.f ? v : 0.f;
+        case ACT_LOGISTIC: return 1.f / (1.f + expf(-v));
+        default: return v;
+    }
+}

@@ -1,0 +1,115 @@
+// Convolution, NCHW float32, batchnorm folded into w and bias on the host.
+// x (N, C, H, W); w (F, C/groups, K, K); y (N, F, OH, OW); y = act(conv(x, w) + bias).
+#include "activation.cuh"
+
+// Kernel 1: one thread per output element (n, f, oy, ox): the definition, as loops.
+// Consecutive threads take consecutive ox, so the stores (and most loads) are coalesced.
+extern "C" __global__ void conv2d_direct(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
+    int groups, int oh, int ow, int act)
+{
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)n * f * oh * ow) return;
+    const int ox = idx % ow;
+    long long t = idx / ow;
+    const int oy = t % oh;
+    t /= oh;
+    const int fo = t % f;
+    const int b = t / f;
+    const int cg = c / groups;
+    const int g = fo / (f / groups);
+    const float* wf = w + (long long)fo * cg * k * k;
+    float acc = 0.f;
+    for (int ci = 0; ci < cg; ++ci) {
+        const float* plane = x + ((long long)b * c + g * cg + ci) * h * wd;
+        for (int ky = 0; ky < k; ++ky) {
+            const int iy = oy * stride - pad + ky;
+            if (iy < 0 || iy >= h) continue;
+            for (int kx = 0; kx < k; ++kx) {
+                const int ix = ox * stride - pad + kx;
+                if (ix < 0 || ix >= wd) continue;
+                acc += wf[(ci * k + ky) * k + kx] * plane[iy * wd + ix];
+            }
+        }
+    }
+    y[idx] = activate(acc + bias[fo], act);
+}
+
+// Kernel 2: implicit GEMM with shared-memory tiles. Per group g, the output is the product
+// (filters x taps) @ (taps x pixels), pixels running over the whole batch; the taps x pixels
+// operand is never stored: each tile of it is gathered from x (im2col on the fly).
+// A block of 256 threads computes TILE_M filters x TILE_N pixels; thread (ty, tx) of the
+// 16 x 16 grid owns filters ty + 16*i and pixels tx + 16*j (i, j < 4): 16 accumulators in
+// registers. Each step stages TILE_K taps of both operands in shared memory.
+#ifndef TILE_M
+#define TILE_M 64
+#endif
+#ifndef TILE_N
+#define TILE_N 64
+#endif
+#ifndef TILE_K
+#define TILE_K 16
+#endif
+#define THREADS 256
+
+extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
+    int groups, int oh, int ow, int act)
+{
+    __shared__ float a_tile[TILE_K][TILE_M];
+    __shared__ float b_tile[TILE_K][TILE_N];
+    const int cg = c / groups, fg = f / groups, taps = cg * k * k;
+    const int pixels = n * oh * ow, plane = oh * ow;
+    const int g = blockIdx.z, m0 = blockIdx.y * TILE_M, p0 = blockIdx.x * TILE_N;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    float acc[4][4] = {{0.f}};
+    for (int k0 = 0; k0 < taps; k0 += TILE_K) {
+        for (int i = threadIdx.x; i < TILE_M * TILE_K; i += THREADS) {
+            const int m = i / TILE_K, kk = i % TILE_K;  // consecutive threads: consecutive taps
+            const int fo = m0 + m, tap = k0 + kk;
+            a_tile[kk][m] = (fo < fg && tap < taps) ? w[(long long)(g * fg + fo) * taps + tap] : 0.f;
+        }
+        for (int i = threadIdx.x; i < TILE_K * TILE_N; i += THREADS) {
+            const int kk = i / TILE_N, pp = i % TILE_N;  // consecutive threads: consecutive pixels
+            const int tap = k0 + kk, p = p0 + pp;
+            float v = 0.f;
+            if (tap < taps && p < pixels) {
+                const int ci = tap / (k * k), r = tap % (k * k);
+                const int b = p / plane, q = p % plane;
+                const int iy = (q / ow) * stride - pad + r / k, ix = (q % ow) * stride - pad + r % k;
+                if (iy >= 0 && iy < h && ix >= 0 && ix < wd)
+                    v = x[(((long long)b * c + g * cg + ci) * h + iy) * wd + ix];
+            }
+            b_tile[kk][pp] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            float a[4], bv[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = a_tile[kk][ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) bv[j] = b_tile[kk][tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * bv[j];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int fo = m0 + ty + 16 * i;
+        if (fo >= fg) continue;
+        const float bias_f = bias[g * fg + fo];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int p = p0 + tx + 16 * j;
+            if (p >= pixels) continue;
+            const int b = p / plane, q = p % plane;
+            y[((long long)b * f + g * fg + fo) * plane + q] = activate(acc[i][j] + bias_f, act);
+        }
+    }
+}

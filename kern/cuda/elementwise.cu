@@ -1,0 +1,88 @@
+// Element-wise and data-movement ops, NCHW float32: one thread per output element unless
+// said otherwise.
+#include "activation.cuh"
+
+extern "C" __global__ void activate_all(const float* __restrict__ x, float* __restrict__ y,
+                                        long long count, int act)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) y[i] = activate(x[i], act);
+}
+
+// Darknet's residual add: y = act(alpha*x + beta*source) on the common part, where source is
+// sampled with stride = w_src/w_out or spread with sample = w_out/w_src; act(x) elsewhere.
+extern "C" __global__ void shortcut(
+    const float* __restrict__ x, const float* __restrict__ src, float* __restrict__ y,
+    int n, int c, int h, int w, int cs, int hs, int ws, float alpha, float beta, int act)
+{
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)n * c * h * w) return;
+    const int j = idx % w, i = (idx / w) % h, ch = (idx / ((long long)w * h)) % c;
+    const int b = idx / ((long long)w * h * c);
+    const int stride = max(ws / w, 1), sample = max(w / ws, 1);
+    float v = x[idx];
+    if (ch < min(c, cs) && i % sample == 0 && j % sample == 0 && i / sample < min(h, hs) &&
+        j / sample < min(w, ws)) {
+        const long long s = (((long long)b * cs + ch) * hs + (i / sample) * stride) * ws +
+                            (j / sample) * stride;
+        v = alpha * v + beta * src[s];
+    }
+    y[idx] = activate(v, act);
+}
+
+// Route (concat on channels): copy src (N, Cs, HW) into dst (N, Cd, HW) from channel `first`.
+extern "C" __global__ void copy_channels(const float* __restrict__ src, float* __restrict__ dst,
+                                         int n, int cs, int hw, int cd, int first)
+{
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)n * cs * hw) return;
+    const long long q = idx % hw, ch = (idx / hw) % cs, b = idx / ((long long)hw * cs);
+    dst[(b * cd + first + ch) * hw + q] = src[idx];
+}
+
+// Crop layer: the centred oh x ow window of each plane, then v*scale + shift.
+extern "C" __global__ void crop(const float* __restrict__ x, float* __restrict__ y, int planes,
+                                int h, int w, int oh, int ow, float scale, float shift)
+{
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)planes * oh * ow) return;
+    const int j = idx % ow, i = (idx / ow) % oh;
+    const long long p = idx / ((long long)oh * ow);
+    const int top = (h - oh) / 2, left = (w - ow) / 2;
+    y[idx] = x[(p * h + top + i) * w + left + j] * scale + shift;
+}
+
+// Softmax over rows of `width` values (one row per image and group): one block per row,
+// max and sum by block-wide tree reductions (blockDim.x a power of two, 256).
+extern "C" __global__ void softmax_rows(const float* __restrict__ x, float* __restrict__ y,
+                                        int width, float temperature)
+{
+    __shared__ float partial[256];
+    const float* in = x + (long long)blockIdx.x * width;
+    float* out = y + (long long)blockIdx.x * width;
+    float largest = -INFINITY;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) largest = fmaxf(largest, in[i]);
+    partial[threadIdx.x] = largest;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half)
+            partial[threadIdx.x] = fmaxf(partial[threadIdx.x], partial[threadIdx.x + half]);
+        __syncthreads();
+    }
+    largest = partial[0];
+    __syncthreads();
+    float sum = 0.f;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        const float e = expf((in[i] - largest) / temperature);
+        out[i] = e;
+        sum += e;
+    }
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    const float total = partial[0];
+    for (int i = threadIdx.x; i < width; i += blockDim.x) out[i] /= total;
+}

@@ -1,0 +1,42 @@
+// Pooling, NCHW float32.
+
+// Darknet's max pool: one thread per output; the window of output (i, j) starts at
+// (i*stride - pad/2, j*stride - pad/2) with pad the TOTAL padding; outside cells never win.
+extern "C" __global__ void maxpool(
+    const float* __restrict__ x, float* __restrict__ y, int planes, int h, int w,
+    int size, int stride, int pad, int oh, int ow)
+{
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)planes * oh * ow) return;
+    const int j = idx % ow, i = (idx / ow) % oh;
+    const long long p = idx / ((long long)oh * ow);
+    const float* in = x + p * h * w;
+    const int y0 = i * stride - pad / 2, x0 = j * stride - pad / 2;
+    float best = -INFINITY;
+    for (int ky = 0; ky < size; ++ky) {
+        const int yy = y0 + ky;
+        if (yy < 0 || yy >= h) continue;
+        for (int kx = 0; kx < size; ++kx) {
+            const int xx = x0 + kx;
+            if (xx >= 0 && xx < w) best = fmaxf(best, in[yy * w + xx]);
+        }
+    }
+    y[idx] = best;
+}
+
+// Global average pool: one block per (n, c) plane; a block-wide tree sum in shared memory.
+// blockDim.x must be a power of two (256).
+extern "C" __global__ void avgpool(const float* __restrict__ x, float* __restrict__ y, int hw)
+{
+    __shared__ float partial[256];
+    const float* in = x + (long long)blockIdx.x * hw;
+    float sum = 0.f;
+    for (int i = threadIdx.x; i < hw; i += blockDim.x) sum += in[i];
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) y[blockIdx.x] = partial[0] / hw;
+}
