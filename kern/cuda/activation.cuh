@@ -1,6 +1,9 @@
 // Activations by integer code, in the order of kern.params.ACTIVATIONS.
 #pragma once
 
+// -inf without <math.h>, which NVRTC (cupy.RawModule) does not include.
+#define NEG_INF __int_as_float(0xff800000)
+
 #define ACT_LINEAR 0
 #define ACT_LEAKY 1
 #define ACT_RELU 2

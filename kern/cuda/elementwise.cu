@@ -60,7 +60,7 @@ extern "C" __global__ void softmax_rows(const float* __restrict__ x, float* __re
     __shared__ float partial[256];
     const float* in = x + (long long)blockIdx.x * width;
     float* out = y + (long long)blockIdx.x * width;
-    float largest = -INFINITY;
+    float largest = NEG_INF;
     for (int i = threadIdx.x; i < width; i += blockDim.x) largest = fmaxf(largest, in[i]);
     partial[threadIdx.x] = largest;
     __syncthreads();

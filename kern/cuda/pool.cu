@@ -1,4 +1,5 @@
 // Pooling, NCHW float32.
+#include "activation.cuh"  // NEG_INF
 
 // Darknet's max pool: one thread per output; the window of output (i, j) starts at
 // (i*stride - pad/2, j*stride - pad/2) with pad the TOTAL padding; outside cells never win.
@@ -12,7 +13,7 @@ extern "C" __global__ void maxpool(
     const long long p = idx / ((long long)oh * ow);
     const float* in = x + p * h * w;
     const int y0 = i * stride - pad / 2, x0 = j * stride - pad / 2;
-    float best = -INFINITY;
+    float best = NEG_INF;
     for (int ky = 0; ky < size; ++ky) {
         const int yy = y0 + ky;
         if (yy < 0 || yy >= h) continue;
