@@ -25,7 +25,7 @@ from kern.params import activation_code, fold_batchnorm
 class CpuConv:
     # How this conv runs, and its weights packed for that kernel:
     # "gemm": (groups, filters/groups padded to 4, K*K*C/groups padded to 8);
-    # "shallow" (inputs of few channels): (K*K*C, filters);
+    # "shallow" (C*K*K <= 32, e.g. a 3x3 RGB layer): (K*K*C, filters);
     # "banded" (narrow groups, as many filters as channels per group): (K*K, 2*cg - 1, filters).
     kernel: str
     packed: np.ndarray
@@ -69,7 +69,7 @@ class CpuBackend:
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
         w, b = fold_batchnorm(weights, bias, bn)
         filters, group_channels = w.shape[:2]
-        if groups == 1 and group_channels <= conv.SHALLOW_CHANNELS:
+        if groups == 1 and group_channels * w.shape[2] ** 2 <= conv.SHALLOW_DEPTH:
             kernel, packed = "shallow", conv.pack_taps(w)
         elif 1 < groups and filters == group_channels * groups and group_channels <= conv.BANDED_GROUP_WIDTH:
             kernel, packed = "banded", conv.pack_band(w)

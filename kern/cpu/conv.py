@@ -117,35 +117,41 @@ def conv2d_banded(x, band, bias, ksize, stride, padding, out, act):
 def im2row(x, groups, ksize, stride, padding, out_h, out_w, depth, rows):
     """One NHWC image x (H, W, C) -> rows (OH*OW, groups*depth).
 
-    Row p, group g holds the taps of output pixel p in (ky, kx, channel) order: size*size
-    contiguous runs of C/groups channels; taps outside the image and the padding up to
-    `depth` are zeros.
+    Row p, group g holds the taps of output pixel p in (ky, kx, channel) order; taps outside
+    the image and the padding up to `depth` are zeros. In NHWC the `ksize` taps of one kernel
+    row are adjacent in memory, so with one group each kernel row is ONE contiguous copy of
+    ksize*C values (for an RGB 7x7 stem: 21 values, not 7 copies of 3).
     """
     height, width, channels = x.shape
     group_channels = channels // groups
+    run = ksize * group_channels
     for job in prange(out_h * out_w):
         oy, ox = job // out_w, job % out_w
         row = rows[job]
+        x0 = ox * stride - padding
+        inside_x = 0 <= x0 and x0 + ksize <= width
         for g in range(groups):
             base = g * depth
             c0 = g * group_channels
-            k = base
             for ky in range(ksize):
                 iy = oy * stride - padding + ky
-                for kx in range(ksize):
-                    ix = ox * stride - padding + kx
-                    if 0 <= iy < height and 0 <= ix < width:
-                        for c in range(group_channels):
-                            row[k + c] = x[iy, ix, c0 + c]
-                    else:
-                        for c in range(group_channels):
-                            row[k + c] = np.float32(0.0)
-                    k += group_channels
-            for k in range(base + ksize * ksize * group_channels, base + depth):
-                row[k] = np.float32(0.0)
+                k = base + ky * run
+                if iy < 0 or iy >= height:
+                    row[k : k + run] = 0
+                elif inside_x and groups == 1:
+                    row[k : k + run] = x[iy].ravel()[x0 * channels : x0 * channels + run]
+                else:
+                    for kx in range(ksize):
+                        ix = x0 + kx
+                        tap = k + kx * group_channels
+                        if 0 <= ix < width:
+                            row[tap : tap + group_channels] = x[iy, ix, c0 : c0 + group_channels]
+                        else:
+                            row[tap : tap + group_channels] = 0
+            row[base + ksize * run : base + depth] = 0
 
 
-SHALLOW_CHANNELS = 4  # inputs this shallow (RGB) go through conv2d_shallow: measured faster
+SHALLOW_DEPTH = 32  # convs with C*K*K this small (a 3x3 RGB layer) use conv2d_shallow: measured faster
 
 
 def pack_taps(weights: np.ndarray) -> np.ndarray:
