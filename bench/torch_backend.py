@@ -74,6 +74,10 @@ class TorchBackend:
             y = F.conv2d(x, c.weights, c.bias, c.stride, c.padding, 1, c.groups)
             return _activate(y, c.activation)
 
+    def conv2d_residual(self, x, c: TorchConv, residual, *, activation):
+        with torch.inference_mode():
+            return _activate(self.conv2d(x, c) + residual, activation)
+
     def prepare_connected(self, weights, bias, bn, *, activation) -> TorchConnected:
         w, b = fold_batchnorm(weights, bias, bn)
         return TorchConnected(self._tensor(w), self._tensor(b), activation)

@@ -44,6 +44,10 @@ class Backend(Protocol):
     def conv2d(self, x: Any, conv: Any) -> Any:
         """activation(batchnorm(conv(x, weights)) + bias), NCHW -> NCHW."""
 
+    def conv2d_residual(self, x: Any, conv: Any, residual: Any, *, activation: str) -> Any:
+        """activation(conv2d(x, conv) + residual), residual of the output's shape: a convolution
+        and the shortcut after it in one pass where the backend can fuse them."""
+
     def prepare_connected(
         self, weights: np.ndarray, bias: np.ndarray, bn: BatchNorm | None, *, activation: str
     ) -> Any:

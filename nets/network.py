@@ -11,7 +11,7 @@ import numpy as np
 from kern.backend import Backend
 from kern.errors import KernError
 from nets.cfg import Section
-from nets.layers import BUILDERS, TRAINING_ONLY, Layer, Shape
+from nets.layers import BUILDERS, TRAINING_ONLY, Convolutional, Layer, Shape, Shortcut
 
 # [net] options that only training reads.
 NET_TRAINING_ONLY = frozenset(
@@ -78,6 +78,22 @@ def _positive(section: Section, key: str, default: int) -> int:
     return value
 
 
+def fusable_shortcuts(layers: tuple[Layer, ...], kept: frozenset[int]) -> dict[int, Shortcut]:
+    """Convolutions whose next layer is a plain shortcut (alpha = beta = 1, same shapes) and
+    whose own output nobody else reads: conv index -> that shortcut, run as one fused op."""
+    fused = {}
+    for conv, shortcut in zip(layers, layers[1:]):
+        if (
+            isinstance(conv, Convolutional)
+            and isinstance(shortcut, Shortcut)
+            and shortcut.alpha == shortcut.beta == 1.0
+            and layers[shortcut.source].out_shape == conv.out_shape
+            and conv.index not in kept
+        ):
+            fused[conv.index] = shortcut
+    return fused
+
+
 class Network:
     """A network ready to run: its layers' parameters prepared on its own backend."""
 
@@ -89,6 +105,7 @@ class Network:
         self.prepared = [layer.prepare(backend, v) for layer, v in zip(spec.layers, values)]
         # Outputs read again later (route, shortcut) are kept; all others are dropped at once.
         self.kept = frozenset(i for layer in spec.layers for i in layer.sources())
+        self.fused = fusable_shortcuts(spec.layers, self.kept)
 
     @property
     def input_shape(self) -> Shape:
@@ -115,7 +132,14 @@ class Network:
         outputs: dict[int, Any] = {}
         for layer, prepared in zip(self.spec.layers[: last + 1], self.prepared):
             start = time.perf_counter()
-            x = layer.forward(self.backend, prepared, x, outputs)
+            shortcut = self.fused.get(layer.index)
+            if shortcut is not None and shortcut.index <= last:
+                # The convolution and the shortcut after it in one pass.
+                x = self.backend.conv2d_residual(
+                    x, prepared, outputs[shortcut.source], activation=shortcut.activation
+                )
+            elif layer.index - 1 not in self.fused:  # else this shortcut ran fused above
+                x = layer.forward(self.backend, prepared, x, outputs)
             if layer_seconds is not None:
                 layer_seconds.append(time.perf_counter() - start)
             if layer.index in self.kept:

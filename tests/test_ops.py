@@ -65,6 +65,17 @@ def test_conv_matches_ref(rng, fast, ref64, shape, activation):
     assert_close(got, expected)
 
 
+@pytest.mark.parametrize("shape", [CONV_SHAPES[1], CONV_SHAPES[2], CONV_SHAPES[6], CONV_SHAPES[0]], ids=str)
+def test_conv_with_fused_residual_matches_ref(rng, fast, ref64, shape):
+    x, weights, bias, bn, options = random_conv(rng, shape, "linear")
+    expected_conv = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))
+    residual = rng.standard_normal(expected_conv.shape).astype(np.float32)
+    expected = ref64.activate(expected_conv + residual, "leaky")
+    conv = fast.prepare_conv(weights, bias, bn, **options)
+    got = fast.conv2d_residual(fast.asarray(x), conv, fast.asarray(residual), activation="leaky")
+    assert_close(fast.to_numpy(got), expected)
+
+
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
 def test_cpu_direct_conv_matches_ref(rng, ref64, shape):
     x, weights, bias, _, o = random_conv(rng, shape, with_bn=False)
@@ -81,7 +92,8 @@ def test_gemm_writes_every_output_and_nothing_else(rng, pixels):
     b = rng.standard_normal((pixels, groups * depth)).astype(np.float32)
     bias = rng.standard_normal(groups * rows).astype(np.float32)
     out = np.full((pixels + 1, groups * rows + 1), np.nan, np.float32)  # poisoned, plus a margin
-    gemm_nt_bias_act(a, b, bias, 0, out[:pixels, : groups * rows], rows, pixels)
+    target = out[:pixels, : groups * rows]
+    gemm_nt_bias_act(a, b, bias, 0, target, rows, pixels, target, -1)
     b64 = b.astype(np.float64).reshape(pixels, groups, depth)
     expected = np.einsum("gmk,pgk->pgm", a[:, :rows].astype(np.float64), b64)
     expected = expected.reshape(pixels, groups * rows) + bias

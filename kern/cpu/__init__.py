@@ -85,6 +85,15 @@ class CpuBackend:
             return conv.conv2d_banded_batch(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
         return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
 
+    def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
+        self._use_threads()
+        act = activation_code(activation)
+        if c.kernel == "gemm":  # fused into the GEMM's store
+            return conv.conv2d_gemm(
+                x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual, act
+            )
+        return elementwise.shortcut(self.conv2d(x, c), residual, 1.0, 1.0, act)
+
     def prepare_connected(self, weights, bias, bn, *, activation) -> CpuConnected:
         w, b = fold_batchnorm(weights, bias, bn)
         return CpuConnected(pack_connected(w), b, w.shape[0], activation_code(activation))

@@ -24,5 +24,6 @@ def connected(x: np.ndarray, packed: np.ndarray, bias: np.ndarray, outputs: int,
     rows = np.zeros((n_images, depth), dtype=np.float32)
     rows[:, : x[0].size] = x.transpose(0, 3, 1, 2).reshape(n_images, -1)  # Darknet's C, H, W order
     out = np.empty((n_images, 1, 1, outputs), dtype=np.float32)
-    gemm_nt_bias_act(packed, rows, bias, act, out.reshape(n_images, outputs), outputs, n_images)
+    flat = out.reshape(n_images, outputs)
+    gemm_nt_bias_act(packed, rows, bias, act, flat, outputs, n_images, flat, -1)
     return out

@@ -221,8 +221,11 @@ def conv2d_gemm(
     stride: int,
     padding: int,
     act: int,
+    residual: np.ndarray | None = None,
+    residual_act: int = -1,
 ) -> np.ndarray:
-    """x (N, H, W, C) float32, packed from pack_weights -> (N, OH, OW, filters)."""
+    """x (N, H, W, C) float32, packed from pack_weights -> (N, OH, OW, filters); with a
+    residual (N, OH, OW, filters): residual_act(that + residual), fused into the store."""
     n_images, height, width, channels = x.shape
     groups, _, depth = packed.shape
     out_h = conv_output_size(height, ksize, stride, padding)
@@ -237,7 +240,10 @@ def conv2d_gemm(
             rows = x[n].reshape(pixels, channels)
         else:
             im2row(x[n], groups, ksize, stride, padding, out_h, out_w, depth, rows)
+        out_n = out[n].reshape(pixels, filters)
+        residual_n = out_n if residual is None else residual[n].reshape(pixels, filters)
         gemm_nt_bias_act(
-            packed, rows, bias, act, out[n].reshape(pixels, filters), filters // groups, pixels
+            packed, rows, bias, act, out_n, filters // groups, pixels, residual_n,
+            -1 if residual is None else residual_act,
         )
     return out

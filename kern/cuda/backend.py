@@ -88,6 +88,10 @@ class CudaBackend:
             self._kernel("conv.cu", "conv2d_direct")(_grid(y.size), (BLOCK,), args)
         return y
 
+    def conv2d_residual(self, x, conv: CudaConv, residual, *, activation):
+        # Not fused yet: the convolution, then the shortcut kernel.
+        return self.shortcut(self.conv2d(x, conv), residual, alpha=1.0, beta=1.0, activation=activation)
+
     def prepare_connected(self, weights, bias, bn, *, activation) -> CudaConv:
         # A connected layer is a 1x1 convolution of the flattened input.
         w, b = fold_batchnorm(weights, bias, bn)

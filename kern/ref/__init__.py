@@ -58,6 +58,9 @@ class RefBackend:
         y = conv2d_im2col(x, conv.weights, conv.stride, conv.padding, conv.groups)
         return self._bias_bn_activate(y, conv.bias, conv.bn, conv.activation)
 
+    def conv2d_residual(self, x, conv: RefConv, residual, *, activation):
+        return elementwise.activate(self.conv2d(x, conv) + residual, activation)
+
     def prepare_connected(self, weights, bias, bn, *, activation) -> RefConnected:
         return RefConnected(weights.astype(self.dtype), bias.astype(self.dtype), bn, activation)
 
