@@ -83,22 +83,11 @@ def network_rows(kern, torch_backend, quick: bool) -> list[str]:
         for batch in (1, 64):
             images = np.random.default_rng(0).random((batch, *spec.input_shape), dtype=np.float32)
             xk, xt = kern.asarray(images), torch_backend.asarray(images)
-            times = [median_ms(lambda net=net, x=x: forward_on_device(net, x))
-                     for net, x in ((ours, xk), (theirs, xt))]
+            times = [median_ms(lambda net=net, x=x: net.run(x)) for net, x in ((ours, xk), (theirs, xt))]
             rows.append(f"{name:<12} {batch:>5} {times[0]:>9.2f} {times[1]:>9.2f} "
                         f"{batch * 1000 / times[0]:>9.0f} {batch * 1000 / times[1]:>9.0f} "
                         f"{times[1] / times[0]:>6.2f}")
     return rows
-
-
-def forward_on_device(net, x):
-    """A forward pass that leaves its result on the device (no copy back: timing the GPU)."""
-    outputs = {}
-    for layer, prepared in zip(net.spec.layers, net.prepared):
-        x = layer.forward(net.backend, prepared, x, outputs)
-        if layer.index in net.kept:
-            outputs[layer.index] = x
-    return x
 
 
 def main() -> None:

@@ -127,8 +127,11 @@ class Network:
                 f"{self.spec.cfg_path}: expected images of shape (N, {expected.replace('x', ', ')}), "
                 f"got {images.shape}"
             )
+        return self.backend.to_numpy(self.run(self.backend.asarray(images), until, layer_seconds))
+
+    def run(self, x: Any, until: int | None = None, layer_seconds: list[float] | None = None) -> Any:
+        """forward() on this backend's arrays: no checks, no copies to or from the host."""
         last = len(self.spec.layers) - 1 if until is None else until
-        x: Any = self.backend.asarray(images)
         outputs: dict[int, Any] = {}
         for layer, prepared in zip(self.spec.layers[: last + 1], self.prepared):
             start = time.perf_counter()
@@ -144,7 +147,7 @@ class Network:
                 layer_seconds.append(time.perf_counter() - start)
             if layer.index in self.kept:
                 outputs[layer.index] = x
-        return self.backend.to_numpy(x)
+        return x
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Images -> (N, outputs) scores (probabilities when the cfg ends in softmax)."""

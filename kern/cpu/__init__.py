@@ -87,11 +87,10 @@ class CpuBackend:
 
     def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         self._use_threads()
-        if c.kernel == "shallow":
-            return conv.conv2d_shallow_batch(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
-        if c.kernel == "banded":
-            return conv.conv2d_banded_batch(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
-        return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
+        if c.kernel == "gemm":
+            return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
+        kernel = conv.conv2d_shallow if c.kernel == "shallow" else conv.conv2d_banded
+        return conv.per_image(kernel, x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
         self._use_threads()

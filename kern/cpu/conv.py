@@ -159,16 +159,18 @@ def pack_taps(weights: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weights.transpose(2, 3, 1, 0).reshape(-1, weights.shape[0]))
 
 
-def conv2d_shallow_batch(
-    x: np.ndarray, taps: np.ndarray, bias: np.ndarray, ksize: int, stride: int, padding: int, act: int
+def per_image(
+    kernel, x: np.ndarray, packed: np.ndarray, bias: np.ndarray, filters: int, ksize: int,
+    stride: int, padding: int, act: int,
 ) -> np.ndarray:
-    """x (N, H, W, C) -> (N, OH, OW, F) with conv2d_shallow, image by image."""
+    """x (N, H, W, C) -> (N, OH, OW, filters) with a one-image kernel (conv2d_shallow,
+    conv2d_banded), image by image."""
     n_images, height, width, _ = x.shape
     out_h = conv_output_size(height, ksize, stride, padding)
     out_w = conv_output_size(width, ksize, stride, padding)
-    out = np.empty((n_images, out_h, out_w, taps.shape[1]), dtype=np.float32)
+    out = np.empty((n_images, out_h, out_w, filters), dtype=np.float32)
     for n in range(n_images):
-        conv2d_shallow(x[n], taps, bias, ksize, stride, padding, out[n], act)
+        kernel(x[n], packed, bias, ksize, stride, padding, out[n], act)
     return out
 
 
@@ -185,19 +187,6 @@ def pack_band(weights: np.ndarray) -> np.ndarray:
         for c in range(cg):
             band[:, c - f + cg - 1, o] = taps[o, c]
     return band
-
-
-def conv2d_banded_batch(
-    x: np.ndarray, band: np.ndarray, bias: np.ndarray, ksize: int, stride: int, padding: int, act: int
-) -> np.ndarray:
-    """x (N, H, W, C) -> (N, OH, OW, C) with conv2d_banded, image by image."""
-    n_images, height, width, channels = x.shape
-    out_h = conv_output_size(height, ksize, stride, padding)
-    out_w = conv_output_size(width, ksize, stride, padding)
-    out = np.empty((n_images, out_h, out_w, channels), dtype=np.float32)
-    for n in range(n_images):
-        conv2d_banded(x[n], band, bias, ksize, stride, padding, out[n], act)
-    return out
 
 
 def pack_weights(weights: np.ndarray, groups: int) -> np.ndarray:
