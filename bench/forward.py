@@ -17,16 +17,21 @@ import numpy as np
 import nets
 
 
-def time_forward(cfg: str, threads: int, batch: int, repeat: int) -> float:
-    net = nets.load(cfg, random_seed=0, backend="cpu", threads=threads)
-    images = np.random.default_rng(0).random((batch, *net.input_shape), dtype=np.float32)
-    net.predict(images)
+def median_seconds(run, repeat: int) -> float:
+    """One untimed call, then the median wall time of `repeat` calls."""
+    run()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        net.predict(images)
+        run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def time_forward(cfg: str, threads: int, batch: int, repeat: int) -> float:
+    net = nets.load(cfg, random_seed=0, backend="cpu", threads=threads)
+    images = np.random.default_rng(0).random((batch, *net.input_shape), dtype=np.float32)
+    return median_seconds(lambda: net.predict(images), repeat)
 
 
 def main() -> None:

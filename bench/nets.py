@@ -19,7 +19,6 @@ import argparse
 import json
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,31 +31,22 @@ PEERS = ("kern", "torch", "opencv", "darknet")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _median_seconds(run, repeat: int) -> float:
-    run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(peer: str, cfg: str, weights: str, batch: int, threads: int, repeat: int) -> float:
     """Median seconds of one forward pass of `batch` images, in this process."""
     import nets
+    from bench.forward import median_seconds
 
     spec = nets.load_spec(cfg)
     images = np.random.default_rng(0).random((batch, *spec.input_shape), dtype=np.float32)
     if peer == "kern":
         net = nets.load(cfg, weights, backend="cpu", threads=threads)
-        return _median_seconds(lambda: net.predict(images), repeat)
+        return median_seconds(lambda: net.predict(images), repeat)
     if peer == "torch":
         from bench.torch_backend import TorchBackend
         from nets.weights import read_weights
 
         net = nets.Network(spec, read_weights(weights, spec.layers), TorchBackend(threads))
-        return _median_seconds(lambda: net.predict(images), repeat)
+        return median_seconds(lambda: net.predict(images), repeat)
     if peer == "opencv":
         import cv2
 
@@ -68,7 +58,7 @@ def measure(peer: str, cfg: str, weights: str, batch: int, threads: int, repeat:
             model.setInput(images)
             model.forward()
 
-        return _median_seconds(run, repeat)
+        return median_seconds(run, repeat)
     raise ValueError(peer)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kern.params import fold_batchnorm
+from kern.params import fold_batchnorm, maxpool_output_size
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ class TorchBackend:
 
     def maxpool(self, x, *, size, stride, padding):
         with torch.inference_mode():
-            out_h = (x.shape[2] + padding - size) // stride + 1
-            out_w = (x.shape[3] + padding - size) // stride + 1
+            out_h = maxpool_output_size(x.shape[2], size, stride, padding)
+            out_w = maxpool_output_size(x.shape[3], size, stride, padding)
             before = padding // 2
             after_h = max(0, (out_h - 1) * stride + size - before - x.shape[2])
             after_w = max(0, (out_w - 1) * stride + size - before - x.shape[3])

@@ -13,6 +13,7 @@ silently; the run goes on.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import sys
@@ -76,22 +77,15 @@ def views(image: np.ndarray, width: int, height: int, preprocess: str, crops: in
     return np.stack(out)
 
 
-@dataclass(frozen=True)
-class Job:
-    path: str
-    width: int
-    height: int
-    preprocess: str
-    crops: int
-
-
-def prepare(job: Job) -> tuple[str, np.ndarray | None, str | None]:
+def prepare(
+    path: str, width: int, height: int, preprocess: str, crops: int
+) -> tuple[str, np.ndarray | None, str | None]:
     """Decode and preprocess one image (in a worker process): (path, views or None, error)."""
     try:
-        image = load_image(job.path)
+        image = load_image(path)
     except KernError as error:
-        return job.path, None, str(error)
-    return job.path, views(image, job.width, job.height, job.preprocess, job.crops), None
+        return path, None, str(error)
+    return path, views(image, width, height, preprocess, crops), None
 
 
 @dataclass
@@ -167,25 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     paths = source.paths[: args.limit] if args.limit else source.paths
     if not paths:
         raise KernError(f"{args.source}: no images found")
-    if args.weights == "random":
-        net = nets.load(args.cfg, random_seed=0, backend=args.backend, threads=args.threads)
-    else:
-        net = nets.load(args.cfg, args.weights, backend=args.backend, threads=args.threads)
+    random = args.weights == "random"
+    net = nets.load(
+        args.cfg, None if random else args.weights, random_seed=0 if random else None,
+        backend=args.backend, threads=args.threads,
+    )
     _, height, width = net.input_shape
     tally = Tally(args.top)
-    labelled = []
+    label_of = {}
     for path in paths:
         label = true_class(path, labels)
         if label is None:
             tally.unlabelled.append(path)
         else:
-            labelled.append((path, label))
-    jobs = [Job(p, width, height, args.preprocess, args.crops) for p, _ in labelled]
-    label_of = dict(labelled)
+            label_of[path] = label
+    work = functools.partial(
+        prepare, width=width, height=height, preprocess=args.preprocess, crops=args.crops
+    )
     start = time.perf_counter()
     pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers else None
-    prepared = pool.imap(prepare, jobs, chunksize=4) if pool else map(prepare, jobs)
-    progress = tqdm(total=len(jobs), unit="img", file=sys.stderr, dynamic_ncols=True)
+    prepared = pool.imap(work, label_of, chunksize=4) if pool else map(work, label_of)
+    progress = tqdm(total=len(label_of), unit="img", file=sys.stderr, dynamic_ncols=True)
     interrupted = False
     try:
         batch: list[tuple[str, np.ndarray]] = []

@@ -20,13 +20,23 @@ def cpu():
     return get_backend("cpu")
 
 
+def backend_or_skip(name: str):
+    """The backend, or a skip saying why it is unavailable (no cupy, no GPU)."""
+    try:
+        return get_backend(name)
+    except KernError as error:
+        pytest.skip(str(error))
+
+
 @pytest.fixture(scope="session", params=["cpu", "cuda"])
 def fast(request):
     """Each fast backend in turn; cuda skips (with the reason) where there is no cupy or GPU."""
-    try:
-        return get_backend(request.param)
-    except KernError as error:
-        pytest.skip(str(error))
+    return backend_or_skip(request.param)
+
+
+@pytest.fixture(scope="session")
+def cuda():
+    return backend_or_skip("cuda")
 
 
 def assert_close(actual, expected, rtol=1e-5):

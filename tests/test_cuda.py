@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nets
-from kern import KernError, get_backend
+from kern import get_backend
 from nets.image import letterbox, load_image
 from nets.network import Network
 from nets.weights import random_weights
@@ -15,14 +15,6 @@ from tests.conftest import assert_close
 
 REPO = Path(__file__).resolve().parent.parent
 CFGS = sorted((REPO / "cfg").glob("*.cfg"))
-
-
-@pytest.fixture(scope="module")
-def cuda():
-    try:
-        return get_backend("cuda")
-    except KernError as error:
-        pytest.skip(str(error))
 
 
 def test_both_conv_kernels_match_ref(cuda, rng):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kern.cuda.sources import DEFINES, FOLDER, SOURCES, compile_options
-from kern.params import activation_code, fold_batchnorm
+from kern.params import activation_code, conv_output_size, fold_batchnorm, maxpool_output_size
 
 try:
     import cupy
@@ -72,8 +72,8 @@ class CudaBackend:
     def conv2d(self, x: cupy.ndarray, conv: CudaConv) -> cupy.ndarray:
         n, c, h, w = x.shape
         f, _, k, _ = conv.weights.shape
-        oh = (h + 2 * conv.padding - k) // conv.stride + 1
-        ow = (w + 2 * conv.padding - k) // conv.stride + 1
+        oh = conv_output_size(h, k, conv.stride, conv.padding)
+        ow = conv_output_size(w, k, conv.stride, conv.padding)
         y = cupy.empty((n, f, oh, ow), dtype=cupy.float32)
         args = (x, conv.weights, conv.bias, y, *map(np.int32, (n, c, h, w, f, k, conv.stride,
                 conv.padding, conv.groups, oh, ow, conv.act)))
@@ -103,8 +103,8 @@ class CudaBackend:
 
     def maxpool(self, x, *, size, stride, padding):
         n, c, h, w = x.shape
-        oh = (h + padding - size) // stride + 1
-        ow = (w + padding - size) // stride + 1
+        oh = maxpool_output_size(h, size, stride, padding)
+        ow = maxpool_output_size(w, size, stride, padding)
         y = cupy.empty((n, c, oh, ow), dtype=cupy.float32)
         args = (x, y, *map(np.int32, (n * c, h, w, size, stride, padding, oh, ow)))
         self._kernel("pool.cu", "maxpool")(_grid(y.size), (BLOCK,), args)
