@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from kern.cpu import conv as cpu_conv
-from kern.cpu.gemm import gemm_nt_bias_act
+from kern.cpu.gemm import TILE_M, conv_gemm, pack_panels
 from kern.params import ACTIVATIONS, BatchNorm
 from kern.ref import conv2d_im2col, conv2d_loops
+from kern.ref.elementwise import activate as ref_activate
 from tests.conftest import assert_close
 
 # (batch, channels, height, width, filters, size, stride, padding, groups)
@@ -84,29 +85,32 @@ def test_cpu_direct_conv_matches_ref(rng, ref64, shape):
     assert_close(got, expected)
 
 
-@pytest.mark.parametrize("pixels", [1, 7, 25])
-def test_gemm_writes_every_output_and_nothing_else(rng, pixels):
-    groups, rows, depth = 2, 9, 37  # rows and pixels not multiples of the 4 x 3 tile
-    a = np.zeros((groups, 12, depth), np.float32)
-    a[:, :rows] = rng.standard_normal((groups, rows, depth))
+@pytest.mark.parametrize("pixels", [1, 7, 25, 200])
+@pytest.mark.parametrize("activation", ["linear", "leaky", "logistic"])
+def test_gemm_writes_every_output_and_nothing_else(rng, pixels, activation):
+    # conv_gemm as a plain GEMM: a 1x1 convolution of a 1 x pixels image.
+    # rows and pixels not multiples of the 6 x 16 tile; 200 pixels > WHOLE_COLUMN_TILES tiles
+    groups, rows, depth = 2, 21, 37
+    a = rng.standard_normal((groups, rows, depth)).astype(np.float32)
     b = rng.standard_normal((pixels, groups * depth)).astype(np.float32)
     bias = rng.standard_normal(groups * rows).astype(np.float32)
-    out = np.full((pixels + 1, groups * rows + 1), np.nan, np.float32)  # poisoned, plus a margin
-    target = out[:pixels, : groups * rows]
-    gemm_nt_bias_act(a, b, bias, 0, target, rows, pixels, target, -1)
+    size, margin = pixels * groups * rows, 17
+    buffer = np.full(size + 2 * margin, np.nan, np.float32)  # poisoned, with margins either side
+    out = buffer[margin : margin + size].reshape(1, pixels, groups * rows)
+    act = ACTIVATIONS.index(activation)
+    conv_gemm(b.reshape(1, pixels, -1), pack_panels(a), bias, act, 1, 1, out, out, -1)
     b64 = b.astype(np.float64).reshape(pixels, groups, depth)
-    expected = np.einsum("gmk,pgk->pgm", a[:, :rows].astype(np.float64), b64)
-    expected = expected.reshape(pixels, groups * rows) + bias
-    assert_close(out[:pixels, : groups * rows], expected)
-    assert np.isnan(out[-1]).all() and np.isnan(out[:, -1]).all()
+    linear = np.einsum("gmk,pgk->pgm", a.astype(np.float64), b64).reshape(pixels, groups * rows) + bias
+    expected = ref_activate(linear, activation)
+    assert_close(out[0], expected)
+    assert np.isnan(buffer[:margin]).all() and np.isnan(buffer[-margin:]).all()
 
 
-def test_im2row_fills_every_row_and_zeroes_the_depth_padding(rng):
-    x = rng.standard_normal((7, 5, 6)).astype(np.float32)  # NHWC: 7 x 5, 6 channels
-    depth = 32  # 3 * 3 * 3 taps per group, padded to 32
-    rows = np.full((4 * 3, 2 * depth), np.nan, np.float32)
-    cpu_conv.im2row(x, 2, 3, 2, 1, 4, 3, depth, rows)
-    assert np.isfinite(rows).all() and not rows[:, 27:depth].any() and not rows[:, depth + 27 :].any()
+def test_pack_panels_puts_16_filters_side_by_side(rng):
+    weights = rng.standard_normal((3, 20, 5)).astype(np.float32)
+    panels = pack_panels(weights)
+    assert panels.shape == (3, 2, 5, TILE_M) and panels.flags.c_contiguous
+    assert (panels[1, 1, 4, :4] == weights[1, 16:20, 4]).all() and not panels[:, 1, :, 4:].any()
 
 
 @pytest.mark.parametrize(
@@ -204,4 +208,4 @@ def test_conv_shapes_cover_every_cpu_kernel(rng, cpu):
     for shape in CONV_SHAPES:
         _, weights, bias, bn, options = random_conv(rng, shape)
         kernels.add(cpu.prepare_conv(weights, bias, bn, **options).kernel)
-    assert kernels == {"gemm", "shallow", "banded"}
+    assert kernels == {"gemm", "banded"}

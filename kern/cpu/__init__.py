@@ -32,8 +32,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
 @dataclass(frozen=True)
 class CpuConv:
     # How this conv runs, and its weights packed for that kernel:
-    # "gemm": (groups, filters/groups padded to 4, K*K*C/groups padded to 8);
-    # "shallow" (C*K*K <= 32, e.g. a 3x3 RGB layer): (K*K*C, filters);
+    # "gemm": gemm.pack_panels of (groups, filters/groups, K*K*C/groups);
     # "banded" (narrow groups, as many filters as channels per group): (K*K, 2*cg - 1, filters).
     kernel: str
     packed: np.ndarray
@@ -77,9 +76,7 @@ class CpuBackend:
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
         w, b = fold_batchnorm(weights, bias, bn)
         filters, group_channels = w.shape[:2]
-        if groups == 1 and group_channels * w.shape[2] ** 2 <= conv.SHALLOW_DEPTH:
-            kernel, packed = "shallow", conv.pack_taps(w)
-        elif 1 < groups and filters == group_channels * groups and group_channels <= conv.BANDED_GROUP_WIDTH:
+        if 1 < groups and filters == group_channels * groups and group_channels <= conv.BANDED_GROUP_WIDTH:
             kernel, packed = "banded", conv.pack_band(w)
         else:
             kernel, packed = "gemm", conv.pack_weights(w, groups)
@@ -89,8 +86,9 @@ class CpuBackend:
         self._use_threads()
         if c.kernel == "gemm":
             return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
-        kernel = conv.conv2d_shallow if c.kernel == "shallow" else conv.conv2d_banded
-        return conv.per_image(kernel, x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
+        return conv.per_image(
+            conv.conv2d_banded, x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act
+        )
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
         self._use_threads()

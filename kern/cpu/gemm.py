@@ -1,100 +1,161 @@
-"""The one compute kernel behind convolution and the connected layer: C = A B^T, by hand.
+"""The one compute kernel behind convolution and the connected layer: a GEMM, by hand.
 
-out[p, g*rows + m] = activation(sum_k a[g, m, k] * b[p, g*depth + k] + bias[g*rows + m])
-and, when `residual` is given (a shortcut fused into the convolution before it):
+For one image, with P output pixels, F filters in G groups of `rows`, and depth = K*K*C/G:
+out[p, g*rows + m] = activation(sum_k input[p, g, k] * weights[g, m, k] + bias[g*rows + m])
+and, when a residual is given (a shortcut fused into the convolution before it):
 out[p, o] = residual_activation(out[p, o] + residual[p, o])
 
-a holds the weights, packed at load time as (groups, rows padded to 4, depth), with depth
-padded to a multiple of 8 (zeros). b holds one row of `depth` inputs per output pixel: the
-image itself for a 1x1 convolution in channels-last layout, else rows built by im2row. Both
-keep the reduction index k contiguous, so each inner loop is a dot product.
+input[p, g, k] is tap k = (ky, kx, c) of pixel p's receptive field, channel g*C/G + c. The
+usual way builds that matrix first (im2col, or im2row in channels-last); here the kernel reads
+each tap from the zero-padded NHWC image where it lies: image[start(p) + taps[k]], with a
+table of `depth` offsets. No copy of K*K times the image, and a 1x1 stride-1 convolution
+reads the image itself. The weights are packed at load time by `pack_panels` into panels of
+16 filters: panel[k, 0:16] is tap k of those 16 filters, so one step of k reads 16
+contiguous weights.
 
-Each tile computes 4 x 3 dot products at once: 12 scalar accumulators, k innermost. With
-fastmath=True LLVM reassociates the sums and vectorizes over k with AVX2 FMA (NUMBA-NOTES.md:
-~82 GFLOP/s per core here, versus ~4 for a tile kept in a local array). Per 8 values of k it
-loads 7 vectors and does 12 FMAs: bound by arithmetic, not by loads.
+The micro-kernel is an outer product. A tile of 6 pixels x 16 filters lives in 12 vector
+registers (simd.float32x8, two per pixel); per step of k it loads the 16 weights as two
+vectors, broadcasts each pixel's input, and does 12 fused multiply-adds. That is the shape of
+the AVX2 kernels in BLIS and OpenBLAS (6x16, 12 of the 16 ymm registers). The output tile is
+then stored as whole vectors, with bias, activation and the residual applied in registers.
 
-Rows of b past the last pixel are never read: the tile re-reads the last row and skips the
-store (no padding copy). Work is split over output blocks, never over k: each output is summed
-by one thread in a fixed order, so results are identical for every thread count.
+An earlier kernel here computed 4x3 dot products with k innermost (NUMBA-NOTES.md), which
+LLVM vectorizes by itself, on rows built by im2row. It spent its time outside the
+multiply-adds: 12 horizontal sums and 12 scalar stores per tile, and the im2row copy (5.8 ms
+of a 224x224 RGB layer whose GEMM took 0.6). Measured on tiny's and darknet19's 3x3 layers, 2
+cores: 40-75 GFLOP/s before, 75-125 now; tiny went from 17.8 to 12.5 ms.
+
+Pixels past the last one re-read the last pixel and skip the store. Work is split over
+output tiles, never over k: each output is summed by one thread in a fixed order, so results
+are identical for every thread count.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import activate_scalar
+from kern.cpu.activation import activate8, activate_scalar
+from kern.cpu.simd import add8, broadcast8, fma8, lane8, load8, splat8, store8
 
-TILE_M, TILE_P = 4, 3  # the register tile: weight rows x pixel rows
-BLOCK_M, BLOCK_P = 64, 24  # the tiles one thread computes in a row (weights reused from L2)
-DEPTH_MULTIPLE = 8  # one AVX2 vector of float32: no scalar tail in the k loop
+TILE_P, TILE_M = 6, 16  # the register tile: pixels x filters (two float32x8 per pixel)
+CHUNK_TILES = 4  # pixel tiles one job runs against one weight panel (the panel stays in L1)
+WHOLE_COLUMN_TILES = 16  # up to this many pixel tiles, a job runs them all: each panel read once
 
 
-def padded(count: int, multiple: int) -> int:
-    return -(-count // multiple) * multiple
+def pack_panels(weights: np.ndarray) -> np.ndarray:
+    """(groups, rows, depth) -> (groups, rows/16 rounded up, depth, 16): each panel holds 16
+    filters side by side, tap-major; filters past `rows` are zeros."""
+    groups, rows, depth = weights.shape
+    blocks = -(-rows // TILE_M)
+    padded = np.zeros((groups, blocks * TILE_M, depth), dtype=np.float32)
+    padded[:, :rows] = weights
+    return np.ascontiguousarray(padded.reshape(groups, blocks, TILE_M, depth).transpose(0, 1, 3, 2))
 
 
 @njit(inline="always", cache=True)
-def _store(out, p, m, value, bias, act, rows, pixels, g, residual, residual_act):
-    if m < rows and p < pixels:
-        o = g * rows + m
-        v = activate_scalar(value + bias[o], act)
+def _store_pixel(out, residual, p, o, count, c0, c1, bias, act, residual_act):
+    """out[p, o : o + count] from the pixel's two accumulators (count <= 16, lanes in order):
+    whole vectors when all 16 filters exist, else lane by lane with the same arithmetic."""
+    row = out[p]
+    if count == TILE_M:
+        v0 = activate8(add8(c0, load8(bias, o)), act)
+        v1 = activate8(add8(c1, load8(bias, o + 8)), act)
         if residual_act >= 0:  # a fused shortcut
-            v = activate_scalar(v + residual[p, o], residual_act)
-        out[p, o] = v
-
-
-@njit(inline="always", fastmath=True, cache=True)
-def dot_4x3(a0, a1, a2, a3, b0, b1, b2, depth):
-    """12 dot products at once: rows a0..a3 with rows b0..b2 over k < depth, in registers."""
-    c00 = c01 = c02 = c10 = c11 = c12 = np.float32(0.0)
-    c20 = c21 = c22 = c30 = c31 = c32 = np.float32(0.0)
-    for k in range(depth):
-        x0, x1, x2 = b0[k], b1[k], b2[k]
-        w = a0[k]
-        c00 += w * x0
-        c01 += w * x1
-        c02 += w * x2
-        w = a1[k]
-        c10 += w * x0
-        c11 += w * x1
-        c12 += w * x2
-        w = a2[k]
-        c20 += w * x0
-        c21 += w * x1
-        c22 += w * x2
-        w = a3[k]
-        c30 += w * x0
-        c31 += w * x1
-        c32 += w * x2
-    return c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32
+            v0 = activate8(add8(v0, load8(residual[p], o)), residual_act)
+            v1 = activate8(add8(v1, load8(residual[p], o + 8)), residual_act)
+        store8(row, o, v0)
+        store8(row, o + 8, v1)
+        return
+    for j in range(count):
+        v = activate_scalar((lane8(c0, j) if j < 8 else lane8(c1, j - 8)) + bias[o + j], act)
+        if residual_act >= 0:
+            v = activate_scalar(v + residual[p, o + j], residual_act)
+        row[o + j] = v
 
 
 @njit(inline="always", cache=True)
-def store_4x3(out, p, m, c, bias, act, rows, pixels, g, residual, residual_act):
-    """Store a 4 x 3 tile (pixels p..p+2, filters m..m+3 of group g): bias, activation, and
-    the residual with its activation when residual_act >= 0."""
-    for i in range(4):
-        for j in range(3):
-            _store(out, p + j, m + i, c[3 * i + j], bias, act, rows, pixels, g, residual, residual_act)
+def _pixel_start(p, out_w, stride, width, channels):
+    """Where output pixel p's receptive field starts in the flattened (padded) image."""
+    return ((p // out_w) * stride * width + (p % out_w) * stride) * channels
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def gemm_nt_bias_act(a, b, bias, act, out, rows, pixels, residual, residual_act):
-    """a (G, Mp, depth), b (>= pixels, G*depth or more), bias (G*rows,), out (pixels, G*rows);
-    residual like out, read only when residual_act >= 0 (pass out itself and -1 for none)."""
-    groups, mp, depth = a.shape
-    m_blocks = (mp + BLOCK_M - 1) // BLOCK_M
-    p_blocks = (pixels + BLOCK_P - 1) // BLOCK_P
+@njit(parallel=True, cache=True)
+def conv_gemm(image, panels, bias, act, ksize, stride, out, residual, residual_act):
+    """image (H, W, C): one input image, zero-padded already; panels (G, M/16, K*K*C/G, 16)
+    from pack_panels; bias (F,); out (OH, OW, F); residual like out, read only when
+    residual_act >= 0 (pass out itself and -1 for none). All C-contiguous.
+
+    The GEMM's matrix of input rows is never built (no im2row): tap k of pixel p is read from
+    the image where it lies. With one group, the ksize taps of one kernel row are ksize*C
+    contiguous values; with groups, ksize runs of C/G.
+    """
+    height, width, channels = image.shape
+    out_h, out_w, filters = out.shape
+    groups, m_blocks, depth, _ = panels.shape
+    pixels = out_h * out_w
+    rows = filters // groups
+    group_channels = channels // groups
+    flat = image.reshape(-1)
+    # Where tap k (ky, kx, c) lies relative to a pixel's first input: the GEMM's column index.
+    taps = np.empty(depth, dtype=np.int64)
+    for k in range(depth):
+        ky, kx, c = k // (ksize * group_channels), k // group_channels % ksize, k % group_channels
+        taps[k] = (ky * width + kx) * channels + c
+    out_rows = out.reshape(pixels, filters)
+    residual_rows = residual.reshape(pixels, filters)
+    p_tiles = (pixels + TILE_P - 1) // TILE_P
+    chunk = CHUNK_TILES
+    if p_tiles <= WHOLE_COLUMN_TILES and groups * m_blocks >= WHOLE_COLUMN_TILES:
+        chunk = p_tiles  # few pixels, many weights (late layers, connected): read weights once
+    chunks = (p_tiles + chunk - 1) // chunk
     last = pixels - 1
-    for block in prange(groups * m_blocks * p_blocks):
-        g = block // (m_blocks * p_blocks)
-        m_block = (block // p_blocks) % m_blocks
-        p_block = block % p_blocks
-        k0 = g * depth
-        for p in range(p_block * BLOCK_P, min(pixels, p_block * BLOCK_P + BLOCK_P), TILE_P):
-            b0 = b[p, k0 : k0 + depth]
-            b1 = b[min(p + 1, last), k0 : k0 + depth]
-            b2 = b[min(p + 2, last), k0 : k0 + depth]
-            for m in range(m_block * BLOCK_M, min(mp, m_block * BLOCK_M + BLOCK_M), TILE_M):
-                c = dot_4x3(a[g, m], a[g, m + 1], a[g, m + 2], a[g, m + 3], b0, b1, b2, depth)
-                store_4x3(out, p, m, c, bias, act, rows, pixels, g, residual, residual_act)
+    # Consecutive jobs share a chunk of pixels and walk the weight panels.
+    for job in prange(groups * chunks * m_blocks):
+        m_block = job % m_blocks
+        first_tile = (job // m_blocks) % chunks * chunk
+        g = job // (m_blocks * chunks)
+        panel = panels[g, m_block]
+        o = g * rows + m_block * TILE_M
+        count = min(TILE_M, rows - m_block * TILE_M)
+        for tile in range(first_tile, min(p_tiles, first_tile + chunk)):
+            p = tile * TILE_P
+            # Pixels past the last one re-read it; their stores are skipped.
+            s0 = _pixel_start(p, out_w, stride, width, channels) + g * group_channels
+            s1 = _pixel_start(min(p + 1, last), out_w, stride, width, channels) + g * group_channels
+            s2 = _pixel_start(min(p + 2, last), out_w, stride, width, channels) + g * group_channels
+            s3 = _pixel_start(min(p + 3, last), out_w, stride, width, channels) + g * group_channels
+            s4 = _pixel_start(min(p + 4, last), out_w, stride, width, channels) + g * group_channels
+            s5 = _pixel_start(min(p + 5, last), out_w, stride, width, channels) + g * group_channels
+            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = splat8(0.0)
+            for k in range(depth):
+                w0 = load8(panel, TILE_M * k)  # filters 0..7 of the panel, tap k
+                w1 = load8(panel, TILE_M * k + 8)  # filters 8..15
+                tap = taps[k]
+                x = broadcast8(flat, s0 + tap)
+                c00 = fma8(x, w0, c00)
+                c01 = fma8(x, w1, c01)
+                x = broadcast8(flat, s1 + tap)
+                c10 = fma8(x, w0, c10)
+                c11 = fma8(x, w1, c11)
+                x = broadcast8(flat, s2 + tap)
+                c20 = fma8(x, w0, c20)
+                c21 = fma8(x, w1, c21)
+                x = broadcast8(flat, s3 + tap)
+                c30 = fma8(x, w0, c30)
+                c31 = fma8(x, w1, c31)
+                x = broadcast8(flat, s4 + tap)
+                c40 = fma8(x, w0, c40)
+                c41 = fma8(x, w1, c41)
+                x = broadcast8(flat, s5 + tap)
+                c50 = fma8(x, w0, c50)
+                c51 = fma8(x, w1, c51)
+            _store_pixel(out_rows, residual_rows, p, o, count, c00, c01, bias, act, residual_act)
+            if p + 1 < pixels:
+                _store_pixel(out_rows, residual_rows, p + 1, o, count, c10, c11, bias, act, residual_act)
+            if p + 2 < pixels:
+                _store_pixel(out_rows, residual_rows, p + 2, o, count, c20, c21, bias, act, residual_act)
+            if p + 3 < pixels:
+                _store_pixel(out_rows, residual_rows, p + 3, o, count, c30, c31, bias, act, residual_act)
+            if p + 4 < pixels:
+                _store_pixel(out_rows, residual_rows, p + 4, o, count, c40, c41, bias, act, residual_act)
+            if p + 5 < pixels:
+                _store_pixel(out_rows, residual_rows, p + 5, o, count, c50, c51, bias, act, residual_act)
