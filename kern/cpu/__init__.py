@@ -86,9 +86,7 @@ class CpuBackend:
         self._use_threads()
         if c.kernel == "gemm":
             return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
-        return conv.per_image(
-            conv.conv2d_banded, x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act
-        )
+        return conv.conv2d_banded_images(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
         self._use_threads()

@@ -13,7 +13,8 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate_scalar
-from kern.cpu.gemm import conv_gemm, pack_panels
+from kern.cpu.gemm import CHUNK_TILES, TILE_M, TILE_P, conv_gemm, pack_panels, store_pixel
+from kern.cpu.simd import fma8, load8, splat8
 from kern.params import conv_output_size
 
 
@@ -44,56 +45,96 @@ def conv2d_direct(x, weights, bias, stride, padding, groups, act):
     return out
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def conv2d_banded(x, band, bias, ksize, stride, padding, out, act):
+@njit(parallel=True, cache=True)
+def conv2d_banded(image, band, bias, ksize, stride, out, act):
     """Grouped NHWC convolution with as many outputs as inputs per group (ResNeXt's 3x3).
 
-    x (H, W, C) one image; band (K*K, 2*cg - 1, C); out (OH, OW, C). With cg channels per
-    group, output o = g*cg + f reads inputs g*cg + c, i.e. o + delta with delta = c - f in
-    -(cg-1)..cg-1: per tap, the weights form a band around the diagonal, stored as one row per
-    delta (zero where c falls outside the group). out[p, :] += x[tap, : + delta] * band[delta]
-    is then a loop over all channels, where a GEMM per group would do dot products of only
-    cg*K*K terms. The pixel is copied into a zero-padded buffer so that every delta's loop has
-    the same fixed bounds: that is what lets LLVM vectorize it (clipped bounds ran 7x slower).
+    With cg channels per group, output o = g*cg + f reads inputs g*cg + c, i.e. o + delta
+    with delta = c - f in -(cg-1)..cg-1: per tap, the weights form a band around the
+    diagonal, stored as one row per delta (zero where c falls outside the group), so
+    out[p, o] += image[tap, o + delta] * band[tap, delta, o] for all o at once: vectors over
+    channels, where a GEMM per group would multiply matrices only cg wide. It does
+    (2cg - 1)/cg times the useful work (1.75x for cg = 4), all of it in whole vectors.
+
+    image (H, W, half + C16 + half): one input image, zero-padded in space and with `half` =
+    cg - 1 zero channels on either side (C16: C rounded up to 16), so that every shifted read
+    stays inside the pixel's zeros; band (K*K, 2cg - 1, C16) from pack_band; out (OH, OW, C).
+    The tile is the GEMM's: 6 pixels x 16 channels in 12 vector registers.
     """
-    height, width, channels = x.shape
-    out_h, out_w, _ = out.shape
-    bands = band.shape[1]
-    half = bands // 2
-    for oy in prange(out_h):
-        padded_pixel = np.zeros(channels + 2 * half, dtype=np.float32)
+    height, width, image_channels = image.shape
+    out_h, out_w, channels = out.shape
+    taps, bands, padded_channels = band.shape
+    pixels = out_h * out_w
+    c_blocks = padded_channels // TILE_M
+    flat = image.reshape(-1)
+    weights = band.reshape(-1)
+    out_rows = out.reshape(pixels, channels)
+    starts = np.empty(pixels, dtype=np.int64)
+    for oy in range(out_h):
         for ox in range(out_w):
-            acc = out[oy, ox]
-            acc[:] = bias
-            for ky in range(ksize):
-                iy = oy * stride - padding + ky
-                if 0 <= iy < height:
-                    for kx in range(ksize):
-                        ix = ox * stride - padding + kx
-                        if 0 <= ix < width:
-                            padded_pixel[half : half + channels] = x[iy, ix]
-                            tap = band[ky * ksize + kx]
-                            for d in range(bands):
-                                weights = tap[d]
-                                shifted = padded_pixel[d : d + channels]
-                                for o in range(channels):
-                                    acc[o] += shifted[o] * weights[o]
-            for o in range(channels):
-                acc[o] = activate_scalar(acc[o], act)
+            starts[oy * out_w + ox] = (oy * stride * width + ox * stride) * image_channels
+    p_tiles = (pixels + TILE_P - 1) // TILE_P
+    chunks = (p_tiles + CHUNK_TILES - 1) // CHUNK_TILES
+    last = pixels - 1
+    for job in prange(chunks * c_blocks):
+        o = job % c_blocks * TILE_M
+        first_tile = job // c_blocks * CHUNK_TILES
+        count = min(TILE_M, channels - o)
+        for tile in range(first_tile, min(p_tiles, first_tile + CHUNK_TILES)):
+            p = tile * TILE_P
+            s0 = starts[p] + o
+            s1 = starts[min(p + 1, last)] + o
+            s2 = starts[min(p + 2, last)] + o
+            s3 = starts[min(p + 3, last)] + o
+            s4 = starts[min(p + 4, last)] + o
+            s5 = starts[min(p + 5, last)] + o
+            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = splat8(0.0)
+            for tap in range(taps):
+                at = (tap // ksize * width + tap % ksize) * image_channels
+                for delta in range(bands):
+                    w = (tap * bands + delta) * padded_channels + o
+                    w0 = load8(weights, w)
+                    w1 = load8(weights, w + 8)
+                    i = at + delta
+                    c00 = fma8(load8(flat, s0 + i), w0, c00)
+                    c01 = fma8(load8(flat, s0 + i + 8), w1, c01)
+                    c10 = fma8(load8(flat, s1 + i), w0, c10)
+                    c11 = fma8(load8(flat, s1 + i + 8), w1, c11)
+                    c20 = fma8(load8(flat, s2 + i), w0, c20)
+                    c21 = fma8(load8(flat, s2 + i + 8), w1, c21)
+                    c30 = fma8(load8(flat, s3 + i), w0, c30)
+                    c31 = fma8(load8(flat, s3 + i + 8), w1, c31)
+                    c40 = fma8(load8(flat, s4 + i), w0, c40)
+                    c41 = fma8(load8(flat, s4 + i + 8), w1, c41)
+                    c50 = fma8(load8(flat, s5 + i), w0, c50)
+                    c51 = fma8(load8(flat, s5 + i + 8), w1, c51)
+            store_pixel(out_rows, out_rows, p, o, count, c00, c01, bias, act, -1)
+            if p + 1 < pixels:
+                store_pixel(out_rows, out_rows, p + 1, o, count, c10, c11, bias, act, -1)
+            if p + 2 < pixels:
+                store_pixel(out_rows, out_rows, p + 2, o, count, c20, c21, bias, act, -1)
+            if p + 3 < pixels:
+                store_pixel(out_rows, out_rows, p + 3, o, count, c30, c31, bias, act, -1)
+            if p + 4 < pixels:
+                store_pixel(out_rows, out_rows, p + 4, o, count, c40, c41, bias, act, -1)
+            if p + 5 < pixels:
+                store_pixel(out_rows, out_rows, p + 5, o, count, c50, c51, bias, act, -1)
 
 
-def per_image(
-    kernel, x: np.ndarray, packed: np.ndarray, bias: np.ndarray, filters: int, ksize: int,
-    stride: int, padding: int, act: int,
+def conv2d_banded_images(
+    x: np.ndarray, band: np.ndarray, bias: np.ndarray, ksize: int, stride: int, padding: int, act: int
 ) -> np.ndarray:
-    """x (N, H, W, C) -> (N, OH, OW, filters) with a one-image kernel (conv2d_banded), image
-    by image."""
-    n_images, height, width, _ = x.shape
+    """x (N, H, W, C) -> (N, OH, OW, C) through conv2d_banded, image by image."""
+    n_images, height, width, channels = x.shape
+    half = (band.shape[1] - 1) // 2
     out_h = conv_output_size(height, ksize, stride, padding)
     out_w = conv_output_size(width, ksize, stride, padding)
-    out = np.empty((n_images, out_h, out_w, filters), dtype=np.float32)
+    out = np.empty((n_images, out_h, out_w, channels), dtype=np.float32)
+    image_channels = half + band.shape[2] + half
+    image = np.zeros((height + 2 * padding, width + 2 * padding, image_channels), dtype=np.float32)
     for n in range(n_images):
-        kernel(x[n], packed, bias, ksize, stride, padding, out[n], act)
+        image[padding : padding + height, padding : padding + width, half : half + channels] = x[n]
+        conv2d_banded(image, band, bias, ksize, stride, out[n], act)
     return out
 
 
@@ -101,9 +142,10 @@ BANDED_GROUP_WIDTH = 8  # grouped convs this narrow go through conv2d_banded: me
 
 
 def pack_band(weights: np.ndarray) -> np.ndarray:
-    """OIHW with as many filters as channels per group -> (K*K, 2*cg - 1, O) for conv2d_banded."""
+    """OIHW with as many filters as channels per group -> (K*K, 2*cg - 1, O rounded up to 16)
+    for conv2d_banded: band[tap, delta, o] is the weight of input o + delta - (cg - 1)."""
     filters, cg, ksize, _ = weights.shape
-    band = np.zeros((ksize * ksize, 2 * cg - 1, filters), dtype=np.float32)
+    band = np.zeros((ksize * ksize, 2 * cg - 1, -(-filters // TILE_M) * TILE_M), dtype=np.float32)
     taps = weights.reshape(filters, cg, ksize * ksize)
     for o in range(filters):
         f = o % cg

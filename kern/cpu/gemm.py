@@ -52,7 +52,7 @@ def pack_panels(weights: np.ndarray) -> np.ndarray:
 
 
 @njit(inline="always", cache=True)
-def _store_pixel(out, residual, p, o, count, c0, c1, bias, act, residual_act):
+def store_pixel(out, residual, p, o, count, c0, c1, bias, act, residual_act):
     """out[p, o : o + count] from the pixel's two accumulators (count <= 16, lanes in order):
     whole vectors when all 16 filters exist, else lane by lane with the same arithmetic."""
     row = out[p]
@@ -70,12 +70,6 @@ def _store_pixel(out, residual, p, o, count, c0, c1, bias, act, residual_act):
         if residual_act >= 0:
             v = activate_scalar(v + residual[p, o + j], residual_act)
         row[o + j] = v
-
-
-@njit(inline="always", cache=True)
-def _pixel_start(p, out_w, stride, width, channels):
-    """Where output pixel p's receptive field starts in the flattened (padded) image."""
-    return ((p // out_w) * stride * width + (p % out_w) * stride) * channels
 
 
 @njit(parallel=True, cache=True)
@@ -100,6 +94,11 @@ def conv_gemm(image, panels, bias, act, ksize, stride, out, residual, residual_a
     for k in range(depth):
         ky, kx, c = k // (ksize * group_channels), k // group_channels % ksize, k % group_channels
         taps[k] = (ky * width + kx) * channels + c
+    # Where each output pixel's receptive field starts: the GEMM's row index.
+    starts = np.empty(pixels, dtype=np.int64)
+    for oy in range(out_h):
+        for ox in range(out_w):
+            starts[oy * out_w + ox] = (oy * stride * width + ox * stride) * channels
     out_rows = out.reshape(pixels, filters)
     residual_rows = residual.reshape(pixels, filters)
     p_tiles = (pixels + TILE_P - 1) // TILE_P
@@ -119,12 +118,12 @@ def conv_gemm(image, panels, bias, act, ksize, stride, out, residual, residual_a
         for tile in range(first_tile, min(p_tiles, first_tile + chunk)):
             p = tile * TILE_P
             # Pixels past the last one re-read it; their stores are skipped.
-            s0 = _pixel_start(p, out_w, stride, width, channels) + g * group_channels
-            s1 = _pixel_start(min(p + 1, last), out_w, stride, width, channels) + g * group_channels
-            s2 = _pixel_start(min(p + 2, last), out_w, stride, width, channels) + g * group_channels
-            s3 = _pixel_start(min(p + 3, last), out_w, stride, width, channels) + g * group_channels
-            s4 = _pixel_start(min(p + 4, last), out_w, stride, width, channels) + g * group_channels
-            s5 = _pixel_start(min(p + 5, last), out_w, stride, width, channels) + g * group_channels
+            s0 = starts[p] + g * group_channels
+            s1 = starts[min(p + 1, last)] + g * group_channels
+            s2 = starts[min(p + 2, last)] + g * group_channels
+            s3 = starts[min(p + 3, last)] + g * group_channels
+            s4 = starts[min(p + 4, last)] + g * group_channels
+            s5 = starts[min(p + 5, last)] + g * group_channels
             c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = splat8(0.0)
             for k in range(depth):
                 w0 = load8(panel, TILE_M * k)  # filters 0..7 of the panel, tap k
@@ -148,14 +147,14 @@ def conv_gemm(image, panels, bias, act, ksize, stride, out, residual, residual_a
                 x = broadcast8(flat, s5 + tap)
                 c50 = fma8(x, w0, c50)
                 c51 = fma8(x, w1, c51)
-            _store_pixel(out_rows, residual_rows, p, o, count, c00, c01, bias, act, residual_act)
+            store_pixel(out_rows, residual_rows, p, o, count, c00, c01, bias, act, residual_act)
             if p + 1 < pixels:
-                _store_pixel(out_rows, residual_rows, p + 1, o, count, c10, c11, bias, act, residual_act)
+                store_pixel(out_rows, residual_rows, p + 1, o, count, c10, c11, bias, act, residual_act)
             if p + 2 < pixels:
-                _store_pixel(out_rows, residual_rows, p + 2, o, count, c20, c21, bias, act, residual_act)
+                store_pixel(out_rows, residual_rows, p + 2, o, count, c20, c21, bias, act, residual_act)
             if p + 3 < pixels:
-                _store_pixel(out_rows, residual_rows, p + 3, o, count, c30, c31, bias, act, residual_act)
+                store_pixel(out_rows, residual_rows, p + 3, o, count, c30, c31, bias, act, residual_act)
             if p + 4 < pixels:
-                _store_pixel(out_rows, residual_rows, p + 4, o, count, c40, c41, bias, act, residual_act)
+                store_pixel(out_rows, residual_rows, p + 4, o, count, c40, c41, bias, act, residual_act)
             if p + 5 < pixels:
-                _store_pixel(out_rows, residual_rows, p + 5, o, count, c50, c51, bias, act, residual_act)
+                store_pixel(out_rows, residual_rows, p + 5, o, count, c50, c51, bias, act, residual_act)
