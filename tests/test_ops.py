@@ -25,8 +25,8 @@ CONV_SHAPES = [
     (2, 64, 9, 7, 64, 3, 1, 1, 32),
     (1, 64, 8, 8, 128, 3, 2, 1, 32),
     (3, 33, 5, 6, 17, 2, 1, 0, 1),
-    (2, 24, 9, 11, 24, 3, 2, 1, 3),  # banded: 8 channels per group, stride 2
-    (1, 12, 7, 6, 12, 3, 1, 1, 12),  # banded: depthwise (1 channel per group)
+    (2, 24, 9, 11, 24, 3, 2, 1, 3),  # 8 channels per group, stride 2: 3 groups merged into 1
+    (1, 12, 7, 6, 12, 3, 1, 1, 12),  # depthwise (1 channel per group): 12 groups merged
     (1, 20, 6, 5, 40, 3, 1, 1, 4),  # grouped, more filters than channels per group: GEMM
     (2, 16, 13, 11, 40, 3, 1, 1, 1),  # >= 16 filters per group: CUDA's implicit GEMM
     (1, 32, 9, 9, 64, 3, 2, 1, 2),  # the same, grouped and strided
@@ -203,9 +203,12 @@ def test_crop_and_activate_match_ref(rng, fast, ref64):
         assert_close(got, ref64.activate(ref64.asarray(x), activation), 1e-6)
 
 
-def test_conv_shapes_cover_every_cpu_kernel(rng, cpu):
-    kernels = set()
-    for shape in CONV_SHAPES:
-        _, weights, bias, bn, options = random_conv(rng, shape)
-        kernels.add(cpu.prepare_conv(weights, bias, bn, **options).kernel)
-    assert kernels == {"gemm", "banded"}
+def test_narrow_groups_are_merged_into_whole_panels(rng, ref64):
+    assert [cpu_conv.merged_groups(32, f) for f in (4, 8, 16, 32)] == [4, 2, 1, 1]
+    assert cpu_conv.merged_groups(3, 5) == 3 and cpu_conv.merged_groups(3, 8) == 1
+    x, weights, bias, _, options = random_conv(rng, (1, 64, 7, 6, 64, 3, 1, 1, 16), "linear", with_bn=False)
+    packed = cpu_conv.pack_weights(weights, 16)
+    assert packed.shape == (4, 1, 3 * 3 * 16, 16)  # 4 merged groups of 4, 16 channels each
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **options))
+    got = cpu_conv.conv2d_gemm(x.transpose(0, 2, 3, 1).copy(), packed, bias, 64, 3, 1, 1, 0)
+    assert_close(got.transpose(0, 3, 1, 2), expected)

@@ -31,11 +31,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
 
 @dataclass(frozen=True)
 class CpuConv:
-    # How this conv runs, and its weights packed for that kernel:
-    # "gemm": gemm.pack_panels of (groups, filters/groups, K*K*C/groups);
-    # "banded" (narrow groups, as many filters as channels per group): (K*K, 2*cg - 1, filters).
-    kernel: str
-    packed: np.ndarray
+    packed: np.ndarray  # conv.pack_weights: panels of 16 filters, narrow groups merged
     bias: np.ndarray
     filters: int
     ksize: int
@@ -75,27 +71,19 @@ class CpuBackend:
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
         w, b = fold_batchnorm(weights, bias, bn)
-        filters, group_channels = w.shape[:2]
-        if 1 < groups and filters == group_channels * groups and group_channels <= conv.BANDED_GROUP_WIDTH:
-            kernel, packed = "banded", conv.pack_band(w)
-        else:
-            kernel, packed = "gemm", conv.pack_weights(w, groups)
-        return CpuConv(kernel, packed, b, filters, w.shape[2], stride, padding, activation_code(activation))
+        packed = conv.pack_weights(w, groups)
+        return CpuConv(packed, b, w.shape[0], w.shape[2], stride, padding, activation_code(activation))
 
     def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         self._use_threads()
-        if c.kernel == "gemm":
-            return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
-        return conv.conv2d_banded_images(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
+        return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
-        self._use_threads()
-        act = activation_code(activation)
-        if c.kernel == "gemm":  # fused into the GEMM's store
-            return conv.conv2d_gemm(
-                x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual, act
-            )
-        return elementwise.shortcut(self.conv2d(x, c), residual, 1.0, 1.0, act)
+        self._use_threads()  # the add and its activation are fused into the GEMM's store
+        return conv.conv2d_gemm(
+            x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual,
+            activation_code(activation),
+        )
 
     def prepare_connected(self, weights, bias, bn, *, activation) -> CpuConnected:
         w, b = fold_batchnorm(weights, bias, bn)

@@ -107,11 +107,12 @@ def conv_gemm(image, panels, bias, act, ksize, stride, out, residual, residual_a
         chunk = p_tiles  # few pixels, many weights (late layers, connected): read weights once
     chunks = (p_tiles + chunk - 1) // chunk
     last = pixels - 1
-    # Consecutive jobs share a chunk of pixels and walk the weight panels.
+    # Consecutive jobs share a chunk of pixels and walk the weight panels, group by group: the
+    # next group's inputs are the next channels of the same pixels, often the same cache lines.
     for job in prange(groups * chunks * m_blocks):
         m_block = job % m_blocks
-        first_tile = (job // m_blocks) % chunks * chunk
-        g = job // (m_blocks * chunks)
+        g = job // m_blocks % groups
+        first_tile = job // (m_blocks * groups) * chunk
         panel = panels[g, m_block]
         o = g * rows + m_block * TILE_M
         count = min(TILE_M, rows - m_block * TILE_M)

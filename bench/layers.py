@@ -1,0 +1,82 @@
+"""Per-layer profile: where a network's time goes, kern next to PyTorch, layer by layer.
+
+    python -m bench.layers cfg/resnext50.cfg cfg/resnet50.cfg [--threads 2] [--repeat 10]
+
+Both run the same graph with the same random weights (PyTorch through bench/torch_backend.py;
+without torch, kern alone). Each layer's median time over --repeat passes after a warm-up,
+then a summary by kind of layer: convolutions split into 1x1, dense KxK and grouped, each
+with its GFLOP/s. The grouped-against-dense line is issue 3's measure of grouped convolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+import nets
+from nets.layers import Convolutional, Layer
+from nets.weights import random_weights
+
+
+def layer_kind(layer: Layer) -> str:
+    if not isinstance(layer, Convolutional):
+        return layer.kind
+    if layer.groups > 1:
+        return "conv grouped"
+    return "conv 1x1" if layer.size == 1 else "conv dense"
+
+
+def per_layer_ms(net: nets.Network, images: np.ndarray, repeat: int) -> np.ndarray:
+    """Median milliseconds of each layer over `repeat` passes, after one warm-up pass."""
+    net.forward(images)
+    runs = []
+    for _ in range(repeat):
+        seconds: list[float] = []
+        net.forward(images, layer_seconds=seconds)
+        runs.append(seconds)
+    return np.median(np.array(runs), axis=0) * 1e3
+
+
+def profile(cfg: str, threads: int, repeat: int) -> None:
+    spec = nets.load_spec(cfg)
+    weights = random_weights(spec.layers, seed=0)
+    images = np.random.default_rng(0).random((1, *spec.input_shape), dtype=np.float32)
+    peers = {"kern": nets.Network(spec, weights, nets.make_backend("cpu", threads=threads))}
+    try:
+        from bench.torch_backend import TorchBackend
+
+        peers["torch"] = nets.Network(spec, weights, TorchBackend(threads))
+    except ImportError:
+        print("# torch is not installed: kern only")
+    times = {name: per_layer_ms(net, images, repeat) for name, net in peers.items()}
+    print(f"# {cfg}: {threads} threads, batch 1, median of {repeat}; ms per layer")
+    print(f"{'layer':>5}  {'kind':13s}" + "".join(f"{name:>9s}" for name in times) + "  description")
+    for i, layer in enumerate(spec.layers):
+        cells = "".join(f"{t[i]:9.2f}" for t in times.values())
+        print(f"{i:5d}  {layer_kind(layer):13s}{cells}  {layer.describe().strip()}")
+    print(f"{'':5s}  {'total':13s}" + "".join(f"{t.sum():9.2f}" for t in times.values()))
+    print("# by kind: ms (GFLOP/s)")
+    kinds = sorted({layer_kind(layer) for layer in spec.layers})
+    for kind in kinds:
+        chosen = [i for i, layer in enumerate(spec.layers) if layer_kind(layer) == kind]
+        gflop = sum(spec.layers[i].flops for i in chosen) / 1e9
+        cells = ""
+        for t in times.values():
+            ms = t[chosen].sum()
+            cells += f"{ms:9.2f} ({gflop / ms * 1e3:6.1f})" if gflop else f"{ms:9.2f}{'':9s}"
+        print(f"{'':5s}  {kind:13s}{cells}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cfgs", nargs="+")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args()
+    for cfg in args.cfgs:
+        profile(cfg, args.threads, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
