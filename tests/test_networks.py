@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import nets
+from kern import get_backend
 from nets.network import Network
 from nets.weights import random_weights, read_weights, write_weights
 from tests.conftest import assert_close
@@ -49,3 +50,12 @@ def test_batch_of_three_equals_three_singles(cpu):
     together = net.predict(images)
     for i in range(3):
         assert np.array_equal(together[i], net.predict(images[i : i + 1])[0])
+
+
+def test_one_thread_and_all_threads_agree_bit_for_bit():
+    # Work is split over outputs, never over a sum: the thread count cannot change a result.
+    spec = nets.load_spec(CFGS[[p.stem for p in CFGS].index("resnext50")])
+    weights = random_weights(spec.layers, seed=4)
+    image = np.random.default_rng(5).random((1, *spec.input_shape), dtype=np.float32)
+    one = Network(spec, weights, get_backend("cpu", threads=1)).predict(image)
+    assert np.array_equal(one, Network(spec, weights, get_backend("cpu")).predict(image))
