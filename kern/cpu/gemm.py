@@ -45,10 +45,11 @@ def pack_panels(weights: np.ndarray) -> np.ndarray:
     """(groups, rows, depth) -> (groups, rows/16 rounded up, depth, 16): each panel holds 16
     filters side by side, tap-major; filters past `rows` are zeros."""
     groups, rows, depth = weights.shape
-    blocks = -(-rows // TILE_M)
-    padded = np.zeros((groups, blocks * TILE_M, depth), dtype=np.float32)
-    padded[:, :rows] = weights
-    return np.ascontiguousarray(padded.reshape(groups, blocks, TILE_M, depth).transpose(0, 1, 3, 2))
+    panels = np.zeros((groups, -(-rows // TILE_M), depth, TILE_M), dtype=np.float32)
+    for block in range(panels.shape[1]):  # one panel at a time: no second full-size copy
+        filters = weights[:, block * TILE_M : (block + 1) * TILE_M]
+        panels[:, block, :, : filters.shape[1]] = filters.transpose(0, 2, 1)
+    return panels
 
 
 @njit(inline="always", cache=True)
