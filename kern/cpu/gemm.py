@@ -22,8 +22,9 @@ then stored as whole vectors, with bias, activation and the residual applied in 
 An earlier kernel here computed 4x3 dot products with k innermost (NUMBA-NOTES.md), which
 LLVM vectorizes by itself, on rows built by im2row. It spent its time outside the
 multiply-adds: 12 horizontal sums and 12 scalar stores per tile, and the im2row copy (5.8 ms
-of a 224x224 RGB layer whose GEMM took 0.6). Measured on tiny's and darknet19's 3x3 layers, 2
-cores: 40-75 GFLOP/s before, 75-125 now; tiny went from 17.8 to 12.5 ms.
+of a 224x224 RGB layer whose GEMM took 0.6). On 2 cores it ran darknet19's 3x3 layers at
+~100 GFLOP/s; this one runs them at 155-177 (of about 190 peak), and darknet19 went from 71
+to 50 ms (python -m bench.scaling / bench.nets).
 
 Pixels past the last one re-read the last pixel and skip the store. Work is split over
 output tiles, never over k: each output is summed by one thread in a fixed order, so results
