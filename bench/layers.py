@@ -27,15 +27,15 @@ def layer_kind(layer: Layer) -> str:
     return "conv 1x1" if layer.size == 1 else "conv dense"
 
 
-def per_layer_ms(net: nets.Network, images: np.ndarray, repeat: int) -> np.ndarray:
-    """Median milliseconds of each layer over `repeat` passes, after one warm-up pass."""
+def layer_runs(net: nets.Network, images: np.ndarray, repeat: int) -> np.ndarray:
+    """Seconds of each layer (columns) in each of `repeat` passes (rows), after a warm-up."""
     net.forward(images)
     runs = []
     for _ in range(repeat):
         seconds: list[float] = []
         net.forward(images, layer_seconds=seconds)
         runs.append(seconds)
-    return np.median(np.array(runs), axis=0) * 1e3
+    return np.array(runs)
 
 
 def profile(cfg: str, threads: int, repeat: int) -> None:
@@ -49,7 +49,7 @@ def profile(cfg: str, threads: int, repeat: int) -> None:
         peers["torch"] = nets.Network(spec, weights, TorchBackend(threads))
     except ImportError:
         print("# torch is not installed: kern only")
-    times = {name: per_layer_ms(net, images, repeat) for name, net in peers.items()}
+    times = {name: np.median(layer_runs(net, images, repeat), axis=0) * 1e3 for name, net in peers.items()}
     print(f"# {cfg}: {threads} threads, batch 1, median of {repeat}; ms per layer")
     print(f"{'layer':>5}  {'kind':13s}" + "".join(f"{name:>9s}" for name in times) + "  description")
     for i, layer in enumerate(spec.layers):

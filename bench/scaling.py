@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 import nets
+from bench.layers import layer_runs
 
 
 def amdahl_serial_fraction(threads: list[int], seconds: list[float]) -> float:
@@ -36,14 +37,9 @@ def profile(cfg: str, threads: int, batch: int, repeat: int) -> tuple[float, np.
     """(median network seconds, median seconds per layer) at this thread count."""
     net = nets.load(cfg, random_seed=0, backend="cpu", threads=threads)
     images = np.random.default_rng(0).random((batch, *net.input_shape), dtype=np.float32)
-    net.forward(images)
-    runs = []
-    for _ in range(repeat):
-        layer_seconds: list[float] = []
-        net.forward(images, layer_seconds=layer_seconds)
-        runs.append(layer_seconds)
-    per_layer = np.median(np.array(runs), axis=0)
-    return float(np.median(np.array(runs).sum(axis=1))), per_layer
+    runs = layer_runs(net, images, repeat)
+    per_layer = np.median(runs, axis=0)
+    return float(np.median(runs.sum(axis=1))), per_layer
 
 
 def main() -> None:
