@@ -96,13 +96,13 @@ def test_gemm_writes_every_output_and_nothing_else(rng, pixels, activation):
     bias = rng.standard_normal(groups * rows).astype(np.float32)
     size, margin = pixels * groups * rows, 17
     buffer = np.full(size + 2 * margin, np.nan, np.float32)  # poisoned, with margins either side
-    out = buffer[margin : margin + size].reshape(1, pixels, groups * rows)
+    out = buffer[margin : margin + size].reshape(1, 1, pixels, groups * rows)
     act = ACTIVATIONS.index(activation)
-    conv_gemm(b.reshape(1, pixels, -1), pack_panels(a), bias, act, 1, 1, out, out, -1)
+    conv_gemm(b.reshape(1, 1, pixels, -1), pack_panels(a), bias, act, 1, 1, out, out, -1)
     b64 = b.astype(np.float64).reshape(pixels, groups, depth)
     linear = np.einsum("gmk,pgk->pgm", a.astype(np.float64), b64).reshape(pixels, groups * rows) + bias
     expected = ref_activate(linear, activation)
-    assert_close(out[0], expected)
+    assert_close(out[0, 0], expected)
     assert np.isnan(buffer[:margin]).all() and np.isnan(buffer[-margin:]).all()
 
 

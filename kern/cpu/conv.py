@@ -89,16 +89,12 @@ def conv2d_gemm(
     out_h = conv_output_size(height, ksize, stride, padding)
     out_w = conv_output_size(width, ksize, stride, padding)
     out = np.empty((n_images, out_h, out_w, filters), dtype=np.float32)
-    image = x[0]
+    images = x
     if padding:  # a zero border once, so that the kernel reads every tap without a test
-        image = np.zeros((height + 2 * padding, width + 2 * padding, channels), dtype=np.float32)
-    for n in range(n_images):
-        if padding:
-            image[padding : padding + height, padding : padding + width] = x[n]
-        else:
-            image = x[n]
-        conv_gemm(
-            image, packed, bias, act, ksize, stride, out[n], out[n] if residual is None else residual[n],
-            -1 if residual is None else residual_act,
-        )
+        images = np.zeros((n_images, height + 2 * padding, width + 2 * padding, channels), dtype=np.float32)
+        images[:, padding : padding + height, padding : padding + width] = x
+    if residual is None:
+        conv_gemm(images, packed, bias, act, ksize, stride, out, out, -1)
+    else:
+        conv_gemm(images, packed, bias, act, ksize, stride, out, residual, residual_act)
     return out

@@ -87,22 +87,23 @@ def finish_tile(out, residual, p, n_pixels, o, count, bias, act, residual_act):
 
 
 @njit(parallel=True, cache=True)
-def conv_gemm(image, panels, bias, act, ksize, stride, out, residual, residual_act):
-    """image (H, W, C): one input image, zero-padded already; panels (G, M/16, K*K*C/G, 16)
-    from pack_panels; bias (F,); out (OH, OW, F); residual like out, read only when
+def conv_gemm(images, panels, bias, act, ksize, stride, out, residual, residual_act):
+    """images (N, H, W, C), zero-padded already; panels (G, M/16, K*K*C/G, 16) from
+    pack_panels; bias (F,); out (N, OH, OW, F); residual like out, read only when
     residual_act >= 0 (pass out itself and -1 for none). All C-contiguous.
 
     The GEMM's matrix of input rows is never built (no im2row): tap k of pixel p is read from
-    the image where it lies. With one group, the ksize taps of one kernel row are ksize*C
-    contiguous values; with groups, ksize runs of C/G.
+    the images where it lies, images.flat[starts[p] + taps[k]]. The rows are the pixels of
+    all N images: a batch shares each weight panel it reads.
     """
-    height, width, channels = image.shape
-    out_h, out_w, filters = out.shape
+    n_images, height, width, channels = images.shape
+    _, out_h, out_w, filters = out.shape
     groups, m_blocks, depth, _ = panels.shape
-    pixels = out_h * out_w
+    per_image = out_h * out_w
+    pixels = n_images * per_image
     rows = filters // groups
     group_channels = channels // groups
-    flat = image.reshape(-1)
+    flat = images.reshape(-1)
     # Where tap k (ky, kx, c) lies relative to a pixel's first input: the GEMM's column index.
     taps = np.empty(depth, dtype=np.int64)
     for k in range(depth):
@@ -110,9 +111,11 @@ def conv_gemm(image, panels, bias, act, ksize, stride, out, residual, residual_a
         taps[k] = (ky * width + kx) * channels + c
     # Where each output pixel's receptive field starts: the GEMM's row index.
     starts = np.empty(pixels, dtype=np.int64)
-    for oy in range(out_h):
-        for ox in range(out_w):
-            starts[oy * out_w + ox] = (oy * stride * width + ox * stride) * channels
+    for n in range(n_images):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                start = ((n * height + oy * stride) * width + ox * stride) * channels
+                starts[n * per_image + oy * out_w + ox] = start
     out_rows = out.reshape(pixels, filters)
     residual_rows = residual.reshape(pixels, filters)
     p_tiles = (pixels + TILE_P - 1) // TILE_P
