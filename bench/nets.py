@@ -3,8 +3,10 @@
     python -m bench.nets cfg/darknet19.cfg cfg/resnet50.cfg --threads 2 --batch 1,8
 
 Every peer runs the same cfg with the same random weights (written once as a .weights file)
-in its own process, so its peak memory (max RSS) is its own. Times are medians of --repeat
-passes after one warm-up. A peer that is not installed, or cannot load a cfg, gets a note.
+in its own process, so its peak memory (VmHWM) is its own. Times are medians of --repeat
+passes after one warm-up; with --rounds N (odd) every peer runs N times, the peers in turn,
+and keeps its median: on a shared machine a busy spell then falls on all of them. A peer
+that is not installed, or cannot load a cfg, gets a note.
 - kern: nets.Network on the Numba CPU backend.
 - torch: the same graph through bench/torch_backend.py (batchnorm folded, channels-last).
 - opencv: cv2.dnn.readNetFromDarknet (opencv-python-headless<5; 5.x dropped the importer).
@@ -120,6 +122,24 @@ def run_worker(peer, cfg, weights, batch, threads, repeat) -> dict:
     return json.loads(lines[-1])
 
 
+def measure_in_turn(peers, rounds, cfg, weights, batch, threads, repeat) -> dict[str, dict]:
+    """Each peer `rounds` times, peers alternating, so that a busy spell on a shared machine
+    falls on all of them; per peer the median seconds and the largest peak."""
+    runs: dict[str, list[dict]] = {peer: [] for peer in peers}
+    for _ in range(rounds):
+        for peer in peers:
+            runs[peer].append(run_worker(peer, cfg, weights, batch, threads, repeat))
+    results = {}
+    for peer, outcomes in runs.items():
+        good = [r for r in outcomes if "error" not in r]
+        if not good:
+            results[peer] = outcomes[0]
+            continue
+        seconds = sorted(r["seconds"] for r in good)
+        results[peer] = {"seconds": seconds[len(seconds) // 2], "peak_mb": max(r["peak_mb"] for r in good)}
+    return results
+
+
 def available(peer: str) -> str | None:
     """None if the peer can run here, else why not."""
     modules = {"torch": ("torch", "torch==2.13.0"), "opencv": ("cv2", "'opencv-python-headless<5'")}
@@ -141,6 +161,10 @@ def main() -> None:
     parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run every peer this many times in turn and keep each one's median (a shared machine)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--batch-one", type=int, help=argparse.SUPPRESS)
@@ -156,7 +180,11 @@ def main() -> None:
         if reason := available(peer):
             print(f"# {peer}: skipped, {reason}")
     peers = [p for p in peers if available(p) is None]
-    print(f"# {args.threads} threads, median of {args.repeat} after a warm-up; ratio = peer time / kern time")
+    rounds = f", median of {args.rounds} rounds taken in turn" if args.rounds > 1 else ""
+    print(
+        f"# {args.threads} threads, median of {args.repeat} after a warm-up{rounds}; "
+        "ratio = peer time / kern time"
+    )
     print(f"{'network':<18} {'batch':>5} {'peer':<8} {'ms':>9} {'GFLOP/s':>8} {'peak MB':>8} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as folder:
         for cfg in args.cfgs:
@@ -166,10 +194,9 @@ def main() -> None:
             name = Path(cfg).stem
             for batch in map(int, args.batch.split(",")):
                 kern_seconds = None
-                for peer in peers:
-                    if peer == "darknet" and batch != 1:
-                        continue
-                    result = run_worker(peer, cfg, weights, batch, args.threads, args.repeat)
+                chosen = [p for p in peers if p != "darknet" or batch == 1]  # darknet: batch 1 only
+                results = measure_in_turn(chosen, args.rounds, cfg, weights, batch, args.threads, args.repeat)
+                for peer, result in results.items():
                     if "error" in result:
                         print(f"{name:<18} {batch:>5} {peer:<8} cannot run it: {result['error']}")
                         continue
