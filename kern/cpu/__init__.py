@@ -1,8 +1,8 @@
 """The Numba CPU backend: hand-written parallel kernels, no BLAS.
 
 Its arrays are channels-last, (N, H, W, C) float32: `asarray` takes NCHW and `to_numpy` gives
-NCHW back, as every backend does; in between, each channel run is contiguous, which is what
-the convolution's dot products and the vectorized pooling want (see conv.py).
+NCHW back, as every backend does; in between, each pixel's channels are contiguous, which is
+what the GEMM's vector stores and the vectorized pooling want (see gemm.py).
 Weights are prepared once: batchnorm folded in, conv weights packed to whole tiles.
 `threads` caps Numba's worker threads for this backend's calls (None: all cores).
 """

@@ -131,17 +131,19 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, residual, residual_
         g = job // m_blocks % groups
         first_tile = job // (m_blocks * groups) * chunk
         panel = panels[g, m_block]
+        base = g * group_channels  # the group's first input channel
         o = g * rows + m_block * TILE_M
         count = min(TILE_M, rows - m_block * TILE_M)
         for tile in range(first_tile, min(p_tiles, first_tile + chunk)):
             p = tile * TILE_P
             # Pixels past the last one re-read it; their stores are skipped.
-            s0 = starts[p] + g * group_channels
-            s1 = starts[min(p + 1, last)] + g * group_channels
-            s2 = starts[min(p + 2, last)] + g * group_channels
-            s3 = starts[min(p + 3, last)] + g * group_channels
-            s4 = starts[min(p + 4, last)] + g * group_channels
-            s5 = starts[min(p + 5, last)] + g * group_channels
+            s0 = starts[p] + base
+            s1 = starts[min(p + 1, last)] + base
+            s2 = starts[min(p + 2, last)] + base
+            s3 = starts[min(p + 3, last)] + base
+            s4 = starts[min(p + 4, last)] + base
+            s5 = starts[min(p + 5, last)] + base
+            # Unrolled by hand: only separately named accumulators stay in registers.
             c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = splat8(0.0)
             for k in range(depth):
                 w0 = load8(panel, TILE_M * k)  # filters 0..7 of the panel, tap k

@@ -38,10 +38,22 @@ def _contiguous_float32(arr) -> bool:
     return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.layout == "C"
 
 
-def _element_pointer(context, builder, array_type, array, index_type, index):
+def _scalar_pointer(context, builder, array_type, array, index_type, index):
+    """float* to array's element `index` (flat), with no bounds or negative-index test."""
     data = context.make_array(array_type)(context, builder, array).data
-    offset = context.cast(builder, index, index_type, types.intp)
-    return builder.bitcast(builder.gep(data, [offset]), _VECTOR.as_pointer())
+    return builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+
+
+def _element_pointer(context, builder, array_type, array, index_type, index):
+    """The same as a pointer to eight floats."""
+    pointer = _scalar_pointer(context, builder, array_type, array, index_type, index)
+    return builder.bitcast(pointer, _VECTOR.as_pointer())
+
+
+def _splat(builder, scalar):
+    """A float32 value in every lane: insert into lane 0, shuffle lane 0 everywhere."""
+    one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
 
 
 @intrinsic
@@ -78,9 +90,7 @@ def splat8(typingctx, value):
         return None
 
     def codegen(context, builder, sig, args):
-        scalar = context.cast(builder, args[0], sig.args[0], types.float32)
-        one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32))
 
     return float32x8(value), codegen
 
@@ -92,11 +102,8 @@ def broadcast8(typingctx, arr, index):
         return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        pointer = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
-        scalar = builder.load(pointer, align=4)
-        one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+        pointer = _scalar_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return _splat(builder, builder.load(pointer, align=4))
 
     return float32x8(arr, index), codegen
 
