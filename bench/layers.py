@@ -1,6 +1,6 @@
 """Per-layer profile: where a network's time goes, kern next to PyTorch, layer by layer.
 
-    python -m bench.layers cfg/resnext50.cfg cfg/resnet50.cfg [--threads 2] [--repeat 10]
+    python -m bench.layers cfg/resnext50.cfg cfg/resnet50.cfg [--threads 2] [--repeat 10] [--rounds 3]
 
 Both run the same graph with the same random weights (PyTorch through bench/torch_backend.py;
 without torch, kern alone). Each layer's median time over --repeat passes after a warm-up,
@@ -38,10 +38,9 @@ def layer_runs(net: nets.Network, images: np.ndarray, repeat: int) -> np.ndarray
     return np.array(runs)
 
 
-def profile(cfg: str, threads: int, repeat: int) -> None:
-    spec = nets.load_spec(cfg)
+def peers_for(spec: nets.NetworkSpec, threads: int) -> dict[str, nets.Network]:
+    """kern and, when torch is installed, PyTorch, on the same random weights."""
     weights = random_weights(spec.layers, seed=0)
-    images = np.random.default_rng(0).random((1, *spec.input_shape), dtype=np.float32)
     peers = {"kern": nets.Network(spec, weights, nets.make_backend("cpu", threads=threads))}
     try:
         from bench.torch_backend import TorchBackend
@@ -49,8 +48,11 @@ def profile(cfg: str, threads: int, repeat: int) -> None:
         peers["torch"] = nets.Network(spec, weights, TorchBackend(threads))
     except ImportError:
         print("# torch is not installed: kern only")
-    times = {name: np.median(layer_runs(net, images, repeat), axis=0) * 1e3 for name, net in peers.items()}
-    print(f"# {cfg}: {threads} threads, batch 1, median of {repeat}; ms per layer")
+    return peers
+
+
+def print_profile(spec: nets.NetworkSpec, times: dict[str, np.ndarray]) -> None:
+    """The per-layer table, then ms and GFLOP/s by kind of layer."""
     print(f"{'layer':>5}  {'kind':13s}" + "".join(f"{name:>9s}" for name in times) + "  description")
     for i, layer in enumerate(spec.layers):
         cells = "".join(f"{t[i]:9.2f}" for t in times.values())
@@ -68,14 +70,31 @@ def profile(cfg: str, threads: int, repeat: int) -> None:
         print(f"{'':5s}  {kind:13s}{cells}")
 
 
+def profile(cfgs: list[str], threads: int, repeat: int, rounds: int) -> None:
+    """Every cfg and peer in turn, `rounds` times, `repeat` passes each: a busy spell on a
+    shared machine falls on all of them, so the ratios between cfgs hold."""
+    specs = {cfg: nets.load_spec(cfg) for cfg in cfgs}
+    peers = {cfg: peers_for(spec, threads) for cfg, spec in specs.items()}
+    rng = np.random.default_rng(0)
+    images = {cfg: rng.random((1, *spec.input_shape), dtype=np.float32) for cfg, spec in specs.items()}
+    runs: dict[tuple[str, str], list[np.ndarray]] = {(cfg, name): [] for cfg in cfgs for name in peers[cfg]}
+    for _ in range(rounds):
+        for (cfg, name), passes in runs.items():
+            passes.append(layer_runs(peers[cfg][name], images[cfg], repeat))
+    for cfg, spec in specs.items():
+        print(f"# {cfg}: {threads} threads, batch 1, median of {repeat} x {rounds} rounds; ms per layer")
+        medians = {name: np.median(np.concatenate(runs[cfg, name]), axis=0) * 1e3 for name in peers[cfg]}
+        print_profile(spec, medians)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cfgs", nargs="+")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1, help="cfgs and peers measured in turn this many times")
     args = parser.parse_args()
-    for cfg in args.cfgs:
-        profile(cfg, args.threads, args.repeat)
+    profile(args.cfgs, args.threads, args.repeat, args.rounds)
 
 
 if __name__ == "__main__":

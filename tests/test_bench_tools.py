@@ -21,8 +21,11 @@ def test_layer_kinds_split_convolutions():
 
 
 def test_layer_profile_prints_every_layer_and_the_kinds(capsys):
-    profile("cfg/tiny.cfg", threads=1, repeat=1)
+    profile(["cfg/tiny.cfg", "cfg/darknet.cfg"], threads=1, repeat=1, rounds=2)
     out = capsys.readouterr().out
-    spec = nets.load_spec("cfg/tiny.cfg")
-    assert out.count(" conv ") >= sum(layer_kind(layer).startswith("conv") for layer in spec.layers)
-    assert "# by kind" in out and "conv 1x1" in out and "GFLOP/s" in out
+    for cfg in ("cfg/tiny.cfg", "cfg/darknet.cfg"):
+        table = out[out.index(f"# {cfg}") :]
+        spec = nets.load_spec(cfg)
+        assert "x 2 rounds" in table.splitlines()[0]
+        assert table.count(" conv ") >= sum(layer_kind(layer).startswith("conv") for layer in spec.layers)
+    assert out.count("# by kind") == 2 and "conv 1x1" in out and "GFLOP/s" in out

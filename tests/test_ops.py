@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from kern.cpu import conv as cpu_conv
+from kern.cpu import grouped as cpu_grouped
 from kern.cpu.gemm import TILE_M, conv_gemm, pack_panels
 from kern.params import ACTIVATIONS, BatchNorm
 from kern.ref import conv2d_im2col, conv2d_loops
@@ -30,6 +31,11 @@ CONV_SHAPES = [
     (1, 20, 6, 5, 40, 3, 1, 1, 4),  # grouped, more filters than channels per group: GEMM
     (2, 16, 13, 11, 40, 3, 1, 1, 1),  # >= 16 filters per group: CUDA's implicit GEMM
     (1, 32, 9, 9, 64, 3, 2, 1, 2),  # the same, grouped and strided
+    (2, 128, 9, 7, 128, 3, 1, 1, 32),  # ResNeXt's 4 per group: groups in the CPU's vector lanes
+    (3, 64, 7, 10, 96, 3, 2, 1, 8),  # 8 channels, 12 filters per group (3 quads), stride 2
+    (1, 128, 11, 10, 256, 3, 2, 1, 16),  # 8 channels, 16 filters per group, 2 blocks of 8
+    (2, 32, 6, 9, 32, 5, 1, 2, 8),  # 4 per group, 5x5
+    (1, 64, 5, 6, 64, 1, 1, 0, 16),  # 4 per group, 1x1
 ]
 
 
@@ -66,7 +72,7 @@ def test_conv_matches_ref(rng, fast, ref64, shape, activation):
     assert_close(got, expected)
 
 
-@pytest.mark.parametrize("shape", [CONV_SHAPES[1], CONV_SHAPES[2], CONV_SHAPES[6], CONV_SHAPES[0]], ids=str)
+@pytest.mark.parametrize("shape", [CONV_SHAPES[i] for i in (1, 2, 6, 0, 15)], ids=str)
 def test_conv_with_fused_residual_matches_ref(rng, fast, ref64, shape):
     x, weights, bias, bn, options = random_conv(rng, shape, "linear")
     expected_conv = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))
@@ -212,3 +218,25 @@ def test_narrow_groups_are_merged_into_whole_panels(rng, ref64):
     expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **options))
     got = cpu_conv.conv2d_gemm(x.transpose(0, 2, 3, 1).copy(), packed, bias, 64, 3, 1, 1, 0)
     assert_close(got.transpose(0, 3, 1, 2), expected)
+
+
+def test_groups_in_lanes_write_every_output_once(rng, ref64):
+    """The lane kernel straight, on a NaN-poisoned output with a margin on each side, with
+    bands of 1, 2 and 8 rows and 1 or 2 blocks per job (chosen by thread count and sizes:
+    the choice must not change a bit)."""
+    shape = (2, 128, 7, 5, 192, 3, 2, 1, 16)  # 8 channels, 12 filters per group, stride 2, 2 blocks
+    x, weights, bias, _, options = random_conv(rng, shape, "leaky", with_bn=False)
+    assert cpu_grouped.lane_groups_fit(16, 8, 12) and not cpu_grouped.lane_groups_fit(32, 2, 4)
+    packed, lane_bias = cpu_grouped.pack_lane_weights(weights, bias, 16)
+    assert packed.shape == (2, 3, 3 * 3 * 8, 4, 8) and lane_bias.shape == (2, 12, 8)
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **options))
+    nhwc = x.transpose(0, 2, 3, 1).copy()
+    results = []
+    for band_rows, span in ((1, 1), (2, 2), (8, 2)):
+        poisoned = np.full(2 * 4 * 3 * 192 + 64, np.nan, np.float32)
+        out = poisoned[32:-32].reshape(2, 4, 3, 192)
+        cpu_grouped.conv_lane_groups(nhwc, packed, lane_bias, 1, 3, 2, 1, band_rows, span, out)
+        assert np.isnan(poisoned[:32]).all() and np.isnan(poisoned[-32:]).all()
+        assert_close(out.transpose(0, 3, 1, 2), expected)
+        results.append(out.copy())
+    assert all(np.array_equal(results[0], r) for r in results[1:])

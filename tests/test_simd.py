@@ -1,10 +1,26 @@
 """kern/cpu/simd.py: each float32x8 operation against NumPy, lane by lane."""
 
 import numpy as np
+import pytest
 from numba import njit
 
 from kern.cpu.activation import activate8, activate_scalar
-from kern.cpu.simd import add8, broadcast8, div8, exp8, fma8, lane8, load8, max8, mul8, splat8, store8
+from kern.cpu.simd import (
+    add8,
+    broadcast8,
+    div8,
+    exp8,
+    fma8,
+    lane8,
+    load8,
+    load_halves,
+    max8,
+    mul8,
+    shuffle8,
+    splat8,
+    store8,
+    store_halves,
+)
 from kern.params import ACTIVATIONS
 
 
@@ -55,3 +71,28 @@ def test_vector_activations_equal_the_scalar_ones(rng):
             np.testing.assert_allclose(vector, scalar, rtol=1e-6)
         else:
             assert np.array_equal(vector, scalar), name
+
+
+_interleave = shuffle8((0, 8, 1, 9, 4, 12, 5, 13))
+
+
+@njit(cache=True)
+def _lane_moves(a, out):
+    """out[0] = the shuffle of a[0:8] and a[8:16]; out[1] = load_halves(a, 5, 13);
+    store_halves of a[0:8] to out[2, 1:5] and out[2, 11:15] (out is 3 x 16)."""
+    x, y = load8(a, 0), load8(a, 8)
+    store8(out[0], 0, _interleave(x, y))
+    store8(out[1], 0, load_halves(a, 5, 13))
+    store_halves(out[2], 1, 11, x)
+
+
+def test_shuffles_and_half_vectors_move_the_right_lanes(rng):
+    a = rng.standard_normal(17).astype(np.float32)
+    out = np.full((3, 16), np.nan, np.float32)
+    _lane_moves(a, out)
+    assert np.array_equal(out[0, :8], a[[0, 8, 1, 9, 4, 12, 5, 13]])
+    assert np.array_equal(out[1, :8], np.concatenate([a[5:9], a[13:17]]))
+    assert np.array_equal(out[2, 1:5], a[0:4]) and np.array_equal(out[2, 11:15], a[4:8])
+    assert np.isnan(out[:2, 8:]).all() and np.isnan(out[2, [0, 5, 6, 7, 8, 9, 10, 15]]).all()
+    with pytest.raises(ValueError, match="8 lane indices"):
+        shuffle8((0, 1, 2, 16, 4, 5, 6, 7))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from kern.cpu import conv, elementwise, pool
+from kern.cpu import conv, elementwise, grouped, pool
 from kern.cpu.connected import connected, pack_connected
 from kern.errors import KernError
 from kern.params import activation_code, fold_batchnorm
@@ -31,8 +31,9 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
 
 @dataclass(frozen=True)
 class CpuConv:
-    packed: np.ndarray  # conv.pack_weights: panels of 16 filters, narrow groups merged
+    packed: np.ndarray  # conv.pack_weights (panels of 16 filters) or grouped.pack_lane_weights
     bias: np.ndarray
+    groups_in_lanes: bool  # run by grouped.conv2d_lane_groups, not by conv.conv2d_gemm
     filters: int
     ksize: int
     stride: int
@@ -71,14 +72,23 @@ class CpuBackend:
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
         w, b = fold_batchnorm(weights, bias, bn)
-        packed = conv.pack_weights(w, groups)
-        return CpuConv(packed, b, w.shape[0], w.shape[2], stride, padding, activation_code(activation))
+        filters, group_channels, ksize, _ = w.shape
+        in_lanes = grouped.lane_groups_fit(groups, group_channels, filters // groups)
+        if in_lanes:
+            packed, b = grouped.pack_lane_weights(w, b, groups)
+        else:
+            packed = conv.pack_weights(w, groups)
+        return CpuConv(packed, b, in_lanes, filters, ksize, stride, padding, activation_code(activation))
 
     def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         self._use_threads()
+        if c.groups_in_lanes:
+            return grouped.conv2d_lane_groups(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
         return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
+        if c.groups_in_lanes:  # not fused there: no network has a shortcut after a grouped layer
+            return self.shortcut(self.conv2d(x, c), residual, alpha=1.0, beta=1.0, activation=activation)
         self._use_threads()  # the add and its activation are fused into the GEMM's store
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual,

@@ -4,8 +4,9 @@ conv2d_direct (NCHW): the definition as loops, parallel over (image, filter); sl
 conv2d_gemm (NHWC, channels-last, the backend's own layout): the fast path, a GEMM of
 (output pixels) x (K*K*C/groups taps) by (taps) x (filters), computed by gemm.conv_gemm
 straight from the zero-padded image, with bias, activation and an optional residual fused
-into its store. Batchnorm was folded into the weights at load time. Narrow groups (ResNeXt's 4
-and 8 channels) are merged into panel-wide block-diagonal groups when packed.
+into its store. Batchnorm was folded into the weights at load time. Groups narrower than a
+16-filter panel are merged into panel-wide block-diagonal groups when packed; ResNeXt's
+(groups of 8 and more, 4 to 32 wide) go to grouped.conv2d_lane_groups instead.
 """
 
 import numpy as np

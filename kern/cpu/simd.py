@@ -10,7 +10,9 @@ instructions: slower, still correct.
 
 Loads and stores take a C-contiguous array and a flat element index: `load8(row, i)` reads
 row[i : i + 8]. There is no bounds check, as with `_mm256_loadu_ps`: callers keep i + 8 within
-the array.
+the array. For transposes (grouped.py) there are lane shuffles with a fixed pattern
+(`shuffle8`, like `_mm256_shuffle_ps`) and loads and stores of half vectors (`load_halves`,
+`store_halves`: 4 floats each from or to two places).
 """
 
 from llvmlite import ir
@@ -26,6 +28,7 @@ class Float32x8(types.Type):
 
 float32x8 = Float32x8()
 _VECTOR = ir.VectorType(ir.FloatType(), 8)
+_QUARTER = ir.VectorType(ir.FloatType(), 4)  # half a vector: one 128-bit xmm register
 
 
 @register_model(Float32x8)
@@ -50,10 +53,15 @@ def _element_pointer(context, builder, array_type, array, index_type, index):
     return builder.bitcast(pointer, _VECTOR.as_pointer())
 
 
+def _lanes(indices) -> ir.Constant:
+    """A shufflevector mask."""
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices))
+
+
 def _splat(builder, scalar):
     """A float32 value in every lane: insert into lane 0, shuffle lane 0 everywhere."""
     one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+    return builder.shuffle_vector(one, one, _lanes([0] * 8))
 
 
 @intrinsic
@@ -167,3 +175,61 @@ def exp8(typingctx, vector):
         return _llvm_intrinsic(builder, "llvm.exp.v8f32", args)
 
     return float32x8(vector), codegen
+
+
+def shuffle8(mask: tuple[int, ...]):
+    """An operation (a, b) -> vector whose lane i is lane mask[i] of a + b (a's lanes 0-7, b's
+    8-15): LLVM's shufflevector, one or two vunpck/vshufps/vperm2f128 instructions. The mask
+    is fixed when the operation is made, as the immediate of a C intrinsic is."""
+    if len(mask) != 8 or not all(0 <= m < 16 for m in mask):
+        raise ValueError(f"shuffle8: expected 8 lane indices in 0..15, got {mask}")
+    constant = _lanes(mask)
+
+    @intrinsic
+    def shuffle(typingctx, a, b):
+        if not a == b == float32x8:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.shuffle_vector(args[0], args[1], constant)
+
+        return float32x8(a, b), codegen
+
+    return shuffle
+
+
+@intrinsic
+def load_halves(typingctx, arr, low, high):
+    """arr[low : low + 4] in lanes 0..3 and arr[high : high + 4] in lanes 4..7 (two 128-bit
+    loads, one vinsertf128)."""
+    if not (_contiguous_float32(arr) and isinstance(low, types.Integer) and isinstance(high, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        halves = []
+        for i in (1, 2):
+            pointer = _scalar_pointer(context, builder, sig.args[0], args[0], sig.args[i], args[i])
+            halves.append(builder.load(builder.bitcast(pointer, _QUARTER.as_pointer()), align=4))
+        return builder.shuffle_vector(halves[0], halves[1], _lanes(range(8)))
+
+    return float32x8(arr, low, high), codegen
+
+
+@intrinsic
+def store_halves(typingctx, arr, low, high, value):
+    """arr[low : low + 4] = lanes 0..3 and arr[high : high + 4] = lanes 4..7 (two 128-bit
+    stores)."""
+    if not (_contiguous_float32(arr) and isinstance(low, types.Integer) and isinstance(high, types.Integer)):
+        return None
+    if value != float32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        for i, lanes in ((1, range(4)), (2, range(4, 8))):
+            half = builder.shuffle_vector(args[3], args[3], _lanes(lanes))
+            pointer = _scalar_pointer(context, builder, sig.args[0], args[0], sig.args[i], args[i])
+            builder.store(half, builder.bitcast(pointer, _QUARTER.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, low, high, value), codegen
+
