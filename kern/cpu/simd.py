@@ -233,3 +233,4 @@ def store_halves(typingctx, arr, low, high, value):
 
     return types.none(arr, low, high, value), codegen
 
+
