@@ -8,13 +8,13 @@ from kern.cpu.simd import add8, div8, exp8, max8, mul8, splat8
 LINEAR, LEAKY, RELU, LOGISTIC = 0, 1, 2, 3  # the order of kern.params.ACTIVATIONS
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
-_LEAK = np.float32(0.1)
+LEAK = np.float32(0.1)  # leaky's slope below 0
 
 
 @njit(inline="always", fastmath=True, cache=True)
 def activate_scalar(v, code):
     if code == LEAKY:
-        return v if v > _ZERO else v * _LEAK
+        return v if v > _ZERO else v * LEAK
     if code == RELU:
         return v if v > _ZERO else _ZERO
     if code == LOGISTIC:
@@ -27,7 +27,7 @@ def activate8(v, code):
     """activate_scalar on eight lanes at once (v: a simd.float32x8); the same values, since
     Darknet's leaky "v > 0 ? v : 0.1 v" is max(v, 0.1 v), and relu max(v, 0)."""
     if code == LEAKY:
-        return max8(v, mul8(v, splat8(_LEAK)))
+        return max8(v, mul8(v, splat8(LEAK)))
     if code == RELU:
         return max8(v, splat8(_ZERO))
     if code == LOGISTIC:

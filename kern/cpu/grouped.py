@@ -33,8 +33,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import LINEAR, activate8
-from kern.cpu.simd import fma8, load8, load_halves, shuffle8, store8, store_halves
+from kern.cpu.activation import LEAK, LEAKY, LOGISTIC, RELU, activate8
+from kern.cpu.simd import fma8, load8, load_halves, max8, mul8, shuffle8, splat8, store8, store_halves
 from kern.params import conv_output_size
 
 LANES = 8  # groups per block: one per vector lane
@@ -134,9 +134,12 @@ def interleave_band(x, n, first_block, first_row, padding, band):
 
 
 @njit(inline="always", cache=True)
-def store_tile_row(row, o, stride, f0, f1, f2, f3):
-    """Store four filters' vectors (lane j: group j) as lane j's four values at
-    row[o + j*stride : o + j*stride + 4]: the inverse of interleave's transpose."""
+def store_tile_row(row, o, stride, f0, f1, f2, f3, slope):
+    """Store four filters' vectors (lane j: group j), each as max(v, slope * v) (linear or
+    leaky), as lane j's four values at row[o + j*stride : o + j*stride + 4]: the inverse of
+    interleave's transpose."""
+    f0, f1 = max8(f0, mul8(f0, slope)), max8(f1, mul8(f1, slope))
+    f2, f3 = max8(f2, mul8(f2, slope)), max8(f3, mul8(f3, slope))
     r0, r1, r2, r3 = transpose_halves(f0, f1, f2, f3)
     store_halves(row, o, o + 4 * stride, r0)  # groups 0 and 4
     store_halves(row, o + stride, o + 5 * stride, r1)
@@ -146,9 +149,7 @@ def store_tile_row(row, o, stride, f0, f1, f2, f3):
 
 @njit(inline="always", cache=True)
 def activate_columns(rows, first, count, o, width, act):
-    """rows[first : first + count, o : o + width] = act(that), in place (width: whole vectors).
-    One loop after each tile rather than in its stores: 12 inlined copies of the activation
-    made the kernel compile 5.7 s longer."""
+    """rows[first : first + count, o : o + width] = act(that), in place (width: whole vectors)."""
     for p in range(first, first + count):
         row = rows[p]
         for i in range(o, o + width, 8):
@@ -177,6 +178,10 @@ def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, band_rows, s
     for q in range(band_rows * out_w):
         starts[q] = (q // out_w * stride * padded_w + q % out_w * stride) * depth8
     out_rows = out.reshape(-1, filters)
+    # Linear and leaky are max(v, slope * v), applied in registers; relu and the logistic in
+    # place after each tile (12 inlined copies of every activation: compile 5.7 s longer).
+    slope = splat8(LEAK if act == LEAKY else 1.0)
+    in_place = act == RELU or act == LOGISTIC
     bands = (out_h + band_rows - 1) // band_rows
     for job in prange(blocks // span * n_images * bands):
         first_block = job // (n_images * bands) * span
@@ -219,12 +224,12 @@ def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, band_rows, s
                     v = load8(weight_flat, w + 24)
                     a03, a13, a23 = fma8(x0, v, a03), fma8(x1, v, a13), fma8(x2, v, a23)
                     w += TILE_F * LANES
-                store_tile_row(out_rows[first_pixel + p], o, per_group, a00, a01, a02, a03)
+                store_tile_row(out_rows[first_pixel + p], o, per_group, a00, a01, a02, a03, slope)
                 if p + 1 < pixels:
-                    store_tile_row(out_rows[first_pixel + p + 1], o, per_group, a10, a11, a12, a13)
+                    store_tile_row(out_rows[first_pixel + p + 1], o, per_group, a10, a11, a12, a13, slope)
                 if p + 2 < pixels:
-                    store_tile_row(out_rows[first_pixel + p + 2], o, per_group, a20, a21, a22, a23)
-                if quad == quads - 1 and act != LINEAR:  # the block's filters are all summed
+                    store_tile_row(out_rows[first_pixel + p + 2], o, per_group, a20, a21, a22, a23, slope)
+                if quad == quads - 1 and in_place:  # the block's filters are all summed
                     block_width = LANES * per_group
                     tile = min(TILE_P, pixels - p)
                     activate_columns(out_rows, first_pixel + p, tile, b * block_width, block_width, act)
