@@ -5,6 +5,11 @@ in NCHW float32 (the `ref` backend also runs in float64 to serve as ground truth
 prepared once at load time (`prepare_conv`, `prepare_connected`): that is where a backend folds
 batchnorm, packs weights into its preferred layout or copies them to the GPU. The prepared
 object is opaque to the caller and only handed back to the same backend.
+
+Optional: `link_convs(first, second) -> (first', second') | None`, offered each pair of
+consecutive convolutions where nothing else reads the first's output, lets a backend pass that
+output in a layout of its own; `unlinked_output(x, first')` then turns it back into what
+conv2d would have returned, for a caller that stops there (the CPU backend: kern/cpu).
 """
 
 from __future__ import annotations

@@ -106,6 +106,23 @@ class Network:
         # Outputs read again later (route, shortcut) are kept; all others are dropped at once.
         self.kept = frozenset(i for layer in spec.layers for i in layer.sources())
         self.fused = fusable_shortcuts(spec.layers, self.kept)
+        self.linked = self._link_convs()
+
+    def _link_convs(self) -> frozenset[int]:
+        """Let the backend pair a convolution with the next one where nothing else reads the
+        first's output (backend.link_convs, where it has one): it may then pass data between
+        them in its own layout. Returns the first convolutions of the pairs."""
+        link = getattr(self.backend, "link_convs", None)
+        linked = set()
+        for first, second in zip(self.spec.layers, self.spec.layers[1:]):
+            if link is None or first.index in self.kept or first.index in self.fused:
+                continue
+            if isinstance(first, Convolutional) and isinstance(second, Convolutional):
+                pair = link(self.prepared[first.index], self.prepared[second.index])
+                if pair is not None:
+                    self.prepared[first.index], self.prepared[second.index] = pair
+                    linked.add(first.index)
+        return frozenset(linked)
 
     @property
     def input_shape(self) -> Shape:
@@ -147,6 +164,8 @@ class Network:
                 layer_seconds.append(time.perf_counter() - start)
             if layer.index in self.kept:
                 outputs[layer.index] = x
+        if last in self.linked:  # stopped between two linked convolutions
+            x = self.backend.unlinked_output(x, self.prepared[last])
         return x
 
     def predict(self, images: np.ndarray) -> np.ndarray:

@@ -104,7 +104,7 @@ def test_gemm_writes_every_output_and_nothing_else(rng, pixels, activation):
     buffer = np.full(size + 2 * margin, np.nan, np.float32)  # poisoned, with margins either side
     out = buffer[margin : margin + size].reshape(1, 1, pixels, groups * rows)
     act = ACTIVATIONS.index(activation)
-    conv_gemm(b.reshape(1, 1, pixels, -1), pack_panels(a), bias, act, 1, 1, out, out, -1)
+    conv_gemm(b.reshape(1, 1, pixels, -1), pack_panels(a), bias, act, 1, 1, out, 1, 0, out, -1)
     b64 = b.astype(np.float64).reshape(pixels, groups, depth)
     linear = np.einsum("gmk,pgk->pgm", a.astype(np.float64), b64).reshape(pixels, groups * rows) + bias
     expected = ref_activate(linear, activation)
@@ -235,8 +235,17 @@ def test_groups_in_lanes_write_every_output_once(rng, ref64):
     for band_rows, span in ((1, 1), (2, 2), (8, 2)):
         poisoned = np.full(2 * 4 * 3 * 192 + 64, np.nan, np.float32)
         out = poisoned[32:-32].reshape(2, 4, 3, 192)
-        cpu_grouped.conv_lane_groups(nhwc, packed, lane_bias, 1, 3, 2, 1, band_rows, span, out)
+        cpu_grouped.conv_lane_groups(nhwc, packed, lane_bias, 1, 3, 2, 1, False, band_rows, span, out)
         assert np.isnan(poisoned[:32]).all() and np.isnan(poisoned[-32:]).all()
         assert_close(out.transpose(0, 3, 1, 2), expected)
         results.append(out.copy())
+    # The same from an input already padded, in lane order and split by block (as a linked
+    # 1x1 conv writes it).
+    order = cpu_grouped.lane_order(128, 2)
+    assert sorted(order) == list(range(128)) and order[1] == 8  # group 1's channel 0 is next
+    ready = np.pad(nhwc, ((0, 0), (1, 1), (1, 1), (0, 0)))[..., order]  # (2, 9, 7, 128)
+    ready = ready.reshape(2, 9, 7, 2, 64).transpose(0, 3, 1, 2, 4).copy().reshape(4, 9, 7, 64)  # per block
+    out = np.full((2, 4, 3, 192), np.nan, np.float32)
+    cpu_grouped.conv_lane_groups(ready, packed, lane_bias, 1, 3, 2, 1, True, 2, 2, out)
+    results.append(out)
     assert all(np.array_equal(results[0], r) for r in results[1:])

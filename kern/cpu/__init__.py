@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
@@ -39,6 +39,12 @@ class CpuConv:
     stride: int
     padding: int
     act: int
+    # Set by link_convs: this conv writes its output for the next one, with its channels in
+    # out_order (output channel i is channel out_order[i]), as out_planes zero-padded images.
+    out_order: np.ndarray | None = None
+    out_planes: int = 1
+    out_padding: int = 0
+    input_ready: bool = False  # its input comes as conv_lane_groups' `interleaved` (linked)
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,13 @@ class CpuBackend:
     def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         self._use_threads()
         if c.groups_in_lanes:
-            return grouped.conv2d_lane_groups(x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act)
-        return conv.conv2d_gemm(x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act)
+            return grouped.conv2d_lane_groups(
+                x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act, interleaved=c.input_ready
+            )
+        return conv.conv2d_gemm(
+            x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act,
+            out_planes=c.out_planes, out_padding=c.out_padding,
+        )
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
         if c.groups_in_lanes:  # not fused there: no network has a shortcut after a grouped layer
@@ -92,8 +103,37 @@ class CpuBackend:
         self._use_threads()  # the add and its activation are fused into the GEMM's store
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual,
-            activation_code(activation),
+            activation_code(activation), out_planes=c.out_planes, out_padding=c.out_padding,
         )
+
+    def link_convs(self, producer: CpuConv, consumer: CpuConv) -> tuple[CpuConv, CpuConv] | None:
+        """For a convolution read only by the next one, a grouped one run in vector lanes:
+        the first writes its output as the second reads it (its filters permuted at load time
+        into grouped.lane_order, each block of 8 groups a zero-padded image), so the second
+        skips the pass that pads and interleaves its input. None where that does not apply."""
+        blocks = consumer.packed.shape[0]
+        channels = blocks * consumer.packed.shape[2] // consumer.ksize**2 * grouped.LANES
+        fits = consumer.groups_in_lanes and not consumer.input_ready and producer.filters == channels
+        plain = not producer.groups_in_lanes and producer.packed.shape[0] == 1 and producer.out_order is None
+        if not (fits and plain):  # plain: one group, written in NHWC so far
+            return None
+        order = grouped.lane_order(channels, blocks)
+        packed = conv.permute_filters(producer.packed, producer.filters, order)
+        linked = replace(
+            producer, packed=packed, bias=producer.bias[order], out_order=order, out_planes=blocks,
+            out_padding=consumer.padding,
+        )
+        return linked, replace(consumer, input_ready=True)
+
+    def unlinked_output(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
+        """A linked convolution's output as conv2d gives it unlinked: (N, H, W, C) in order."""
+        if c.out_order is None:
+            return x
+        planes, padded_h, padded_w, plane_channels = x.shape
+        q = c.out_padding
+        images = x.reshape(planes // c.out_planes, c.out_planes, padded_h, padded_w, plane_channels)
+        nhwc = images.transpose(0, 2, 3, 1, 4).reshape(-1, padded_h, padded_w, c.filters)
+        return np.ascontiguousarray(nhwc[:, q : padded_h - q, q : padded_w - q, np.argsort(c.out_order)])
 
     def prepare_connected(self, weights, bias, bn, *, activation) -> CpuConnected:
         w, b = fold_batchnorm(weights, bias, bn)

@@ -20,5 +20,5 @@ def connected(x: np.ndarray, packed: np.ndarray, bias: np.ndarray, outputs: int,
     # The images as one row of N "pixels", each with all its inputs as channels (C, H, W order).
     image = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(1, 1, n_images, -1)
     out = np.empty((1, 1, n_images, outputs), dtype=np.float32)
-    conv_gemm(image, packed, bias, act, 1, 1, out, out, -1)
+    conv_gemm(image, packed, bias, act, 1, 1, out, 1, 0, out, -1)
     return out.reshape(n_images, 1, 1, outputs)

@@ -83,19 +83,42 @@ def conv2d_gemm(
     act: int,
     residual: np.ndarray | None = None,
     residual_act: int = -1,
+    out_planes: int = 1,
+    out_padding: int = 0,
 ) -> np.ndarray:
     """x (N, H, W, C) float32, packed from pack_weights -> (N, OH, OW, filters); with a
-    residual (N, OH, OW, filters): residual_act(that + residual), fused into the store."""
+    residual (N, OH, OW, filters): residual_act(that + residual), fused into the store.
+
+    For a next layer that wants it (grouped.conv2d_lane_groups), out_planes and out_padding
+    q give (N * out_planes, OH + 2q, OW + 2q, filters / out_planes) instead: each run of
+    filters / out_planes channels as an image of its own inside a zero border of q."""
     n_images, height, width, channels = x.shape
-    out_h = conv_output_size(height, ksize, stride, padding)
-    out_w = conv_output_size(width, ksize, stride, padding)
-    out = np.empty((n_images, out_h, out_w, filters), dtype=np.float32)
+    out_h = conv_output_size(height, ksize, stride, padding) + 2 * out_padding
+    out_w = conv_output_size(width, ksize, stride, padding) + 2 * out_padding
+    out = np.empty((n_images * out_planes, out_h, out_w, filters // out_planes), dtype=np.float32)
+    if out_padding:
+        zero_border(out, out_padding)
     images = x
     if padding:  # a zero border once, so that the kernel reads every tap without a test
         images = np.zeros((n_images, height + 2 * padding, width + 2 * padding, channels), dtype=np.float32)
         images[:, padding : padding + height, padding : padding + width] = x
     if residual is None:
-        conv_gemm(images, packed, bias, act, ksize, stride, out, out, -1)
-    else:
-        conv_gemm(images, packed, bias, act, ksize, stride, out, residual, residual_act)
+        residual, residual_act = out, -1  # not read
+    conv_gemm(images, packed, bias, act, ksize, stride, out, out_planes, out_padding, residual, residual_act)
     return out
+
+
+def zero_border(images: np.ndarray, padding: int) -> None:
+    """Zero the outer `padding` rows and columns of NHWC images, in place."""
+    images[:, :padding] = 0.0
+    images[:, -padding:] = 0.0
+    images[:, :, :padding] = 0.0
+    images[:, :, -padding:] = 0.0
+
+
+def permute_filters(packed: np.ndarray, filters: int, order: np.ndarray) -> np.ndarray:
+    """Packed weights of one group (pack_weights) with their filters reordered: filter i of
+    the result is filter order[i] of `packed`, so output channel i becomes channel order[i]."""
+    _, _, depth, _ = packed.shape
+    rows = packed[0].transpose(0, 2, 1).reshape(-1, depth)[:filters]  # (filters, taps), unpacked
+    return pack_panels(rows[order][np.newaxis])

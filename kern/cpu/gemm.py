@@ -66,38 +66,47 @@ def store_sums(out, p, o, count, c0, c1):
 
 
 @njit(inline="always", cache=True)
-def finish_tile(out, residual, p, n_pixels, o, count, bias, act, residual_act):
-    """Bias, activation and the fused shortcut on out[p : p + n_pixels, o : o + count], in
-    place, just after store_sums (the tile is still in L1). One loop for the whole tile rather
-    than a copy inlined per pixel: six copies made conv_gemm compile in 35 s, one in 7 s."""
+def finish_tile(out_at, residual, p, n_pixels, column, o, count, bias, act, residual_act):
+    """Bias, activation and the fused shortcut on filters o .. o + count - 1 of pixels
+    p .. p + n_pixels - 1 (out[out_row[q] + plane_rows, column:] for (out, out_row,
+    plane_rows) = out_at), in place, just after store_sums (the
+    tile is still in L1). One loop for the whole tile rather than a copy inlined per pixel:
+    six copies made conv_gemm compile in 35 s, one in 7 s."""
+    out, out_row, plane_rows = out_at
     for q in range(p, p + n_pixels):
-        row = out[q]
+        row = out[out_row[q] + plane_rows]
         if count == TILE_M:
-            for half in range(o, o + TILE_M, 8):
-                v = activate8(add8(load8(row, half), load8(bias, half)), act)
+            for half in range(0, TILE_M, 8):
+                v = activate8(add8(load8(row, column + half), load8(bias, o + half)), act)
                 if residual_act >= 0:
-                    v = activate8(add8(v, load8(residual[q], half)), residual_act)
-                store8(row, half, v)
+                    v = activate8(add8(v, load8(residual[q], o + half)), residual_act)
+                store8(row, column + half, v)
         else:
-            for j in range(o, o + count):
-                v = activate_scalar(row[j] + bias[j], act)
+            for j in range(count):
+                v = activate_scalar(row[column + j] + bias[o + j], act)
                 if residual_act >= 0:
-                    v = activate_scalar(v + residual[q, j], residual_act)
-                row[j] = v
+                    v = activate_scalar(v + residual[q, o + j], residual_act)
+                row[column + j] = v
 
 
 @njit(parallel=True, cache=True)
-def conv_gemm(images, panels, bias, act, ksize, stride, out, residual, residual_act):
+def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding, residual, residual_act):
     """images (N, H, W, C), zero-padded already; panels (G, M/16, K*K*C/G, 16) from
-    pack_panels; bias (F,); out (N, OH, OW, F); residual like out, read only when
-    residual_act >= 0 (pass out itself and -1 for none). All C-contiguous.
+    pack_panels; bias (F,); residual (N, OH, OW, F), read only when residual_act >= 0 (pass
+    out itself and -1 for none). All C-contiguous.
+
+    out is (N, OH, OW, F), or (N * planes, OH + 2q, OW + 2q, F / planes) for the next layer
+    (q = out_padding): filters o .. o + F/planes - 1 as one zero-padded image each, written
+    inside the border, which is left as it is (grouped.conv_lane_groups reads that).
 
     The GEMM's matrix of input rows is never built (no im2row): tap k of pixel p is read from
     the images where it lies, images.flat[starts[p] + taps[k]]. The rows are the pixels of
     all N images: a batch shares each weight panel it reads.
     """
     n_images, height, width, channels = images.shape
-    _, out_h, out_w, filters = out.shape
+    _, padded_h, padded_w, plane_filters = out.shape
+    out_h, out_w = padded_h - 2 * out_padding, padded_w - 2 * out_padding
+    filters = planes * plane_filters
     groups, m_blocks, depth, _ = panels.shape
     per_image = out_h * out_w
     pixels = n_images * per_image
@@ -109,15 +118,18 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, residual, residual_
     for k in range(depth):
         ky, kx, c = k // (ksize * group_channels), k // group_channels % ksize, k % group_channels
         taps[k] = (ky * width + kx) * channels + c
-    # Where each output pixel's receptive field starts: the GEMM's row index.
+    # Where each output pixel's receptive field starts (the GEMM's row index), and its row of
+    # out (of plane 0).
     starts = np.empty(pixels, dtype=np.int64)
+    out_row = np.empty(pixels, dtype=np.int64)
     for n in range(n_images):
         for oy in range(out_h):
             for ox in range(out_w):
-                start = ((n * height + oy * stride) * width + ox * stride) * channels
-                starts[n * per_image + oy * out_w + ox] = start
-    out_rows = out.reshape(pixels, filters)
-    residual_rows = residual.reshape(pixels, filters)
+                p = n * per_image + oy * out_w + ox
+                starts[p] = ((n * height + oy * stride) * width + ox * stride) * channels
+                out_row[p] = (n * planes * padded_h + oy + out_padding) * padded_w + ox + out_padding
+    out_rows = out.reshape(-1, plane_filters)
+    residual_rows = residual.reshape(-1, filters)
     p_tiles = (pixels + TILE_P - 1) // TILE_P
     chunk = CHUNK_TILES
     if p_tiles <= WHOLE_COLUMN_TILES and groups * m_blocks >= WHOLE_COLUMN_TILES:
@@ -133,6 +145,8 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, residual, residual_
         panel = panels[g, m_block]
         base = g * group_channels  # the group's first input channel
         o = g * rows + m_block * TILE_M
+        plane_rows = o // plane_filters * padded_h * padded_w  # a panel lies in one plane
+        column = o % plane_filters
         count = min(TILE_M, rows - m_block * TILE_M)
         for tile in range(first_tile, min(p_tiles, first_tile + chunk)):
             p = tile * TILE_P
@@ -167,15 +181,17 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, residual, residual_
                 x = broadcast8(flat, s5 + tap)
                 c50 = fma8(x, w0, c50)
                 c51 = fma8(x, w1, c51)
-            store_sums(out_rows, p, o, count, c00, c01)
+            store_sums(out_rows, out_row[p] + plane_rows, column, count, c00, c01)
             if p + 1 < pixels:
-                store_sums(out_rows, p + 1, o, count, c10, c11)
+                store_sums(out_rows, out_row[p + 1] + plane_rows, column, count, c10, c11)
             if p + 2 < pixels:
-                store_sums(out_rows, p + 2, o, count, c20, c21)
+                store_sums(out_rows, out_row[p + 2] + plane_rows, column, count, c20, c21)
             if p + 3 < pixels:
-                store_sums(out_rows, p + 3, o, count, c30, c31)
+                store_sums(out_rows, out_row[p + 3] + plane_rows, column, count, c30, c31)
             if p + 4 < pixels:
-                store_sums(out_rows, p + 4, o, count, c40, c41)
+                store_sums(out_rows, out_row[p + 4] + plane_rows, column, count, c40, c41)
             if p + 5 < pixels:
-                store_sums(out_rows, p + 5, o, count, c50, c51)
-            finish_tile(out_rows, residual_rows, p, min(TILE_P, pixels - p), o, count, bias, act, residual_act)
+                store_sums(out_rows, out_row[p + 5] + plane_rows, column, count, c50, c51)
+            n_tile = min(TILE_P, pixels - p)
+            out_at = out_rows, out_row, plane_rows
+            finish_tile(out_at, residual_rows, p, n_tile, column, o, count, bias, act, residual_act)

@@ -157,17 +157,20 @@ def activate_columns(rows, first, count, o, width, act):
 
 
 @njit(parallel=True, cache=True)
-def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, band_rows, span, out):
-    """x (N, H, W, C); weights, bias from pack_lane_weights; out (N, OH, OW, F). Jobs are
-    (`span` blocks of 8 groups, image, band of band_rows output rows), blocks slowest."""
-    n_images, height, width, channels = x.shape
+def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, interleaved, band_rows, span, out):
+    """x (N, H, W, C), or with `interleaved` (N * G/8, H + 2p, W + 2p, 8C'): each block of 8
+    groups already an image of its own, zero-padded, channels in lane order (8c + j: see
+    lane_order); weights, bias from pack_lane_weights; out (N, OH, OW, F). Jobs are (`span`
+    blocks of 8 groups, image, band of band_rows output rows), blocks slowest."""
+    _, x_h, x_w, _ = x.shape
     _, out_h, out_w, filters = out.shape
     blocks, quads, depth, _, _ = weights.shape
+    n_images = out.shape[0]
     per_group = quads * TILE_F
-    depth8 = channels // blocks
-    group_channels = depth8 // LANES
-    padded_w = width + 2 * padding
-    weight_flat, bias_flat = weights.reshape(-1), bias.reshape(-1)
+    group_channels = depth // (ksize * ksize)
+    depth8 = group_channels * LANES  # a block's channels: one pixel of a band
+    padded_w = x_w if interleaved else x_w + 2 * padding
+    weight_flat, bias_flat, x_flat = weights.reshape(-1), bias.reshape(-1), x.reshape(-1)
     # Where tap k = (ky, kx, c) of a block's eight groups lies relative to the pixel's start.
     offsets = np.empty(depth, dtype=np.int64)
     for k in range(depth):
@@ -189,23 +192,29 @@ def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, band_rows, s
         first_out = job % bands * band_rows
         rows = min(band_rows, out_h - first_out)
         rows_in = (rows - 1) * stride + ksize
-        # The band's input rows, interleaved and padded, stay in this core's cache.
-        band = aligned_empty(span * rows_in * padded_w * depth8).reshape(span, rows_in, padded_w, depth8)
-        interleave_band(x, n, first_block, first_out * stride - padding, padding, band)
+        if interleaved:  # the band's rows are in x as they are
+            source = x_flat
+        else:  # the band's rows, interleaved and padded, in a buffer that stays in L2
+            band = aligned_empty(span * rows_in * padded_w * depth8).reshape(span, rows_in, padded_w, depth8)
+            interleave_band(x, n, first_block, first_out * stride - padding, padding, band)
+            source = band.reshape(-1)
         pixels = rows * out_w
         first_pixel = (n * out_h + first_out) * out_w
         for f in range(span * per_group // TILE_F):  # one quad's weights stay in L1 over the band
             b = first_block + f // quads
             quad = f % quads
-            planes = band[b - first_block].reshape(-1)
+            if interleaved:
+                base = ((n * blocks + b) * x_h + first_out * stride) * padded_w * depth8
+            else:
+                base = (b - first_block) * rows_in * padded_w * depth8
             bias_at = (b * per_group + quad * TILE_F) * LANES
             b0, b1 = load8(bias_flat, bias_at), load8(bias_flat, bias_at + 8)
             b2, b3 = load8(bias_flat, bias_at + 16), load8(bias_flat, bias_at + 24)
             o = b * LANES * per_group + quad * TILE_F
             for p in range(0, pixels, TILE_P):
-                s0 = starts[p]
-                s1 = starts[min(p + 1, pixels - 1)]  # past the last pixel: re-read it, no store
-                s2 = starts[min(p + 2, pixels - 1)]
+                s0 = base + starts[p]
+                s1 = base + starts[min(p + 1, pixels - 1)]  # past the last pixel: re-read it, no store
+                s2 = base + starts[min(p + 2, pixels - 1)]
                 a00, a01, a02, a03 = b0, b1, b2, b3
                 a10, a11, a12, a13 = b0, b1, b2, b3
                 a20, a21, a22, a23 = b0, b1, b2, b3
@@ -213,8 +222,8 @@ def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, band_rows, s
                 for k in range(depth):
                     offset = offsets[k]
                     # 12 accumulators, 3 inputs and one weight vector at a time: 16 registers.
-                    x0, x1 = load8(planes, s0 + offset), load8(planes, s1 + offset)
-                    x2 = load8(planes, s2 + offset)
+                    x0, x1 = load8(source, s0 + offset), load8(source, s1 + offset)
+                    x2 = load8(source, s2 + offset)
                     v = load8(weight_flat, w)
                     a00, a10, a20 = fma8(x0, v, a00), fma8(x1, v, a10), fma8(x2, v, a20)
                     v = load8(weight_flat, w + 8)
@@ -236,32 +245,55 @@ def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, band_rows, s
 
 
 def choose_jobs(
-    x: np.ndarray, weights: np.ndarray, out_h: int, ksize: int, stride: int, padding: int, threads: int
+    n_images: int, padded_w: int, channels: int, x_bytes: int, weights: np.ndarray, out_h: int,
+    ksize: int, stride: int, threads: int,
 ) -> tuple[int, int]:
     """(band_rows, span): output rows and blocks per job. Neither changes any sum.
 
     Where x outweighs the weights (early layers), a job takes every block (span), so that it
     reads its rows of x in order, once; where the weights do (late layers), one block, so that
-    each thread reads only its blocks' weights. A band's input rows should fit in half of L2
+    each thread reads only its blocks' weights. A band's input rows should fit in 3/4 of L2
     (BAND_BYTES), and the jobs should number 4 per thread where the image allows."""
-    n_images, _, width, channels = x.shape
     blocks = weights.shape[0]
-    span = blocks if x.nbytes >= weights.nbytes else 1
-    row_bytes = (width + 2 * padding) * channels // blocks * span * 4
+    span = blocks if x_bytes >= weights.nbytes else 1
+    row_bytes = padded_w * channels // blocks * span * 4
     rows_in = max(ksize, BAND_BYTES // row_bytes)
     rows = min(MAX_BAND_ROWS, (rows_in - ksize) // stride + 1)
     return max(1, min(rows, blocks // span * n_images * out_h // (4 * threads))), span
 
 
+def lane_order(channels: int, blocks: int) -> np.ndarray:
+    """The channel order that interleave_band makes: channel i of the result is channel
+    order[i] of NHWC, i = (b*C' + c)*8 + j for channel (8b + j)*C' + c. A convolution whose
+    filters are put in this order writes what conv_lane_groups reads with `interleaved`."""
+    group_channels = channels // (blocks * LANES)
+    b, c, j = np.meshgrid(np.arange(blocks), np.arange(group_channels), np.arange(LANES), indexing="ij")
+    return ((b * LANES + j) * group_channels + c).reshape(-1)
+
+
 def conv2d_lane_groups(
-    x: np.ndarray, weights: np.ndarray, bias: np.ndarray, ksize: int, stride: int, padding: int, act: int
+    x: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    ksize: int,
+    stride: int,
+    padding: int,
+    act: int,
+    interleaved: bool = False,
 ) -> np.ndarray:
-    """x (N, H, W, C) float32 -> (N, OH, OW, F), with weights and bias from pack_lane_weights."""
-    n_images, height, width, _ = x.shape
+    """x (N, H, W, C) float32 -> (N, OH, OW, F), with weights and bias from pack_lane_weights.
+    With `interleaved`, x is (N * G/8, H + 2p, W + 2p, 8C') as conv_lane_groups takes it."""
     blocks, quads = weights.shape[:2]
+    n_images, height, width, channels = x.shape
+    if interleaved:  # a padded image per block
+        n_images, channels = n_images // blocks, channels * blocks
+        height, width = height - 2 * padding, width - 2 * padding
     out_h = conv_output_size(height, ksize, stride, padding)
     out_w = conv_output_size(width, ksize, stride, padding)
     out = np.empty((n_images, out_h, out_w, blocks * LANES * quads * TILE_F), dtype=np.float32)
-    band_rows, span = choose_jobs(x, weights, out_h, ksize, stride, padding, numba.get_num_threads())
-    conv_lane_groups(x, weights, bias, act, ksize, stride, padding, band_rows, span, out)
+    threads = numba.get_num_threads()
+    padded_w = width + 2 * padding
+    x_bytes = x.nbytes
+    band_rows, span = choose_jobs(n_images, padded_w, channels, x_bytes, weights, out_h, ksize, stride, threads)
+    conv_lane_groups(x, weights, bias, act, ksize, stride, padding, interleaved, band_rows, span, out)
     return out
