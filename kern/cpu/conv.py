@@ -14,6 +14,7 @@ from numba import njit, prange
 
 from kern.cpu.activation import activate_scalar
 from kern.cpu.gemm import TILE_M, conv_gemm, pack_panels
+from kern.cpu.simd import aligned_empty
 from kern.params import conv_output_size
 
 
@@ -95,7 +96,8 @@ def conv2d_gemm(
     n_images, height, width, channels = x.shape
     out_h = conv_output_size(height, ksize, stride, padding) + 2 * out_padding
     out_w = conv_output_size(width, ksize, stride, padding) + 2 * out_padding
-    out = np.empty((n_images * out_planes, out_h, out_w, filters // out_planes), dtype=np.float32)
+    out_shape = (n_images * out_planes, out_h, out_w, filters // out_planes)
+    out = aligned_empty(int(np.prod(out_shape))).reshape(out_shape)
     if out_padding:
         zero_border(out, out_padding)
     images = x

@@ -16,14 +16,19 @@ first copies the rows of x it needs (a band) into a small buffer, zero-padded, w
 pixel's 8 x C' channels of a block transposed to C' x 8 (`interleave_band`: loads of 4
 channels and a 4x4 transpose per 128-bit half, 8 shuffles). The buffer stays in the core's
 L2 while the band is computed. The weights are packed alike at load time (`pack_lane_weights`).
+Where the layer before is a convolution that nothing else reads, the backend links the two
+(kern/cpu `link_convs`): that one's filters are put in this order at load time and it writes
+one zero-padded image per block (conv2d_gemm's out_planes and out_padding), so that here the
+band is x itself (`interleaved`) and nothing is copied.
 
 The micro-kernel is a tile of 3 pixels x 4 filters of each of the eight groups: 12
 accumulators, 3 inputs and the weight vector being used, all 16 ymm registers. Per step of k
 it loads 3 input vectors and 4 weight vectors and does 12 fused multiply-adds. The
-accumulators start at the bias. The sums come out with the groups across the lanes; the same
-transpose turns four vectors into eight rows of 4 filters, one per group, stored where they
-belong in the NHWC output. The activation runs over a block's outputs once its filters are
-all summed, while they are still in L1.
+accumulators start at the bias. Linear and leaky are applied to them as max(v, slope * v).
+The sums come out with the groups across the lanes; the same transpose turns four vectors
+into eight rows of 4 filters, one per group, stored where they belong in the NHWC output.
+Relu and the logistic run in place over a tile's outputs once its block's filters are all
+summed, while they are still in L1.
 
 Jobs are (blocks, image, band of output rows); each output is summed by one thread in a fixed
 order, so results are identical for every thread count and every choice of band.
@@ -34,29 +39,30 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import LEAK, LEAKY, LOGISTIC, RELU, activate8
-from kern.cpu.simd import fma8, load8, load_halves, max8, mul8, shuffle8, splat8, store8, store_halves
+from kern.cpu.simd import (
+    aligned_empty,
+    fma8,
+    load8,
+    load_halves,
+    max8,
+    mul8,
+    shuffle8,
+    splat8,
+    store8,
+    store_halves,
+)
 from kern.params import conv_output_size
 
 LANES = 8  # groups per block: one per vector lane
 TILE_P, TILE_F = 3, 4  # the register tile: pixels x filters per group (x 8 groups in the lanes)
-BAND_BYTES = 384 * 1024  # input rows per job: 3/4 of a Zen 3 core's L2 (256 and 512 KB: no faster)
+BAND_BYTES = 384 * 1024  # input rows per job: 3/4 of a Zen 3 L2 (256 KB: slower at 64x64, 512: same)
 MAX_BAND_ROWS = 8
-ALIGN_FLOATS = 16  # 64 bytes
 
 # A 4x4 transpose in each 128-bit half of four vectors: unpack pairs, then pairs of pairs.
 _unpack_low = shuffle8((0, 8, 1, 9, 4, 12, 5, 13))
 _unpack_high = shuffle8((2, 10, 3, 11, 6, 14, 7, 15))
 _pairs_low = shuffle8((0, 1, 8, 9, 4, 5, 12, 13))
 _pairs_high = shuffle8((2, 3, 10, 11, 6, 7, 14, 15))
-
-
-@njit(cache=True)
-def aligned_empty(size):
-    """np.empty(size, float32) starting on a 64-byte line: a vector load then never spans two
-    cache lines (measured: the kernel 5-8% faster than with every other one split)."""
-    raw = np.empty(size + ALIGN_FLOATS, dtype=np.float32)
-    shift = -(raw.ctypes.data // 4) % ALIGN_FLOATS
-    return raw[shift : shift + size]
 
 
 @njit(inline="always", cache=True)
