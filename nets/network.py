@@ -113,11 +113,12 @@ class Network:
         first's output (backend.link_convs, where it has one): it may then pass data between
         them in its own layout. Returns the first convolutions of the pairs."""
         link = getattr(self.backend, "link_convs", None)
+        if link is None:
+            return frozenset()
         linked = set()
         for first, second in zip(self.spec.layers, self.spec.layers[1:]):
-            if link is None or first.index in self.kept or first.index in self.fused:
-                continue
-            if isinstance(first, Convolutional) and isinstance(second, Convolutional):
+            read_once = first.index not in self.kept and first.index not in self.fused
+            if read_once and isinstance(first, Convolutional) and isinstance(second, Convolutional):
                 pair = link(self.prepared[first.index], self.prepared[second.index])
                 if pair is not None:
                     self.prepared[first.index], self.prepared[second.index] = pair
