@@ -9,6 +9,7 @@ import pytest
 
 from kern.cpu import conv as cpu_conv
 from kern.cpu import grouped as cpu_grouped
+from kern.cpu import winograd as cpu_winograd
 from kern.cpu.gemm import TILE_M, conv_gemm, pack_panels
 from kern.params import ACTIVATIONS, BatchNorm
 from kern.ref import conv2d_im2col, conv2d_loops
@@ -249,3 +250,25 @@ def test_groups_in_lanes_write_every_output_once(rng, ref64):
     cpu_grouped.conv_lane_groups(ready, packed, lane_bias, 1, 3, 2, 1, True, 2, 2, out)
     results.append(out)
     assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+@pytest.mark.parametrize("activation", ["leaky", "relu", "logistic"])
+def test_winograd_on_linked_input_matches_ref(rng, ref64, activation):
+    """F(2x2, 3x3) in the lanes, from input as a linked conv writes it (padded, lane order, a
+    plane per block), on a NaN-poisoned output: 16 channels x 12 filters per group, 2 blocks,
+    batch 2, 6 x 10 pixels (3 x 5 tiles: a band of 4 rows and one of 2)."""
+    shape = (2, 256, 6, 10, 192, 3, 1, 1, 16)
+    x, weights, bias, _, options = random_conv(rng, shape, activation, with_bn=False)
+    assert cpu_winograd.winograd_fits(3, 1, 1, 16) and not cpu_winograd.winograd_fits(3, 2, 1, 16)
+    packed, lane_bias = cpu_grouped.pack_lane_weights(weights, bias, 16)
+    assert np.array_equal(cpu_grouped.unpack_lane_weights(packed, 3), weights)
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **options))
+    order = cpu_grouped.lane_order(256, 2)
+    ready = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))[..., order]
+    ready = ready.reshape(2, 8, 12, 2, 128).transpose(0, 3, 1, 2, 4).copy().reshape(4, 8, 12, 128)
+    poisoned = np.full(2 * 6 * 10 * 192 + 64, np.nan, np.float32)
+    out = poisoned[32:-32].reshape(2, 6, 10, 192)
+    code = ACTIVATIONS.index(activation)
+    cpu_winograd.conv_lane_winograd(ready, cpu_winograd.pack_winograd_weights(weights, 16), lane_bias, code, 4, out)
+    assert np.isnan(poisoned[:32]).all() and np.isnan(poisoned[-32:]).all()
+    assert_close(out.transpose(0, 3, 1, 2), expected)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from kern.cpu import conv, elementwise, grouped, pool
+from kern.cpu import conv, elementwise, grouped, pool, winograd
 from kern.cpu.connected import connected, pack_connected
 from kern.errors import KernError
 from kern.params import activation_code, fold_batchnorm
@@ -45,6 +45,7 @@ class CpuConv:
     out_planes: int = 1
     out_padding: int = 0
     input_ready: bool = False  # its input comes as conv_lane_groups' `interleaved` (linked)
+    winograd: np.ndarray | None = None  # linked and 3x3 stride 1: winograd.pack_winograd_weights
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class CpuBackend:
 
     def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         self._use_threads()
+        if c.winograd is not None and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:  # even outputs
+            return winograd.conv2d_lane_winograd(x, c.winograd, c.bias, c.filters, c.act)
         if c.groups_in_lanes:
             return grouped.conv2d_lane_groups(
                 x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act, interleaved=c.input_ready
@@ -123,7 +126,11 @@ class CpuBackend:
             producer, packed=packed, bias=producer.bias[order], out_order=order, out_planes=blocks,
             out_padding=consumer.padding,
         )
-        return linked, replace(consumer, input_ready=True)
+        weights = None  # 3x3 stride 1 with 16 or more channels per group: Winograd, on linked input
+        if winograd.winograd_fits(consumer.ksize, consumer.stride, consumer.padding, channels // (blocks * 8)):
+            oihw = grouped.unpack_lane_weights(consumer.packed, consumer.ksize)
+            weights = winograd.pack_winograd_weights(oihw, blocks * grouped.LANES)
+        return linked, replace(consumer, input_ready=True, winograd=weights)
 
     def unlinked_output(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         """A linked convolution's output as conv2d gives it unlinked: (N, H, W, C) in order."""

@@ -161,6 +161,7 @@ def _binary(operation):
 
 
 add8 = _binary(lambda builder, a, b: builder.fadd(a, b))
+sub8 = _binary(lambda builder, a, b: builder.fsub(a, b))
 mul8 = _binary(lambda builder, a, b: builder.fmul(a, b))
 div8 = _binary(lambda builder, a, b: builder.fdiv(a, b))
 max8 = _binary(lambda builder, a, b: _llvm_intrinsic(builder, "llvm.maxnum.v8f32", [a, b]))
