@@ -110,7 +110,9 @@ def conv_lane_winograd(x, u, bias, act, band_rows, out):
             at = image + 2 * ty * row_stride + 2 * tx * depth8
             transform_input(x_flat, at, row_stride, depth8, v, t * channels * LANES, channels, pos_step)
         for quad in range(quads):
-            # Multiply: per position, a GEMM of (tiles x channels) by (channels x 4 filters).
+            # Multiply: per position, a GEMM of (tiles x channels) by (channels x 4 filters), on
+            # grouped.conv_lane_groups' 3x4 tile, written out again: only separately named
+            # accumulators stay in registers.
             for pos in range(16):
                 w0 = ((b * quads + quad) * 16 + pos) * channels * TILE_F * LANES
                 for t in range(0, tiles, 3):
