@@ -134,8 +134,6 @@ class CpuBackend:
 
     def unlinked_output(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         """A linked convolution's output as conv2d gives it unlinked: (N, H, W, C) in order."""
-        if c.out_order is None:
-            return x
         planes, padded_h, padded_w, plane_channels = x.shape
         q = c.out_padding
         images = x.reshape(planes // c.out_planes, c.out_planes, padded_h, padded_w, plane_channels)

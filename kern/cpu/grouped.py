@@ -149,6 +149,23 @@ def interleave_band(x, n, first_block, first_row, padding, band):
 
 
 @njit(inline="always", cache=True)
+def fma_tile(x0, x1, x2, weights, w, acc):
+    """One step of k of the 3x4 register tile: acc (12 accumulators, pixel-major) plus inputs
+    x0..x2 (one per pixel) times the 4 filter vectors at weights[w : w + 32]. One weight vector
+    is loaded at a time: 12 accumulators, 3 inputs and 1 weight fill the 16 ymm registers."""
+    a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = acc
+    v = load8(weights, w)
+    a00, a10, a20 = fma8(x0, v, a00), fma8(x1, v, a10), fma8(x2, v, a20)
+    v = load8(weights, w + 8)
+    a01, a11, a21 = fma8(x0, v, a01), fma8(x1, v, a11), fma8(x2, v, a21)
+    v = load8(weights, w + 16)
+    a02, a12, a22 = fma8(x0, v, a02), fma8(x1, v, a12), fma8(x2, v, a22)
+    v = load8(weights, w + 24)
+    a03, a13, a23 = fma8(x0, v, a03), fma8(x1, v, a13), fma8(x2, v, a23)
+    return a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23
+
+
+@njit(inline="always", cache=True)
 def store_tile_row(row, o, stride, f0, f1, f2, f3, slope):
     """Store four filters' vectors (lane j: group j), each as max(v, slope * v) (linear or
     leaky), as lane j's four values at row[o + j*stride : o + j*stride + 4]: the inverse of
@@ -242,24 +259,14 @@ def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, interleaved,
                 s0 = base + starts[which, t]
                 s1 = base + starts[which, t1]
                 s2 = base + starts[which, t2]
-                a00, a01, a02, a03 = b0, b1, b2, b3
-                a10, a11, a12, a13 = b0, b1, b2, b3
-                a20, a21, a22, a23 = b0, b1, b2, b3
+                acc = (b0, b1, b2, b3, b0, b1, b2, b3, b0, b1, b2, b3)  # the sums start at the bias
                 w = (b * quads + quad) * depth * TILE_F * LANES
                 for k in range(depth):
                     offset = offsets[k]
-                    # 12 accumulators, 3 inputs and one weight vector at a time: 16 registers.
                     x0, x1 = load8(source, s0 + offset), load8(source, s1 + offset)
-                    x2 = load8(source, s2 + offset)
-                    v = load8(weight_flat, w)
-                    a00, a10, a20 = fma8(x0, v, a00), fma8(x1, v, a10), fma8(x2, v, a20)
-                    v = load8(weight_flat, w + 8)
-                    a01, a11, a21 = fma8(x0, v, a01), fma8(x1, v, a11), fma8(x2, v, a21)
-                    v = load8(weight_flat, w + 16)
-                    a02, a12, a22 = fma8(x0, v, a02), fma8(x1, v, a12), fma8(x2, v, a22)
-                    v = load8(weight_flat, w + 24)
-                    a03, a13, a23 = fma8(x0, v, a03), fma8(x1, v, a13), fma8(x2, v, a23)
+                    acc = fma_tile(x0, x1, load8(source, s2 + offset), weight_flat, w, acc)
                     w += TILE_F * LANES
+                a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = acc
                 q0, q1, q2 = order[which, t], order[which, t1], order[which, t2]
                 store_tile_row(out_rows[first_pixel + q0], o, per_group, a00, a01, a02, a03, slope)
                 if t + 1 < pixels:

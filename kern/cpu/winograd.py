@@ -22,8 +22,8 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import LEAK, LEAKY, LOGISTIC, RELU
-from kern.cpu.grouped import LANES, TILE_F, activate_columns, store_tile_row
-from kern.cpu.simd import add8, aligned_empty, fma8, load8, splat8, store8, sub8
+from kern.cpu.grouped import LANES, TILE_F, activate_columns, fma_tile, store_tile_row
+from kern.cpu.simd import add8, aligned_empty, load8, splat8, store8, sub8
 
 BAND_ROWS = 4  # output rows per job (even): 4 ran faster than 2 or 8 on ResNeXt's layers
 # G of F(2x2, 3x3): U = G g G^T, 4x4 from 3x3.
@@ -76,6 +76,15 @@ def transform_input(x_flat, at, row_stride, depth8, v, out_at, channels, step):
             store8(v, q + (12 + col) * step, sub8(e1, e3))
 
 
+@njit(inline="always", cache=True)
+def store_quad(arr, at, f0, f1, f2, f3):
+    """arr[at : at + 32] = four vectors, one after the other."""
+    store8(arr, at, f0)
+    store8(arr, at + 8, f1)
+    store8(arr, at + 16, f2)
+    store8(arr, at + 24, f3)
+
+
 @njit(parallel=True, cache=True)
 def conv_lane_winograd(x, u, bias, act, band_rows, out):
     """x (N * G/8, H + 2, W + 2, 8C') as linked; u from pack_winograd_weights; bias
@@ -88,6 +97,7 @@ def conv_lane_winograd(x, u, bias, act, band_rows, out):
     x_flat, u_flat, bias_flat = x.reshape(-1), u.reshape(-1), bias.reshape(-1)
     out_rows = out.reshape(-1, filters)
     slope = splat8(LEAK if act == LEAKY else 1.0)
+    zero = splat8(0.0)
     in_place = act == RELU or act == LOGISTIC
     bands = (out_h + band_rows - 1) // band_rows
     row_stride = x_w * depth8
@@ -111,8 +121,7 @@ def conv_lane_winograd(x, u, bias, act, band_rows, out):
             transform_input(x_flat, at, row_stride, depth8, v, t * channels * LANES, channels, pos_step)
         for quad in range(quads):
             # Multiply: per position, a GEMM of (tiles x channels) by (channels x 4 filters), on
-            # grouped.conv_lane_groups' 3x4 tile, written out again: only separately named
-            # accumulators stay in registers.
+            # grouped.py's 3x4 register tile.
             for pos in range(16):
                 w0 = ((b * quads + quad) * 16 + pos) * channels * TILE_F * LANES
                 for t in range(0, tiles, 3):
@@ -120,37 +129,18 @@ def conv_lane_winograd(x, u, bias, act, band_rows, out):
                     s0 = pos * pos_step + t * channels * LANES
                     s1 = pos * pos_step + t1 * channels * LANES
                     s2 = pos * pos_step + t2 * channels * LANES
-                    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = splat8(0.0)
+                    acc = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
                     w = w0
                     for c in range(channels):
                         x0, x1 = load8(v, s0 + c * LANES), load8(v, s1 + c * LANES)
-                        x2 = load8(v, s2 + c * LANES)
-                        k = load8(u_flat, w)
-                        a00, a10, a20 = fma8(x0, k, a00), fma8(x1, k, a10), fma8(x2, k, a20)
-                        k = load8(u_flat, w + 8)
-                        a01, a11, a21 = fma8(x0, k, a01), fma8(x1, k, a11), fma8(x2, k, a21)
-                        k = load8(u_flat, w + 16)
-                        a02, a12, a22 = fma8(x0, k, a02), fma8(x1, k, a12), fma8(x2, k, a22)
-                        k = load8(u_flat, w + 24)
-                        a03, a13, a23 = fma8(x0, k, a03), fma8(x1, k, a13), fma8(x2, k, a23)
+                        acc = fma_tile(x0, x1, load8(v, s2 + c * LANES), u_flat, w, acc)
                         w += TILE_F * LANES
-                    at = (t * 16 + pos) * TILE_F * LANES
-                    store8(m, at, a00)
-                    store8(m, at + 8, a01)
-                    store8(m, at + 16, a02)
-                    store8(m, at + 24, a03)
+                    a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = acc
+                    store_quad(m, (t * 16 + pos) * TILE_F * LANES, a00, a01, a02, a03)
                     if t + 1 < tiles:
-                        at = (t1 * 16 + pos) * TILE_F * LANES
-                        store8(m, at, a10)
-                        store8(m, at + 8, a11)
-                        store8(m, at + 16, a12)
-                        store8(m, at + 24, a13)
+                        store_quad(m, (t1 * 16 + pos) * TILE_F * LANES, a10, a11, a12, a13)
                     if t + 2 < tiles:
-                        at = (t2 * 16 + pos) * TILE_F * LANES
-                        store8(m, at, a20)
-                        store8(m, at + 8, a21)
-                        store8(m, at + 16, a22)
-                        store8(m, at + 24, a23)
+                        store_quad(m, (t2 * 16 + pos) * TILE_F * LANES, a20, a21, a22, a23)
             # Back: Y = A^T M A + bias per filter, then the 4 pixels' 4 filters stored.
             o = b * LANES * per_group + quad * TILE_F
             bias_at = (b * per_group + quad * TILE_F) * LANES
