@@ -63,14 +63,15 @@ def test_one_thread_and_all_threads_agree_bit_for_bit():
 
 def test_linked_convolutions_give_what_unlinked_ones_do(cpu, ref64):
     """In ResNeXt the CPU backend links each 1x1 conv to the grouped conv after it (the 1x1
-    writes its output padded and in lane order); stopping at a linked 1x1 still gives its plain
-    output, and the network's output is the one the reference computes."""
+    writes its output padded and in lane order), and each grouped conv to the 1x1 after it
+    (written in lane order, read by permuted weights); stopping at a linked conv still gives
+    its plain output, and the network's output is the one the reference computes."""
     spec = nets.load_spec(CFGS[[p.stem for p in CFGS].index("resnext50")])
     weights = random_weights(spec.layers, seed=6)
     net = Network(spec, weights, cpu)
     grouped = [layer.index for layer in spec.layers if getattr(layer, "groups", 1) > 1]
-    assert sorted(net.linked) == [i - 1 for i in grouped]
+    assert sorted(net.linked) == sorted([i - 1 for i in grouped] + grouped)
     truth = Network(spec, weights, ref64)
     image = np.random.default_rng(7).random((1, *spec.input_shape), dtype=np.float32)
-    for until in (grouped[0] - 1, grouped[0], grouped[-1] - 1):
+    for until in (grouped[0] - 1, grouped[0], grouped[0] + 1, grouped[-1] - 1, grouped[-1]):
         assert_close(net.forward(image, until=until), truth.forward(image, until=until), 1e-4)

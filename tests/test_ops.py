@@ -236,7 +236,7 @@ def test_groups_in_lanes_write_every_output_once(rng, ref64):
     for band_rows, span in ((1, 1), (2, 2), (8, 2)):
         poisoned = np.full(2 * 4 * 3 * 192 + 64, np.nan, np.float32)
         out = poisoned[32:-32].reshape(2, 4, 3, 192)
-        cpu_grouped.conv_lane_groups(nhwc, packed, lane_bias, 1, 3, 2, 1, False, band_rows, span, out)
+        cpu_grouped.conv_lane_groups(nhwc, packed, lane_bias, 1, 3, 2, 1, False, False, band_rows, span, out)
         assert np.isnan(poisoned[:32]).all() and np.isnan(poisoned[-32:]).all()
         assert_close(out.transpose(0, 3, 1, 2), expected)
         results.append(out.copy())
@@ -247,8 +247,15 @@ def test_groups_in_lanes_write_every_output_once(rng, ref64):
     ready = np.pad(nhwc, ((0, 0), (1, 1), (1, 1), (0, 0)))[..., order]  # (2, 9, 7, 128)
     ready = ready.reshape(2, 9, 7, 2, 64).transpose(0, 3, 1, 2, 4).copy().reshape(4, 9, 7, 64)  # per block
     out = np.full((2, 4, 3, 192), np.nan, np.float32)
-    cpu_grouped.conv_lane_groups(ready, packed, lane_bias, 1, 3, 2, 1, True, 2, 2, out)
+    cpu_grouped.conv_lane_groups(ready, packed, lane_bias, 1, 3, 2, 1, True, False, 2, 2, out)
     results.append(out)
+    # And written in lane order (as for a linked conv after it): the same values, moved.
+    out_order = cpu_grouped.lane_order(192, 2)
+    assert out_order[1] == 12  # group 1's filter 0 is next
+    for interleaved, source in ((False, nhwc), (True, ready)):
+        out = np.full((2, 4, 3, 192), np.nan, np.float32)
+        cpu_grouped.conv_lane_groups(source, packed, lane_bias, 1, 3, 2, 1, interleaved, True, 2, 1, out)
+        results.append(out[..., np.argsort(out_order)])
     assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
@@ -269,6 +276,10 @@ def test_winograd_on_linked_input_matches_ref(rng, ref64, activation):
     poisoned = np.full(2 * 6 * 10 * 192 + 64, np.nan, np.float32)
     out = poisoned[32:-32].reshape(2, 6, 10, 192)
     code = ACTIVATIONS.index(activation)
-    cpu_winograd.conv_lane_winograd(ready, cpu_winograd.pack_winograd_weights(weights, 16), lane_bias, code, 4, out)
+    u = cpu_winograd.pack_winograd_weights(weights, 16)
+    cpu_winograd.conv_lane_winograd(ready, u, lane_bias, code, False, 4, out)
     assert np.isnan(poisoned[:32]).all() and np.isnan(poisoned[-32:]).all()
     assert_close(out.transpose(0, 3, 1, 2), expected)
+    in_lanes = np.full((2, 6, 10, 192), np.nan, np.float32)  # written in lane order: the same, moved
+    cpu_winograd.conv_lane_winograd(ready, u, lane_bias, code, True, 4, in_lanes)
+    assert np.array_equal(in_lanes[..., np.argsort(cpu_grouped.lane_order(192, 2))], out)

@@ -40,7 +40,8 @@ class CpuConv:
     padding: int
     act: int
     # Set by link_convs: this conv writes its output for the next one, with its channels in
-    # out_order (output channel i is channel out_order[i]), as out_planes zero-padded images.
+    # out_order (output channel i is channel out_order[i]), as out_planes zero-padded images
+    # (grouped ones: in lane order, one plane, no border).
     out_order: np.ndarray | None = None
     out_planes: int = 1
     out_padding: int = 0
@@ -89,11 +90,12 @@ class CpuBackend:
 
     def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         self._use_threads()
+        lanes_out = c.out_order is not None
         if c.winograd is not None and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:  # even outputs
-            return winograd.conv2d_lane_winograd(x, c.winograd, c.bias, c.filters, c.act)
+            return winograd.conv2d_lane_winograd(x, c.winograd, c.bias, c.filters, c.act, lanes_out)
         if c.groups_in_lanes:
             return grouped.conv2d_lane_groups(
-                x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act, interleaved=c.input_ready
+                x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act, c.input_ready, lanes_out
             )
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act,
@@ -110,15 +112,26 @@ class CpuBackend:
         )
 
     def link_convs(self, producer: CpuConv, consumer: CpuConv) -> tuple[CpuConv, CpuConv] | None:
-        """For a convolution read only by the next one, a grouped one run in vector lanes:
-        the first writes its output as the second reads it (its filters permuted at load time
-        into grouped.lane_order, each block of 8 groups a zero-padded image), so the second
-        skips the pass that pads and interleaves its input. None where that does not apply."""
+        """For a convolution read only by the next one, where one of the two runs its groups
+        in vector lanes and the other has one group: the first writes its output in the
+        grouped one's lane order (grouped.lane_order), and the weights of the plain one are
+        permuted at load time to match. None where that does not apply."""
+        if producer.out_order is not None:
+            return None
+        if consumer.groups_in_lanes and not producer.groups_in_lanes:
+            return self._link_into_lanes(producer, consumer)
+        if producer.groups_in_lanes and not consumer.groups_in_lanes and consumer.packed.shape[0] == 1:
+            return self._link_out_of_lanes(producer, consumer)
+        return None
+
+    @staticmethod
+    def _link_into_lanes(producer: CpuConv, consumer: CpuConv) -> tuple[CpuConv, CpuConv] | None:
+        """Into a grouped conv: the first's filters are permuted into lane order and it writes
+        each block of 8 groups as a zero-padded image, so the second skips the pass that pads
+        and interleaves its input (conv_lane_groups' `interleaved`)."""
         blocks = consumer.packed.shape[0]
         channels = blocks * consumer.packed.shape[2] // consumer.ksize**2 * grouped.LANES
-        fits = consumer.groups_in_lanes and not consumer.input_ready and producer.filters == channels
-        plain = not producer.groups_in_lanes and producer.packed.shape[0] == 1 and producer.out_order is None
-        if not (fits and plain):  # plain: one group, written in NHWC so far
+        if consumer.input_ready or producer.filters != channels or producer.packed.shape[0] != 1:
             return None
         order = grouped.lane_order(channels, blocks)
         packed = conv.permute_filters(producer.packed, producer.filters, order)
@@ -131,6 +144,16 @@ class CpuBackend:
             oihw = grouped.unpack_lane_weights(consumer.packed, consumer.ksize)
             weights = winograd.pack_winograd_weights(oihw, blocks * grouped.LANES)
         return linked, replace(consumer, input_ready=True, winograd=weights)
+
+    @staticmethod
+    def _link_out_of_lanes(producer: CpuConv, consumer: CpuConv) -> tuple[CpuConv, CpuConv] | None:
+        """Out of a grouped conv: it stores its sums in lane order as they are, without the
+        transpose back to NHWC (`lanes_out`), and the second's weights read channels so."""
+        if consumer.packed.shape[2] != consumer.ksize**2 * producer.filters:
+            return None
+        order = grouped.lane_order(producer.filters, producer.packed.shape[0])
+        packed = conv.permute_channels(consumer.packed, consumer.ksize, order)
+        return replace(producer, out_order=order), replace(consumer, packed=packed)
 
     def unlinked_output(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         """A linked convolution's output as conv2d gives it unlinked: (N, H, W, C) in order."""

@@ -118,6 +118,14 @@ def zero_border(images: np.ndarray, padding: int) -> None:
     images[:, :, -padding:] = 0.0
 
 
+def permute_channels(packed: np.ndarray, ksize: int, order: np.ndarray) -> np.ndarray:
+    """Packed weights of one group (pack_weights) for an input whose channels come reordered:
+    input channel i is channel order[i] of the one the weights were made for."""
+    channels = len(order)
+    taps = (np.arange(ksize * ksize)[:, np.newaxis] * channels + order).reshape(-1)  # (ky, kx, c)
+    return np.ascontiguousarray(packed[:, :, taps])
+
+
 def permute_filters(packed: np.ndarray, filters: int, order: np.ndarray) -> np.ndarray:
     """Packed weights of one group (pack_weights) with their filters reordered: filter i of
     the result is filter order[i] of `packed`, so output channel i becomes channel order[i]."""

@@ -28,6 +28,10 @@ it loads 3 input vectors and 4 weight vectors and does 12 fused multiply-adds. T
 accumulators start at the bias. Linear and leaky are applied to them as max(v, slope * v).
 The sums come out with the groups across the lanes; the same transpose turns four vectors
 into eight rows of 4 filters, one per group, stored where they belong in the NHWC output.
+Where the next layer is a convolution that reads nothing else (ResNeXt's 1x1 after each
+grouped conv), the backend links these two as well: that one's weights are permuted at load
+time to read channels in lane order, and here the four vectors are stored as they are
+(`lanes_out`: no transpose, whole-vector stores; 2% off ResNeXt's grouped layers).
 Relu and the logistic run in place over a tile's outputs once its block's filters are all
 summed, while they are still in L1.
 
@@ -166,12 +170,21 @@ def fma_tile(x0, x1, x2, weights, w, acc):
 
 
 @njit(inline="always", cache=True)
-def store_tile_row(row, o, stride, f0, f1, f2, f3, slope):
+def store_tile_row(rows_at, pixel, f0, f1, f2, f3, slope, lanes_out):
     """Store four filters' vectors (lane j: group j), each as max(v, slope * v) (linear or
-    leaky), as lane j's four values at row[o + j*stride : o + j*stride + 4]: the inverse of
-    interleave's transpose."""
+    leaky), in row = rows[pixel] for (rows, o, stride) = rows_at: as lane j's four values at
+    row[o + j*stride : o + j*stride + 4] (the inverse of interleave's transpose), or with
+    lanes_out as they are, at row[o : o + 32]."""
+    rows, o, stride = rows_at
+    row = rows[pixel]
     f0, f1 = max8(f0, mul8(f0, slope)), max8(f1, mul8(f1, slope))
     f2, f3 = max8(f2, mul8(f2, slope)), max8(f3, mul8(f3, slope))
+    if lanes_out:
+        store8(row, o, f0)
+        store8(row, o + LANES, f1)
+        store8(row, o + 2 * LANES, f2)
+        store8(row, o + 3 * LANES, f3)
+        return
     r0, r1, r2, r3 = transpose_halves(f0, f1, f2, f3)
     store_halves(row, o, o + 4 * stride, r0)  # groups 0 and 4
     store_halves(row, o + stride, o + 5 * stride, r1)
@@ -189,11 +202,14 @@ def activate_columns(rows, first, count, o, width, act):
 
 
 @njit(parallel=True, cache=True)
-def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, interleaved, band_rows, span, out):
+def conv_lane_groups(
+    x, weights, bias, act, ksize, stride, padding, interleaved, lanes_out, band_rows, span, out
+):
     """x (N, H, W, C), or with `interleaved` (N * G/8, H + 2p, W + 2p, 8C'): each block of 8
     groups already an image of its own, zero-padded, channels in lane order (8c + j: see
-    lane_order); weights, bias from pack_lane_weights; out (N, OH, OW, F). Jobs are (`span`
-    blocks of 8 groups, image, band of band_rows output rows), blocks slowest."""
+    lane_order); weights, bias from pack_lane_weights; out (N, OH, OW, F), its channels in
+    lane order too with `lanes_out` (lane_order(F, G/8)). Jobs are (`span` blocks of 8
+    groups, image, band of band_rows output rows), blocks slowest."""
     _, x_h, x_w, _ = x.shape
     _, out_h, out_w, filters = out.shape
     blocks, quads, depth, _, _ = weights.shape
@@ -251,7 +267,7 @@ def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, interleaved,
             bias_at = (b * per_group + quad * TILE_F) * LANES
             b0, b1 = load8(bias_flat, bias_at), load8(bias_flat, bias_at + 8)
             b2, b3 = load8(bias_flat, bias_at + 16), load8(bias_flat, bias_at + 24)
-            o = b * LANES * per_group + quad * TILE_F
+            o = b * LANES * per_group + quad * TILE_F * (LANES if lanes_out else 1)
             which = 0 if rows == band_rows else 1
             for t in range(0, pixels, TILE_P):
                 # Past the last pixel: re-read it, no store.
@@ -268,11 +284,12 @@ def conv_lane_groups(x, weights, bias, act, ksize, stride, padding, interleaved,
                     w += TILE_F * LANES
                 a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = acc
                 q0, q1, q2 = order[which, t], order[which, t1], order[which, t2]
-                store_tile_row(out_rows[first_pixel + q0], o, per_group, a00, a01, a02, a03, slope)
+                rows_at = out_rows, o, per_group  # where, and how far apart the groups are
+                store_tile_row(rows_at, first_pixel + q0, a00, a01, a02, a03, slope, lanes_out)
                 if t + 1 < pixels:
-                    store_tile_row(out_rows[first_pixel + q1], o, per_group, a10, a11, a12, a13, slope)
+                    store_tile_row(rows_at, first_pixel + q1, a10, a11, a12, a13, slope, lanes_out)
                 if t + 2 < pixels:
-                    store_tile_row(out_rows[first_pixel + q2], o, per_group, a20, a21, a22, a23, slope)
+                    store_tile_row(rows_at, first_pixel + q2, a20, a21, a22, a23, slope, lanes_out)
                 if quad == quads - 1 and in_place:  # the block's filters are all summed
                     block_width = LANES * per_group
                     for i in range(t, min(t + TILE_P, pixels)):
@@ -303,7 +320,8 @@ def choose_jobs(
 def lane_order(channels: int, blocks: int) -> np.ndarray:
     """The channel order that interleave_band makes: channel i of the result is channel
     order[i] of NHWC, i = (b*C' + c)*8 + j for channel (8b + j)*C' + c. A convolution whose
-    filters are put in this order writes what conv_lane_groups reads with `interleaved`."""
+    filters are put in this order writes what conv_lane_groups reads with `interleaved`; and
+    with `lanes_out` conv_lane_groups writes its own filters in this order (C' then is F')."""
     group_channels = channels // (blocks * LANES)
     b, c, j = np.meshgrid(np.arange(blocks), np.arange(group_channels), np.arange(LANES), indexing="ij")
     return ((b * LANES + j) * group_channels + c).reshape(-1)
@@ -318,9 +336,11 @@ def conv2d_lane_groups(
     padding: int,
     act: int,
     interleaved: bool = False,
+    lanes_out: bool = False,
 ) -> np.ndarray:
     """x (N, H, W, C) float32 -> (N, OH, OW, F), with weights and bias from pack_lane_weights.
-    With `interleaved`, x is (N * G/8, H + 2p, W + 2p, 8C') as conv_lane_groups takes it."""
+    With `interleaved`, x is (N * G/8, H + 2p, W + 2p, 8C') as conv_lane_groups takes it;
+    with `lanes_out`, the output channels are in lane_order(F, G/8)."""
     blocks, quads = weights.shape[:2]
     n_images, height, width, channels = x.shape
     if interleaved:  # a padded image per block
@@ -333,5 +353,6 @@ def conv2d_lane_groups(
     padded_w = width + 2 * padding
     x_bytes = x.nbytes
     band_rows, span = choose_jobs(n_images, padded_w, channels, x_bytes, weights, out_h, ksize, stride, threads)
-    conv_lane_groups(x, weights, bias, act, ksize, stride, padding, interleaved, band_rows, span, out)
+    jobs = band_rows, span
+    conv_lane_groups(x, weights, bias, act, ksize, stride, padding, interleaved, lanes_out, *jobs, out)
     return out

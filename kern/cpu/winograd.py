@@ -86,10 +86,11 @@ def store_quad(arr, at, f0, f1, f2, f3):
 
 
 @njit(parallel=True, cache=True)
-def conv_lane_winograd(x, u, bias, act, band_rows, out):
+def conv_lane_winograd(x, u, bias, act, lanes_out, band_rows, out):
     """x (N * G/8, H + 2, W + 2, 8C') as linked; u from pack_winograd_weights; bias
-    (G/8, F', 8) from grouped.pack_lane_weights; out (N, H, W, F), H and W even; band_rows even.
-    Jobs are (block, image, band of band_rows output rows)."""
+    (G/8, F', 8) from grouped.pack_lane_weights; out (N, H, W, F), H and W even, its channels
+    in grouped.lane_order(F, G/8) with `lanes_out`; band_rows even. Jobs are (block, image,
+    band of band_rows output rows)."""
     _, x_h, x_w, depth8 = x.shape
     n_images, out_h, out_w, filters = out.shape
     blocks, quads, _, channels, _, _ = u.shape
@@ -142,7 +143,7 @@ def conv_lane_winograd(x, u, bias, act, band_rows, out):
                     if t + 2 < tiles:
                         store_quad(m, (t2 * 16 + pos) * TILE_F * LANES, a20, a21, a22, a23)
             # Back: Y = A^T M A + bias per filter, then the 4 pixels' 4 filters stored.
-            o = b * LANES * per_group + quad * TILE_F
+            o = b * LANES * per_group + quad * TILE_F * (LANES if lanes_out else 1)
             bias_at = (b * per_group + quad * TILE_F) * LANES
             for t in range(tiles):
                 ty, tx = t // tiles_x, t % tiles_x
@@ -174,10 +175,10 @@ def conv_lane_winograd(x, u, bias, act, band_rows, out):
                 for px in range(4):
                     oy = first_out + 2 * ty + px // 2
                     ox = 2 * tx + px % 2
-                    row = out_rows[(n * out_h + oy) * out_w + ox]
                     f0, f1 = load8(y[px, 0], 0), load8(y[px, 1], 0)
                     f2, f3 = load8(y[px, 2], 0), load8(y[px, 3], 0)
-                    store_tile_row(row, o, per_group, f0, f1, f2, f3, slope)
+                    pixel = (n * out_h + oy) * out_w + ox
+                    store_tile_row((out_rows, o, per_group), pixel, f0, f1, f2, f3, slope, lanes_out)
         if in_place:
             block_width = LANES * per_group
             for r in range(rows):
@@ -185,10 +186,13 @@ def conv_lane_winograd(x, u, bias, act, band_rows, out):
                 activate_columns(out_rows, first, out_w, b * block_width, block_width, act)
 
 
-def conv2d_lane_winograd(x: np.ndarray, u: np.ndarray, bias: np.ndarray, filters: int, act: int) -> np.ndarray:
-    """x as linked (N * G/8, H + 2, W + 2, 8C'), H and W even -> (N, H, W, filters)."""
+def conv2d_lane_winograd(
+    x: np.ndarray, u: np.ndarray, bias: np.ndarray, filters: int, act: int, lanes_out: bool = False
+) -> np.ndarray:
+    """x as linked (N * G/8, H + 2, W + 2, 8C'), H and W even -> (N, H, W, filters), in
+    grouped.lane_order with `lanes_out`."""
     blocks = u.shape[0]
     planes, padded_h, padded_w, _ = x.shape
     out = np.empty((planes // blocks, padded_h - 2, padded_w - 2, filters), dtype=np.float32)
-    conv_lane_winograd(x, u, bias, act, BAND_ROWS, out)
+    conv_lane_winograd(x, u, bias, act, lanes_out, BAND_ROWS, out)
     return out
