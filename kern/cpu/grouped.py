@@ -31,7 +31,7 @@ into eight rows of 4 filters, one per group, stored where they belong in the NHW
 Where the next layer is a convolution that reads nothing else (ResNeXt's 1x1 after each
 grouped conv), the backend links these two as well: that one's weights are permuted at load
 time to read channels in lane order, and here the four vectors are stored as they are
-(`lanes_out`: no transpose, whole-vector stores; 2% off ResNeXt's grouped layers).
+(`lanes_out`: no transpose, whole-vector stores; 1-5% off ResNeXt's grouped layers).
 Relu and the logistic run in place over a tile's outputs once its block's filters are all
 summed, while they are still in L1.
 
