@@ -283,3 +283,18 @@ def test_winograd_on_linked_input_matches_ref(rng, ref64, activation):
     in_lanes = np.full((2, 6, 10, 192), np.nan, np.float32)  # written in lane order: the same, moved
     cpu_winograd.conv_lane_winograd(ready, u, lane_bias, code, True, 4, in_lanes)
     assert np.array_equal(in_lanes[..., np.argsort(cpu_grouped.lane_order(192, 2))], out)
+
+
+def test_permuted_channels_read_a_permuted_input(rng):
+    """conv.permute_channels (weights of a conv linked after a grouped one, which writes its
+    channels in lane order): on a 3x3, stride-2, padded conv, the permuted weights on the
+    permuted input give what the plain ones give on the plain input, up to rounding (the
+    channels are summed in another order)."""
+    x, weights, bias, _, _ = random_conv(rng, (2, 64, 7, 5, 24, 3, 2, 1, 1), "leaky", with_bn=False)
+    nhwc = x.transpose(0, 2, 3, 1).copy()
+    order = cpu_grouped.lane_order(64, 2)
+    packed = cpu_conv.pack_weights(weights, 1)
+    plain = cpu_conv.conv2d_gemm(nhwc, packed, bias, 24, 3, 2, 1, 1)
+    permuted = cpu_conv.permute_channels(packed, 3, order)
+    got = cpu_conv.conv2d_gemm(np.ascontiguousarray(nhwc[..., order]), permuted, bias, 24, 3, 2, 1, 1)
+    assert_close(got, plain, 1e-6)

@@ -120,7 +120,7 @@ class CpuBackend:
             return None
         if consumer.groups_in_lanes and not producer.groups_in_lanes:
             return self._link_into_lanes(producer, consumer)
-        if producer.groups_in_lanes and not consumer.groups_in_lanes and consumer.packed.shape[0] == 1:
+        if producer.groups_in_lanes and not consumer.groups_in_lanes:
             return self._link_out_of_lanes(producer, consumer)
         return None
 
@@ -149,7 +149,7 @@ class CpuBackend:
     def _link_out_of_lanes(producer: CpuConv, consumer: CpuConv) -> tuple[CpuConv, CpuConv] | None:
         """Out of a grouped conv: it stores its sums in lane order as they are, without the
         transpose back to NHWC (`lanes_out`), and the second's weights read channels so."""
-        if consumer.packed.shape[2] != consumer.ksize**2 * producer.filters:
+        if consumer.packed.shape[0] != 1 or consumer.packed.shape[2] != consumer.ksize**2 * producer.filters:
             return None
         order = grouped.lane_order(producer.filters, producer.packed.shape[0])
         packed = conv.permute_channels(consumer.packed, consumer.ksize, order)

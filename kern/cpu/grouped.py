@@ -268,6 +268,7 @@ def conv_lane_groups(
             b0, b1 = load8(bias_flat, bias_at), load8(bias_flat, bias_at + 8)
             b2, b3 = load8(bias_flat, bias_at + 16), load8(bias_flat, bias_at + 24)
             o = b * LANES * per_group + quad * TILE_F * (LANES if lanes_out else 1)
+            rows_at = out_rows, o, per_group  # where the tiles go, and how far apart the groups
             which = 0 if rows == band_rows else 1
             for t in range(0, pixels, TILE_P):
                 # Past the last pixel: re-read it, no store.
@@ -284,7 +285,6 @@ def conv_lane_groups(
                     w += TILE_F * LANES
                 a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23 = acc
                 q0, q1, q2 = order[which, t], order[which, t1], order[which, t2]
-                rows_at = out_rows, o, per_group  # where, and how far apart the groups are
                 store_tile_row(rows_at, first_pixel + q0, a00, a01, a02, a03, slope, lanes_out)
                 if t + 1 < pixels:
                     store_tile_row(rows_at, first_pixel + q1, a10, a11, a12, a13, slope, lanes_out)
@@ -353,6 +353,7 @@ def conv2d_lane_groups(
     padded_w = width + 2 * padding
     x_bytes = x.nbytes
     band_rows, span = choose_jobs(n_images, padded_w, channels, x_bytes, weights, out_h, ksize, stride, threads)
-    jobs = band_rows, span
-    conv_lane_groups(x, weights, bias, act, ksize, stride, padding, interleaved, lanes_out, *jobs, out)
+    conv_lane_groups(
+        x, weights, bias, act, ksize, stride, padding, interleaved, lanes_out, band_rows, span, out
+    )
     return out
