@@ -1,11 +1,14 @@
 """The benchmark tools' own arithmetic and output (their timings are not tested: they are
 measurements)."""
 
+import numpy as np
 import pytest
 
 import nets
-from bench.layers import layer_kind, profile
+from bench.layers import AgainBackend, SplitSeconds, layer_kind, profile
 from bench.scaling import amdahl_serial_fraction
+from nets.layers import Convolutional
+from nets.weights import random_weights
 
 
 def test_amdahl_fit_recovers_a_known_serial_fraction():
@@ -29,3 +32,34 @@ def test_layer_profile_prints_every_layer_and_the_kinds(capsys):
         assert "x 2 rounds" in table.splitlines()[0]
         assert table.count(" conv ") >= sum(layer_kind(layer).startswith("conv") for layer in spec.layers)
     assert out.count("# by kind") == 2 and "conv 1x1" in out and "GFLOP/s" in out
+
+
+def test_again_runs_each_op_twice_and_times_the_second_apart():
+    spec = nets.load_spec("cfg/tiny.cfg")
+    weights = random_weights(spec.layers, seed=0)
+    backend = nets.make_backend("cpu", threads=1)
+    calls = []
+    conv2d = backend.conv2d
+    backend.conv2d = lambda x, c: calls.append(c) or conv2d(x, c)
+    images = np.random.default_rng(1).random((1, *spec.input_shape), dtype=np.float32)
+    expected = nets.Network(spec, weights, backend).forward(images)
+    convs = len(calls)
+    assert convs == sum(isinstance(layer, Convolutional) for layer in spec.layers)
+
+    again = AgainBackend(backend)
+    seconds = SplitSeconds(again)
+    calls.clear()
+    out = nets.Network(spec, weights, again).forward(images, layer_seconds=seconds)
+    assert np.array_equal(out, expected)
+    assert len(calls) == 2 * convs
+    assert len(seconds) == len(seconds.again) == len(spec.layers)
+    for layer, first, second in zip(spec.layers, seconds, seconds.again):
+        assert first > 0 and second > 0, layer.describe()  # every tiny layer is one op
+
+
+def test_layer_profile_with_again_prints_second_run_columns(capsys):
+    profile(["cfg/tiny.cfg"], threads=1, repeat=1, rounds=1, again=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[2:4] == ["kern", "kern"] and "kern 2nd" in lines[1]
+    conv_1x1 = next(line for line in lines if line.strip().startswith("conv 1x1"))
+    assert conv_1x1.count("(") == lines[1].count(" 2nd") * 2  # a GFLOP/s figure per column
