@@ -1,9 +1,12 @@
 """Thread-scaling study: does kern "scale linearly" with OpenMP-style threads?
 
-    python -m bench.scaling cfg/darknet19.cfg --threads 1,2 [--batch 1] [--repeat 7] [--out DIR]
+    python -m bench.scaling cfg/darknet19.cfg --threads 1,2 [--batch 1] [--repeat 7] [--rounds 3] [--out DIR]
 
 For each thread count: the whole network's median forward time and every layer's median time
-(random weights; one warm-up pass). Prints a table of speedup S(t) = T(1)/T(t) and parallel
+(random weights; one warm-up pass). The thread counts are measured in turn, --rounds times, so
+that a busy spell on a shared machine falls on all of them (measured one after the other, 2
+threads ran darknet19 1.04x to 1.69x faster than 1 from one run to the next on this project's
+2-core machine). Prints a table of speedup S(t) = T(1)/T(t) and parallel
 efficiency S(t)/t, and the serial fraction s that best fits Amdahl's law
 T(t) = T(1) * (s + (1 - s)/t) (least squares), for the network and for each layer.
 Writes scaling.csv and, when matplotlib is installed, scaling.png to --out. Records Numba's
@@ -33,13 +36,20 @@ def amdahl_serial_fraction(threads: list[int], seconds: list[float]) -> float:
     return float(np.clip(np.dot(y - 1 / t, x) / np.dot(x, x), 0, 1))
 
 
-def profile(cfg: str, threads: int, batch: int, repeat: int) -> tuple[float, np.ndarray]:
-    """(median network seconds, median seconds per layer) at this thread count."""
-    net = nets.load(cfg, random_seed=0, backend="cpu", threads=threads)
+def measure(
+    cfg: str, counts: list[int], batch: int, repeat: int, rounds: int
+) -> tuple[list[float], np.ndarray]:
+    """Per thread count: the median network seconds and the median seconds of each layer
+    (thread counts x layers), the counts measured in turn, `rounds` times."""
+    net = nets.load(cfg, random_seed=0, backend="cpu", threads=max(counts))
     images = np.random.default_rng(0).random((batch, *net.input_shape), dtype=np.float32)
-    runs = layer_runs(net, images, repeat)
-    per_layer = np.median(runs, axis=0)
-    return float(np.median(runs.sum(axis=1))), per_layer
+    runs: dict[int, list[np.ndarray]] = {threads: [] for threads in counts}
+    for _ in range(rounds):
+        for threads in counts:
+            net.backend.threads = threads  # the cap on Numba's threads for this backend's calls
+            runs[threads].append(layer_runs(net, images, repeat)[0])
+    passes = [np.concatenate(runs[threads]) for threads in counts]
+    return [float(np.median(p.sum(axis=1))) for p in passes], np.array([np.median(p, axis=0) for p in passes])
 
 
 def main() -> None:
@@ -48,6 +58,7 @@ def main() -> None:
     parser.add_argument("--threads", default=None, help="comma-separated (default 1..all cores)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3, help="thread counts measured in turn this many times")
     parser.add_argument("--out", default=".", help="folder for scaling.csv and scaling.png")
     parser.add_argument("--layers", type=int, default=12, help="how many of the slowest layers to list")
     args = parser.parse_args()
@@ -55,13 +66,10 @@ def main() -> None:
     counts = [int(t) for t in args.threads.split(",")] if args.threads else list(range(1, cores + 1))
     if 1 not in counts:
         counts.insert(0, 1)
+    if not all(1 <= threads <= cores for threads in counts):
+        parser.error(f"--threads {args.threads}: expected counts in 1..{cores} on this machine")
     spec = nets.load_spec(args.cfg)
-    totals, layers = [], []
-    for threads in counts:
-        total, per_layer = profile(args.cfg, threads, args.batch, args.repeat)
-        totals.append(total)
-        layers.append(per_layer)
-    layers_by_t = np.array(layers)  # (thread counts, layers)
+    totals, layers_by_t = measure(args.cfg, counts, args.batch, args.repeat, args.rounds)
     print(f"# {Path(args.cfg).stem}, batch {args.batch}, {spec.flops * args.batch / 1e9:.2f} GFLOP; "
           f"Numba threading layer: {numba.threading_layer()}; {cores} cores available")
     print(f"{'threads':>7} {'ms':>9} {'GFLOP/s':>8} {'speedup':>8} {'efficiency':>10}")
@@ -85,7 +93,7 @@ def main() -> None:
     with open(out / "scaling.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["threads", "layer", "kind", "seconds"])
-        for threads, total, per_layer in zip(counts, totals, layers):
+        for threads, total, per_layer in zip(counts, totals, layers_by_t):
             writer.writerow([threads, "network", "all", f"{total:.6f}"])
             for layer, seconds in zip(spec.layers, per_layer):
                 writer.writerow([threads, layer.index, layer.kind, f"{seconds:.6f}"])

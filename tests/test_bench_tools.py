@@ -1,12 +1,13 @@
 """The benchmark tools' own arithmetic and output (their timings are not tested: they are
 measurements)."""
 
+import numba
 import numpy as np
 import pytest
 
 import nets
 from bench.layers import AgainBackend, SplitSeconds, layer_kind, profile
-from bench.scaling import amdahl_serial_fraction
+from bench.scaling import amdahl_serial_fraction, measure
 from nets.layers import Convolutional
 from nets.weights import random_weights
 
@@ -16,6 +17,16 @@ def test_amdahl_fit_recovers_a_known_serial_fraction():
     seconds = [10 * (0.2 + 0.8 / t) for t in threads]
     assert amdahl_serial_fraction(threads, seconds) == pytest.approx(0.2)
     assert amdahl_serial_fraction([1, 2], [1.0, 0.5]) == pytest.approx(0.0)
+
+
+def test_scaling_measures_each_thread_count_for_the_network_and_each_layer():
+    counts = sorted({1, numba.config.NUMBA_NUM_THREADS})
+    totals, per_layer = measure("cfg/tiny.cfg", counts, batch=1, repeat=2, rounds=2)
+    assert len(totals) == len(counts)
+    assert per_layer.shape == (len(counts), len(nets.load_spec("cfg/tiny.cfg").layers))
+    assert (per_layer > 0).all()
+    for total, layers in zip(totals, per_layer):
+        assert total == pytest.approx(layers.sum(), rel=0.5)  # medians of sums vs sums of medians
 
 
 def test_layer_kinds_split_convolutions():
