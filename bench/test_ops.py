@@ -4,8 +4,10 @@
 
 Each convolution and max-pool shape of darknet19, resnet50 and resnext50 (batch 1, 2 threads
 by default: KERN_BENCH_THREADS) runs through kern's CPU backend and, when installed, through
-PyTorch (batchnorm folded, channels-last) on the same shape; extra_info records GFLOP/s
-(convolutions) or GB/s (pooling) from the median, so ratios come from one run.
+PyTorch (batchnorm folded, channels-last) on the same shape, kern's grouped convolutions as
+the network runs them (linked to a 1x1 before and after: input and output in lane order);
+extra_info records GFLOP/s (convolutions) or GB/s (pooling) from the median, so ratios come
+from one run.
 """
 
 from __future__ import annotations
@@ -63,9 +65,33 @@ def test_conv(benchmark, peer, network, layer):
         padding=layer.padding, groups=layer.groups, activation=layer.activation,
     )
     x = on.asarray(rng.random((1, *layer.in_shape), dtype=np.float32))
+    conv, x = as_linked(on, conv, x, rng)
     benchmark(on.conv2d, x, conv)
     benchmark.extra_info["GFLOP/s"] = layer.flops / median_seconds(benchmark) / 1e9
     benchmark.extra_info["network"] = network
+
+
+def as_linked(on, conv, x, rng):
+    """A convolution as the network runs it where the backend links it to the 1x1 before and
+    after it (CpuBackend.link_convs: ResNeXt's grouped layers), with x in the layout that the
+    1x1 before writes for it; as it is elsewhere."""
+    link = getattr(on, "link_convs", None)
+    if link is None:
+        return conv, x
+    channels, filters = x.shape[-1], conv.filters
+    one_by_one = [
+        on.prepare_conv(
+            rng.standard_normal((outputs, inputs, 1, 1), dtype=np.float32), np.zeros(outputs, np.float32),
+            None, stride=1, padding=0, groups=1, activation="linear",
+        )
+        for inputs, outputs in ((channels, channels), (filters, filters))
+    ]
+    before = link(one_by_one[0], conv)
+    if before is None:
+        return conv, x
+    producer, conv = before
+    after = link(conv, one_by_one[1])
+    return (conv if after is None else after[0]), on.conv2d(x, producer)
 
 
 @pytest.mark.parametrize("peer", ["kern", "torch"])

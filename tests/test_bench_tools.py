@@ -74,3 +74,20 @@ def test_layer_profile_with_again_prints_second_run_columns(capsys):
     assert lines[1].split()[2:4] == ["kern", "kern"] and "kern 2nd" in lines[1]
     conv_1x1 = next(line for line in lines if line.strip().startswith("conv 1x1"))
     assert conv_1x1.count("(") == lines[1].count(" 2nd") * 2  # a GFLOP/s figure per column
+
+
+def test_op_benchmarks_run_grouped_convolutions_linked_as_the_network_does():
+    from bench.test_ops import as_linked
+
+    backend = nets.make_backend("cpu", threads=1)
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.random((1, 128, 16, 16), dtype=np.float32))
+    for groups, linked in ((32, True), (1, False)):
+        weights = rng.standard_normal((128, 128 // groups, 3, 3), dtype=np.float32)
+        conv = backend.prepare_conv(
+            weights, np.zeros(128, np.float32), None, stride=1, padding=1, groups=groups, activation="leaky"
+        )
+        timed, timed_x = as_linked(backend, conv, x, rng)
+        assert (timed.input_ready, timed.out_order is not None) == (linked, linked)
+        assert (timed_x is x) != linked
+        assert backend.conv2d(timed_x, timed).shape == (1, 16, 16, 128)
