@@ -5,7 +5,8 @@
 Both run the same graph with the same random weights (PyTorch through bench/torch_backend.py;
 without torch, kern alone). Each layer's median time over --repeat passes after a warm-up,
 then a summary by kind of layer: convolutions split into 1x1, dense KxK and grouped, each
-with its GFLOP/s. The grouped-against-dense line is issue 3's measure of grouped convolution.
+with its GFLOP/s. The grouped-against-dense line is issue 3's in-network measure of grouped
+convolution (bench/test_ops.py times each layer shape alone).
 
 With --again every op runs a second time at once on the same input, timed apart (the
 "2nd" columns): the layer with its input and weights still in cache. Where a layer's 2nd time
