@@ -76,22 +76,20 @@ def as_linked(on, conv, x, rng):
     after it (CpuBackend.link_convs: ResNeXt's grouped layers), with x in the layout that the
     1x1 before writes for it; as it is elsewhere."""
     link = getattr(on, "link_convs", None)
-    if link is None:
-        return conv, x
-    channels, filters = x.shape[-1], conv.filters
-    one_by_one = [
-        on.prepare_conv(
-            rng.standard_normal((outputs, inputs, 1, 1), dtype=np.float32), np.zeros(outputs, np.float32),
-            None, stride=1, padding=0, groups=1, activation="linear",
-        )
-        for inputs, outputs in ((channels, channels), (filters, filters))
-    ]
-    before = link(one_by_one[0], conv)
+    before = link(one_by_one(on, x.shape[-1], rng), conv) if link else None
     if before is None:
         return conv, x
     producer, conv = before
-    after = link(conv, one_by_one[1])
+    after = link(conv, one_by_one(on, conv.filters, rng))
     return (conv if after is None else after[0]), on.conv2d(x, producer)
+
+
+def one_by_one(on, channels, rng):
+    """A linear 1x1 convolution, channels to channels, random weights."""
+    weights = rng.standard_normal((channels, channels, 1, 1), dtype=np.float32)
+    return on.prepare_conv(
+        weights, np.zeros(channels, np.float32), None, stride=1, padding=0, groups=1, activation="linear"
+    )
 
 
 @pytest.mark.parametrize("peer", ["kern", "torch"])
