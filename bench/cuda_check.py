@@ -91,7 +91,7 @@ def network_rows(kern, torch_backend, quick: bool) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.cuda_check", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two networks, batch 1 per-op only")
     args = parser.parse_args()
     tests = ["tests/test_cuda_sources.py", "tests/test_ops.py", "tests/test_cuda.py"]

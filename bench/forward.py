@@ -35,7 +35,7 @@ def time_forward(cfg: str, threads: int, batch: int, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.forward", description=__doc__.splitlines()[0])
     parser.add_argument("cfgs", nargs="+")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--batch", type=int, default=1)

@@ -1,6 +1,6 @@
 """Per-layer profile: where a network's time goes, kern next to PyTorch, layer by layer.
 
-    python -m bench.layers cfg/resnext50.cfg cfg/resnet50.cfg [--threads 2] [--repeat 10] [--rounds 3] [--again]
+    python -m bench.layers resnext50 resnet50 [--threads 2] [--repeat 10] [--rounds 3] [--again]
 
 Both run the same graph with the same random weights (PyTorch through bench/torch_backend.py;
 without torch, kern alone). Each layer's median time over --repeat passes after a warm-up,
@@ -17,12 +17,14 @@ out of the caches, not computing.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
 import numpy as np
 
 import nets
+from bench.progress import Progress
 from nets.layers import Convolutional, Layer
 from nets.weights import random_weights
 
@@ -138,13 +140,16 @@ def profile(cfgs: list[str], threads: int, repeat: int, rounds: int, again: bool
     shared machine falls on all of them, so the ratios between cfgs hold. With `again`,
     each peer also gets a "2nd" column: its ops run again at once (AgainBackend)."""
     specs = {cfg: nets.load_spec(cfg) for cfg in cfgs}
+    print(f"preparing {', '.join(cfgs)} (random weights; kern's first pass compiles)...", file=sys.stderr)
     peers = {cfg: peers_for(spec, threads, again) for cfg, spec in specs.items()}
     rng = np.random.default_rng(0)
     images = {cfg: rng.random((1, *spec.input_shape), dtype=np.float32) for cfg, spec in specs.items()}
     runs: dict[tuple[str, str], list[np.ndarray]] = {}
-    for _ in range(rounds):
+    progress = Progress(rounds * sum(len(peers[cfg]) for cfg in cfgs))
+    for round_ in range(rounds):
         for cfg in cfgs:
             for name, net in peers[cfg].items():
+                progress.step(f"{cfg}: {name}, round {round_ + 1} of {rounds}")
                 first, second = layer_runs(net, images[cfg], repeat)
                 runs.setdefault((cfg, name), []).append(first)
                 if second is not None:
@@ -157,8 +162,8 @@ def profile(cfgs: list[str], threads: int, repeat: int, rounds: int, again: bool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cfgs", nargs="+")
+    parser = argparse.ArgumentParser(prog="python -m bench.layers", description=__doc__.splitlines()[0])
+    parser.add_argument("cfgs", nargs="+", help="cfg paths or shipped cfg names")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1, help="cfgs and peers measured in turn this many times")

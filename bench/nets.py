@@ -1,12 +1,13 @@
 """Whole-network benchmark: kern against PyTorch CPU, OpenCV DNN and Darknet, in one run.
 
-    python -m bench.nets cfg/darknet19.cfg cfg/resnet50.cfg --threads 2 --batch 1,8
+    python -m bench.nets darknet19 resnet50 --threads 2 --batch 1,8
 
 Every peer runs the same cfg with the same random weights (written once as a .weights file)
 in its own process, so its peak memory (VmHWM) is its own. Times are medians of --repeat
 passes after one warm-up; with --rounds N (odd) every peer runs N times, the peers in turn,
 and keeps its median: on a shared machine a busy spell then falls on all of them. A peer
-that is not installed, or cannot load a cfg, gets a note.
+that is not installed, or cannot load a cfg, gets a note. Each measurement is announced on
+stderr with the time so far and an estimate of the time left.
 - kern: nets.Network on the Numba CPU backend.
 - torch: the same graph through bench/torch_backend.py (batchnorm folded, channels-last).
 - opencv: cv2.dnn.readNetFromDarknet (opencv-python-headless<5; 5.x dropped the importer).
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.progress import Progress
 
 PEERS = ("kern", "torch", "opencv", "darknet")
 REPO = Path(__file__).resolve().parent.parent
@@ -122,12 +125,13 @@ def run_worker(peer, cfg, weights, batch, threads, repeat) -> dict:
     return json.loads(lines[-1])
 
 
-def measure_in_turn(peers, rounds, cfg, weights, batch, threads, repeat) -> dict[str, dict]:
+def measure_in_turn(peers, rounds, cfg, weights, batch, threads, repeat, progress: Progress) -> dict[str, dict]:
     """Each peer `rounds` times, peers alternating, so that a busy spell on a shared machine
     falls on all of them; per peer the median seconds and the largest peak."""
     runs: dict[str, list[dict]] = {peer: [] for peer in peers}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for peer in peers:
+            progress.step(f"{Path(cfg).stem} batch {batch}: {peer}, round {round_ + 1} of {rounds}")
             runs[peer].append(run_worker(peer, cfg, weights, batch, threads, repeat))
     results = {}
     for peer, outcomes in runs.items():
@@ -155,12 +159,15 @@ def available(peer: str) -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cfgs", nargs="+")
+    parser = argparse.ArgumentParser(prog="python -m bench.nets", description=__doc__.splitlines()[0])
+    parser.add_argument("cfgs", nargs="+", help="cfg paths or shipped cfg names")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--repeat", type=int, default=10, help="timed passes per measurement")
+    parser.add_argument(
+        "--peers", default=",".join(PEERS),
+        help=f"comma-separated, from {', '.join(PEERS)}; missing ones are skipped with a note",
+    )
     parser.add_argument(
         "--rounds", type=int, default=1,
         help="run every peer this many times in turn and keep each one's median (a shared machine)",
@@ -173,6 +180,7 @@ def main() -> None:
         return worker(args)
 
     import nets
+    from nets.data import find_cfg
     from nets.weights import random_weights, write_weights
 
     peers = args.peers.split(",")
@@ -186,16 +194,21 @@ def main() -> None:
         "ratio = peer time / kern time"
     )
     print(f"{'network':<18} {'batch':>5} {'peer':<8} {'ms':>9} {'GFLOP/s':>8} {'peak MB':>8} {'ratio':>6}")
+    batches = list(map(int, args.batch.split(",")))
+    steps = sum(len([p for p in peers if p != "darknet" or b == 1]) for b in batches)
+    progress = Progress(len(args.cfgs) * args.rounds * steps)
     with tempfile.TemporaryDirectory() as folder:
-        for cfg in args.cfgs:
+        for cfg in map(str, map(find_cfg, args.cfgs)):
             spec = nets.load_spec(cfg)
             weights = str(Path(folder) / "random.weights")
             write_weights(weights, spec.layers, random_weights(spec.layers, seed=0))
             name = Path(cfg).stem
-            for batch in map(int, args.batch.split(",")):
+            for batch in batches:
                 kern_seconds = None
                 chosen = [p for p in peers if p != "darknet" or batch == 1]  # darknet: batch 1 only
-                results = measure_in_turn(chosen, args.rounds, cfg, weights, batch, args.threads, args.repeat)
+                results = measure_in_turn(
+                    chosen, args.rounds, cfg, weights, batch, args.threads, args.repeat, progress
+                )
                 for peer, result in results.items():
                     if "error" in result:
                         print(f"{name:<18} {batch:>5} {peer:<8} cannot run it: {result['error']}")

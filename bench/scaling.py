@@ -1,6 +1,6 @@
 """Thread-scaling study: does kern "scale linearly" with OpenMP-style threads?
 
-    python -m bench.scaling cfg/darknet19.cfg --threads 1,2 [--batch 1] [--repeat 7] [--rounds 3] [--out DIR]
+    python -m bench.scaling darknet19 --threads 1,2 [--batch 1] [--repeat 7] [--rounds 3] [--out DIR]
 
 For each thread count: the whole network's median forward time and every layer's median time
 (random weights; one warm-up pass). The thread counts are measured in turn, --rounds times, so
@@ -9,7 +9,8 @@ threads ran darknet19 1.04x to 1.69x faster than 1 from one run to the next on t
 2-core machine). Prints a table of speedup S(t) = T(1)/T(t) and parallel
 efficiency S(t)/t, and the serial fraction s that best fits Amdahl's law
 T(t) = T(1) * (s + (1 - s)/t) (least squares), for the network and for each layer.
-Writes scaling.csv and, when matplotlib is installed, scaling.png to --out. Records Numba's
+Writes scaling.csv and, when matplotlib is installed, scaling.png to --out (default:
+bench/results/ in the checkout, which git ignores). Records Numba's
 threading layer, since scaling depends on it (omp, tbb or workqueue).
 """
 
@@ -24,6 +25,9 @@ import numpy as np
 
 import nets
 from bench.layers import layer_runs
+from bench.progress import Progress
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def amdahl_serial_fraction(threads: list[int], seconds: list[float]) -> float:
@@ -44,8 +48,10 @@ def measure(
     net = nets.load(cfg, random_seed=0, backend="cpu", threads=max(counts))
     images = np.random.default_rng(0).random((batch, *net.input_shape), dtype=np.float32)
     runs: dict[int, list[np.ndarray]] = {threads: [] for threads in counts}
-    for _ in range(rounds):
+    progress = Progress(rounds * len(counts))
+    for round_ in range(rounds):
         for threads in counts:
+            progress.step(f"{threads} threads, round {round_ + 1} of {rounds}")
             net.backend.threads = threads  # the cap on Numba's threads for this backend's calls
             runs[threads].append(layer_runs(net, images, repeat)[0])
     passes = [np.concatenate(runs[threads]) for threads in counts]
@@ -53,13 +59,13 @@ def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cfg")
+    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.splitlines()[0])
+    parser.add_argument("cfg", help="a cfg path or a shipped cfg name")
     parser.add_argument("--threads", default=None, help="comma-separated (default 1..all cores)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3, help="thread counts measured in turn this many times")
-    parser.add_argument("--out", default=".", help="folder for scaling.csv and scaling.png")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for scaling.csv and scaling.png")
     parser.add_argument("--layers", type=int, default=12, help="how many of the slowest layers to list")
     args = parser.parse_args()
     cores = numba.config.NUMBA_NUM_THREADS
@@ -108,7 +114,7 @@ def plot(path: Path, name: str, counts: list[int], totals: list[float]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'kern[plot]')")
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
         return
     speedup = [totals[0] / t for t in totals]
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -118,6 +124,8 @@ def plot(path: Path, name: str, counts: list[int], totals: list[float]) -> None:
     left.legend()
     right.plot(counts, [s / t for s, t in zip(speedup, counts)], "o-")
     right.set(xlabel="threads", ylabel="efficiency", ylim=(0, 1.1), title="parallel efficiency")
+    for axes in (left, right):
+        axes.set_xticks(counts)  # whole threads only
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     print(f"wrote {path}")

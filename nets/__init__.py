@@ -1,8 +1,9 @@
 """Darknet networks on kern backends: parse a .cfg, read a .weights, run, predict.
 
-    net = nets.load("cfg/darknet19.cfg", "darknet19.weights", backend="cpu")
+    net = nets.load("darknet19")         # a shipped cfg by name, or a path; weights looked up
     probs = net.predict(images)          # (N, 3, H, W) float32 in [0, 1] -> (N, 1000)
     net.top_k(probs[0], 5)               # [(class index, probability), ...]
+    net.labels[index]                    # the class's name (ImageNet's for 1000 outputs)
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
+from kern import __version__
 from kern.backend import Backend, get_backend
+from kern.errors import KernError
 from nets.cfg import parse_cfg
+from nets.data import DEFAULT_DATA, SAMPLE_IMAGE, find_cfg, load_names
 from nets.network import Network, NetworkSpec, build_network
 from nets.weights import random_weights, read_weights
 
-__all__ = ["Network", "NetworkSpec", "load", "load_spec", "make_backend"]
+__all__ = [
+    "SAMPLE_IMAGE", "Network", "NetworkSpec", "__version__", "load", "load_spec", "make_backend",
+]
 
 
 def load_spec(cfg: str | Path) -> NetworkSpec:
-    """Parse and shape-check a cfg, without any weights."""
-    return build_network(parse_cfg(cfg))
+    """Parse and shape-check a cfg (a path, or a shipped cfg's name), without any weights."""
+    return build_network(parse_cfg(find_cfg(cfg)))
 
 
 def load(
@@ -33,19 +39,27 @@ def load(
     random_seed: int | None = None,
     dtype: type = np.float32,
 ) -> Network:
-    """A runnable network: weights from a file, or seeded random ones (`random_seed`).
+    """A runnable network: weights from a file, seeded random ones (`random_seed`), or, with
+    neither, `<cfg name>.weights` found beside the cfg, among the shipped weights, in the
+    working directory or in the download cache (nets.fetch).
 
+    cfg: a path, or the name of a shipped cfg ("tiny", "darknet19", ...).
     backend: 'ref' (NumPy; `dtype=np.float64` for ground truth), 'cpu' (Numba) or 'cuda'.
     """
+    from nets import fetch
+
     spec = load_spec(cfg)
-    if weights is None and random_seed is None:
-        raise ValueError("give a weights file or a random_seed")
-    values = (
-        random_weights(spec.layers, random_seed)
-        if weights is None
-        else read_weights(weights, spec.layers)
-    )
-    return Network(spec, values, make_backend(backend, threads=threads, dtype=dtype))
+    if random_seed is not None:
+        values = random_weights(spec.layers, random_seed)
+    else:
+        if weights is None:
+            path = Path(spec.cfg_path)
+            weights = fetch.find_weights(path, fetch.cache_dir())
+            if weights is None:
+                raise KernError(fetch.not_found_message(path, fetch.cache_dir(), spec.layers))
+        values = read_weights(weights, spec.layers)
+    labels = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else None
+    return Network(spec, values, make_backend(backend, threads=threads, dtype=dtype), labels)
 
 
 def make_backend(name: str, *, threads: int | None = None, dtype: type = np.float32) -> Backend:

@@ -86,7 +86,11 @@ def parse_cfg(path: str | Path) -> list[Section]:
         with open(path, encoding="utf-8") as file:
             lines = file.read().splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise KernError(f"cannot read cfg {path}: {getattr(error, 'strerror', None) or error}") from None
+        reason = getattr(error, "strerror", None) or error
+        raise KernError(
+            f"cannot read cfg {path}: {reason} "
+            "(a cfg path, or a shipped cfg's name: python -m nets.predict --list)"
+        ) from None
     sections: list[Section] = []
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()

@@ -1,21 +1,62 @@
-"""What the command-line tools share: one-line errors with exit status 2."""
+"""What the command-line tools share: one-line errors with exit status 2, --version, and a
+word on stderr when a step takes long (never silent for more than ~2 s)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
+from kern import DISTRIBUTION, __version__
 from kern.errors import KernError
+
+# What a first run waits for, measured on 2 cores (docs/benchmarks.md, "Start-up").
+COMPILE_NOTICE = (
+    "compiling this network's kernels (first run only: 10-40 s on 2 cores; "
+    "later runs load them from Numba's cache in about a second)..."
+)
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            if "%(default)" not in text:
+                text += " (default: %(default)s)"
+        return text
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit status 2."""
+    """argparse, but a usage error is one line and exit status 2; shows defaults; --version."""
+
+    def __init__(self, **options) -> None:
+        options.setdefault("formatter_class", _ShowDefaults)
+        super().__init__(**options)
+        self.add_argument(
+            "--version", action="version", version=f"{DISTRIBUTION} {__version__}",
+            help="print the version and exit",
+        )
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+@contextmanager
+def notice_if_slow(message: str, after: float = 1.5) -> Iterator[None]:
+    """Print `message` on stderr if the block is still running `after` seconds from now."""
+    timer = threading.Timer(after, lambda: print(message, file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -1,5 +1,10 @@
-"""Darknet .data files (key = value) and label lists, with paths resolved like Darknet's
-(relative to the working directory) and then relative to this repository."""
+"""The files kern ships (cfgs, label lists, sample images, Tiny Darknet's weights), Darknet .data
+files (key = value) and label lists.
+
+In a checkout the shipped files are the repository's `cfg/`, `data/` and `weights/`; an
+installed wheel carries the same folders as `nets/shipped/`. Paths named inside .data files
+resolve like Darknet's (relative to the working directory), then among the shipped files.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,45 @@ from pathlib import Path
 
 from kern.errors import KernError
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO / "cfg" / "imagenet1k.data"
+
+def _shipped_root() -> Path:
+    installed = Path(__file__).resolve().parent / "shipped"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent
+
+
+SHIPPED = _shipped_root()
+CFG_DIR = SHIPPED / "cfg"
+WEIGHTS_DIR = SHIPPED / "weights"
+DEFAULT_DATA = CFG_DIR / "imagenet1k.data"
+DEFAULT_LABELS = SHIPPED / "data" / "imagenet.labels.list"
+SAMPLE_IMAGE = SHIPPED / "data" / "dog.jpg"
 
 
 def resolve(path: str | Path) -> Path:
-    """A path as given if it exists, else the same path inside the repository."""
+    """A path as given if it exists, else the same path among the shipped files."""
     path = Path(path)
     if path.exists() or path.is_absolute():
         return path
-    inside = REPO / path
+    inside = SHIPPED / path
     return inside if inside.exists() else path
+
+
+def shipped_cfgs() -> list[Path]:
+    """The shipped network cfgs, by name."""
+    return sorted(CFG_DIR.glob("*.cfg"))
+
+
+def find_cfg(name: str | Path) -> Path:
+    """A cfg path as given if it exists, else a shipped cfg by its short name ("darknet19",
+    "darknet19.cfg" or "cfg/darknet19.cfg" from any folder); else the path as given, for the
+    reader to report."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = CFG_DIR / (path.name if path.suffix == ".cfg" else path.name + ".cfg")
+    if path.parent in (Path("."), Path("cfg")) and shipped.is_file():
+        return shipped
+    return path
 
 
 def read_data_file(path: str | Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from kern.errors import KernError
-from nets.data import REPO
+from nets.data import WEIGHTS_DIR
 from nets.layers import Layer
 from nets.weights import Header, expected_bytes
 
@@ -24,10 +24,10 @@ def cache_dir() -> Path:
 
 
 def candidates(cfg: Path, cache: Path) -> list[Path]:
-    """Where to look for <cfg name>.weights: beside the cfg, the repo's weights/, the working
+    """Where to look for <cfg name>.weights: beside the cfg, the shipped weights/, the working
     directory, the cache."""
     name = cfg.stem + ".weights"
-    places = [cfg.with_suffix(".weights"), REPO / "weights" / name, Path.cwd() / name, cache / name]
+    places = [cfg.with_suffix(".weights"), WEIGHTS_DIR / name, Path.cwd() / name, cache / name]
     return list(dict.fromkeys(p.resolve() for p in places))
 
 

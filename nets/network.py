@@ -98,10 +98,12 @@ class Network:
     """A network ready to run: its layers' parameters prepared on its own backend."""
 
     def __init__(
-        self, spec: NetworkSpec, values: list[dict[str, np.ndarray]], backend: Backend
+        self, spec: NetworkSpec, values: list[dict[str, np.ndarray]], backend: Backend,
+        labels: list[str] | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
+        self.labels = labels  # a name per output class, where known (nets.load: ImageNet's)
         self.prepared = [layer.prepare(backend, v) for layer, v in zip(spec.layers, values)]
         # Outputs read again later (route, shortcut) are kept; all others are dropped at once.
         self.kept = frozenset(i for layer in spec.layers for i in layer.sources())
@@ -168,6 +170,11 @@ class Network:
         if last in self.linked:  # stopped between two linked convolutions
             x = self.backend.unlinked_output(x, self.prepared[last])
         return x
+
+    def warm_up(self) -> None:
+        """One pass on a grey image: Numba compiles the kernels this network needs on the very
+        first run (or loads them from its cache), so later passes time the network alone."""
+        self.predict(np.full((1, *self.input_shape), 0.5, dtype=np.float32))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Images -> (N, outputs) scores (probabilities when the cfg ends in softmax)."""

@@ -1,7 +1,8 @@
 """Darknet's `classifier predict`: python -m nets.predict [CFG] [WEIGHTS] [IMAGE ...]
 
-With no arguments it runs the shipped Tiny Darknet on data/dog.jpg. With a cfg but no image
-it asks `Enter Image Path:` until end of input. Output as Darknet's: the layer table and
+With no arguments it runs the shipped Tiny Darknet on data/dog.jpg. CFG is a path or the
+name of a shipped cfg (`--list` shows them). With a cfg but no image it asks
+`Enter Image Path:` until end of input. Output as Darknet's: the layer table and
 `<path>: Predicted in <s> seconds.` on stderr, `"%5.2f%%: %s"` lines on stdout.
 """
 
@@ -11,19 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import nets
 from kern.backend import BACKENDS
 from kern.errors import KernError
 from nets import cli, fetch
-from nets.data import DEFAULT_DATA, REPO, load_names, read_data_file
+from nets.data import CFG_DIR, DEFAULT_DATA, SAMPLE_IMAGE, find_cfg, load_names, read_data_file, shipped_cfgs
 from nets.image import PREPROCESS, load_image
-from nets.network import Network
-from nets.weights import random_weights, read_weights
+from nets.network import Network, NetworkSpec
+from nets.weights import expected_bytes, random_weights, read_weights
 
-DEFAULT_CFG = REPO / "cfg" / "tiny.cfg"
-DEFAULT_IMAGE = REPO / "data" / "dog.jpg"
+DEFAULT_CFG = CFG_DIR / "tiny.cfg"
 
 
 def parse_args(argv: list[str] | None):
@@ -31,7 +29,10 @@ def parse_args(argv: list[str] | None):
         prog="python -m nets.predict",
         description="Classify images with a Darknet cfg + weights (Darknet's classifier predict).",
     )
-    parser.add_argument("cfg", nargs="?", help="network cfg (default: cfg/tiny.cfg on data/dog.jpg)")
+    parser.add_argument(
+        "cfg", nargs="?",
+        help="a cfg path or a shipped cfg's name, e.g. darknet19 (none: tiny on data/dog.jpg)",
+    )
     parser.add_argument(
         "paths", nargs="*", metavar="[WEIGHTS] IMAGE",
         help="a .weights file (else looked up beside the cfg, in weights/, here, in the cache), "
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None):
     )
     parser.add_argument("--top", type=int, help="how many classes to print (default: top= of --data)")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="Darknet .data file with names=")
-    parser.add_argument("--backend", default="cpu", choices=list(BACKENDS))
+    parser.add_argument("--backend", default="cpu", choices=list(BACKENDS), help="where the network runs")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     parser.add_argument(
         "--preprocess", default="letterbox", choices=list(PREPROCESS),
@@ -52,7 +53,11 @@ def parse_args(argv: list[str] | None):
         help="seeded random weights (timing and teaching; predictions mean nothing)",
     )
     parser.add_argument("--quiet", action="store_true", help="no layer table")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--list", action="store_true",
+        help="list the shipped cfgs (input, BFLOPs, weights size, whether the weights are here) and exit",
+    )
+    args = parser.parse_intermixed_args(argv)  # options may come before, between or after paths
     if args.top is not None and args.top < 1:
         parser.error(f"--top {args.top}: expected a positive number")
     return args
@@ -61,14 +66,30 @@ def parse_args(argv: list[str] | None):
 def split_paths(cfg: str | None, paths: list[str]) -> tuple[Path, Path | None, list[str]]:
     """(cfg, weights or None, images): a second path ending in .weights is the weights file."""
     if cfg is None:
-        return DEFAULT_CFG, None, [str(DEFAULT_IMAGE)]
+        return DEFAULT_CFG, None, [str(SAMPLE_IMAGE)]
     if paths and paths[0].endswith(".weights"):
-        return Path(cfg), Path(paths[0]), paths[1:]
-    return Path(cfg), None, paths
+        return find_cfg(cfg), Path(paths[0]), paths[1:]
+    return find_cfg(cfg), None, paths
 
 
-def load_network(args, cfg: Path, weights: Path | None) -> Network:
-    spec = nets.load_spec(cfg)
+def list_cfgs() -> str:
+    """The shipped cfgs: name, input, BFLOPs, weights size and where the weights are, if here."""
+    cache = fetch.cache_dir()
+    lines = [f"{'name':<20} {'input':>11} {'BFLOPs':>7} {'weights MB':>10}  weights here"]
+    for cfg in shipped_cfgs():
+        spec = nets.load_spec(cfg)
+        channels, height, width = spec.input_shape
+        found = fetch.find_weights(cfg, cache)
+        where = str(found) if found else f"no (--download fetches them into {cache})"
+        lines.append(
+            f"{cfg.stem:<20} {f'{width}x{height}x{channels}':>11} {spec.flops / 1e9:>7.2f} "
+            f"{expected_bytes(spec.layers) / 1e6:>10.1f}  {where}"
+        )
+    return "\n".join(lines)
+
+
+def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]) -> Network:
+    cfg = Path(spec.cfg_path)
     backend = nets.make_backend(args.backend, threads=args.threads)  # fail fast if unavailable
     if not args.quiet:
         print(spec.table(), file=sys.stderr)
@@ -83,15 +104,20 @@ def load_network(args, cfg: Path, weights: Path | None) -> Network:
                 weights = fetch.download(url, cache / f"{cfg.stem}.weights", spec.layers)
             if weights is None:
                 raise KernError(fetch.not_found_message(cfg, cache, spec.layers))
-        print(f"Loading weights from {weights}...Done!", file=sys.stderr)
-        values = read_weights(weights, spec.layers)
-    net = Network(spec, values, backend)
-    # One untimed pass loads the compiled kernels, so "Predicted in" times the network alone.
-    net.predict(np.full((1, *spec.input_shape), 0.5, dtype=np.float32))
+        print(f"Loading weights from {weights}...", end="", file=sys.stderr, flush=True)
+        try:
+            values = read_weights(weights, spec.layers)
+        except KernError:
+            print(file=sys.stderr)  # the error goes on a line of its own
+            raise
+        print("Done!", file=sys.stderr)
+    with cli.notice_if_slow(cli.COMPILE_NOTICE):
+        net = Network(spec, values, backend, names)
+        net.warm_up()  # so "Predicted in" times the network alone
     return net
 
 
-def predict_one(net: Network, path: str, names: list[str], top: int, args) -> None:
+def predict_one(net: Network, path: str, top: int, args) -> None:
     image = load_image(path)
     _, height, width = net.input_shape
     x = PREPROCESS[args.preprocess](image, width, height)
@@ -102,7 +128,7 @@ def predict_one(net: Network, path: str, names: list[str], top: int, args) -> No
     if args.random_weights is not None:
         print(f"(random weights, seed {args.random_weights}: not a real prediction)")
     for index, score in net.top_k(scores, top):
-        print("%5.2f%%: %s" % (score * 100, names[index]))
+        print("%5.2f%%: %s" % (score * 100, net.labels[index]))
     sys.stdout.flush()
 
 
@@ -120,18 +146,22 @@ def ask_paths():
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.list:
+        print(list_cfgs())
+        return 0
     cfg, weights, images = split_paths(args.cfg, args.paths)
-    net = load_network(args, cfg, weights)
-    names = load_names(args.data, net.spec.outputs)
+    spec = nets.load_spec(cfg)
+    names = load_names(args.data, spec.outputs)
     top = args.top or int(read_data_file(args.data).get("top", 1))
+    net = load_network(args, spec, weights, names)
     if images:
         for path in images:
-            predict_one(net, path, names, top, args)
+            predict_one(net, path, top, args)
         return 0
     try:
         for path in ask_paths():
             try:
-                predict_one(net, path, names, top, args)
+                predict_one(net, path, top, args)
             except KernError as error:  # a typo at the prompt should not end the session
                 print(f"error: {error}", file=sys.stderr)
     except KeyboardInterrupt:

@@ -27,10 +27,9 @@ from tqdm import tqdm
 from kern.backend import BACKENDS
 from kern.errors import KernError
 from nets import cli
-from nets.data import DEFAULT_DATA, REPO, load_names, read_data_file, read_lines, resolve
+from nets.data import DEFAULT_DATA, DEFAULT_LABELS, load_names, read_data_file, read_lines, resolve
 from nets.image import PREPROCESS, load_image, resize_image
 
-DEFAULT_LABELS = REPO / "data" / "imagenet.labels.list"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -128,17 +127,28 @@ class Tally:
 
 def parse_args(argv):
     parser = cli.ArgumentParser(prog="python -m nets.valid", description=__doc__.splitlines()[0])
-    parser.add_argument("cfg")
+    parser.add_argument("cfg", help="a cfg path or a shipped cfg's name (python -m nets.predict --list)")
     parser.add_argument("weights", help="a .weights file, or 'random' for seeded random weights")
     parser.add_argument("source", help=".data file, list of image paths, or a folder of images")
-    parser.add_argument("--top", type=int, default=5)
-    parser.add_argument("--backend", default="cpu", choices=list(BACKENDS))
-    parser.add_argument("--threads", type=int, help="CPU threads for the network")
+    parser.add_argument(
+        "--top", type=int, default=5, help="an image counts for top-K if its class is among the K best"
+    )
+    parser.add_argument("--backend", default="cpu", choices=list(BACKENDS), help="where the network runs")
+    parser.add_argument("--threads", type=int, help="CPU threads for the network (default: all cores)")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes (0: in-process)")
-    parser.add_argument("--preprocess", default="crop", choices=list(PREPROCESS))
-    parser.add_argument("--crops", type=int, default=1, choices=(1, 10))
+    parser.add_argument(
+        "--preprocess", default="crop", choices=list(PREPROCESS),
+        help="crop: centre square, resized (classifier valid); letterbox: aspect kept, grey bars "
+        "(classifier predict); resize: stretched",
+    )
+    parser.add_argument(
+        "--crops", type=int, default=1, choices=(1, 10),
+        help="10: ten crops of the image resized to the input + 32, and their mirrors, outputs "
+        "summed (classifier valid10)",
+    )
     parser.add_argument("--limit", type=int, help="only the first N images")
+
     parser.add_argument("--labels", help="labels list (default: labels= of the .data, else ImageNet's)")
     parser.add_argument("--json", help="write per-image top-k and the totals here")
     args = parser.parse_args(argv)
@@ -162,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         raise KernError(f"{args.source}: no images found")
     random = args.weights == "random"
-    net = nets.load(
-        args.cfg, None if random else args.weights, random_seed=0 if random else None,
-        backend=args.backend, threads=args.threads,
-    )
+    with cli.notice_if_slow(cli.COMPILE_NOTICE):
+        net = nets.load(
+            args.cfg, None if random else args.weights, random_seed=0 if random else None,
+            backend=args.backend, threads=args.threads,
+        )
+        net.warm_up()
     _, height, width = net.input_shape
     tally = Tally(args.top)
     label_of = {}
@@ -206,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         print("interrupted: the summary so far", file=sys.stderr)
     print(tally.summary(seconds))
+    if random:
+        print("(random weights, seed 0: these rates mean nothing)")
     if args.json:
         _write_json(args, tally, seconds)
     return 130 if interrupted else 0

@@ -7,6 +7,7 @@ import pytest
 
 import nets
 from bench.layers import AgainBackend, SplitSeconds, layer_kind, profile
+from bench.progress import Progress
 from bench.scaling import amdahl_serial_fraction, measure
 from nets.layers import Convolutional
 from nets.weights import random_weights
@@ -29,6 +30,15 @@ def test_scaling_measures_each_thread_count_for_the_network_and_each_layer():
         assert total == pytest.approx(layers.sum(), rel=0.5)  # medians of sums vs sums of medians
 
 
+def test_progress_announces_each_step_with_an_estimate(capsys):
+    progress = Progress(3)
+    for label in ("a", "b", "c"):
+        progress.step(label)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["[1/3] a", "[2/3] b", "[3/3] c"]
+    assert "left" not in lines[0] and lines[2].endswith("s left)")
+
+
 def test_layer_kinds_split_convolutions():
     kinds = [layer_kind(layer) for layer in nets.load_spec("cfg/resnext50.cfg").layers]
     assert {"conv 1x1", "conv dense", "conv grouped", "res", "max", "avg", "softmax"} == set(kinds)
@@ -36,7 +46,9 @@ def test_layer_kinds_split_convolutions():
 
 def test_layer_profile_prints_every_layer_and_the_kinds(capsys):
     profile(["cfg/tiny.cfg", "cfg/darknet.cfg"], threads=1, repeat=1, rounds=2)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    steps = [line for line in err.splitlines() if line.startswith("[")]
+    assert steps[0].startswith("[1/") and steps[-1].startswith(f"[{len(steps)}/{len(steps)}] cfg/darknet.cfg")
     for cfg in ("cfg/tiny.cfg", "cfg/darknet.cfg"):
         table = out[out.index(f"# {cfg}") :]
         spec = nets.load_spec(cfg)

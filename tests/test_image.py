@@ -49,7 +49,7 @@ def test_resize_matches_darknet_exactly(rng, size):
 
 def test_resize_keeps_darknets_dim_last_row(rng):
     # 8 -> 448 rows: sy = 447 * (7/447) rounds to 6.9999995 in float32, and Darknet's last row
-    # is then (1 - dy) * row 6, nearly zero, not row 7 (SEMANTICS.md says "the last row").
+    # is then (1 - dy) * row 6, nearly zero, not row 7 (docs/darknet.md, "Images").
     image = rng.random((3, 8, 6), dtype=F) + F(0.5)
     assert resize_image(image, 5, 448)[:, -1].max() < 1e-5
 

@@ -15,7 +15,7 @@ from nets.weights import random_weights, write_weights
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Darknet's own `classifier predict` output for tiny.weights (../shared/weights/README.md).
+# Darknet's own `classifier predict` output for tiny.weights (Debian's darknet, same cfg and image).
 DARKNET_TOP5 = {
     "dog.jpg": [
         (14.51, "malamute"), (6.09, "Newfoundland"), (5.59, "dogsled"),

@@ -19,7 +19,7 @@ vectors, broadcasts each pixel's input, and does 12 fused multiply-adds. That is
 the AVX2 kernels in BLIS and OpenBLAS (6x16, 12 of the 16 ymm registers). The output tile is
 then stored as whole vectors, with bias, activation and the residual applied in registers.
 
-An earlier kernel here computed 4x3 dot products with k innermost (NUMBA-NOTES.md), which
+An earlier kernel here computed 4x3 dot products with k innermost (docs/numba.md), which
 LLVM vectorizes by itself, on rows built by im2row. It spent its time outside the
 multiply-adds: 12 horizontal sums and 12 scalar stores per tile, and the im2row copy (5.8 ms
 of a 224x224 RGB layer whose GEMM took 0.6). On 2 cores it ran darknet19's 3x3 layers at

@@ -1,7 +1,7 @@
 """Eight float32 lanes as one Numba value: what `__m256` and `_mm256_fmadd_ps` are in C.
 
 Numba has no vector type, and LLVM does not turn a tile of scalar accumulators into vector
-registers by itself (NUMBA-NOTES.md: a 6x16 tile of scalars or a small local array ran at
+registers by itself (docs/numba.md: a 6x16 tile of scalars or a small local array ran at
 4 GFLOP/s). So this module adds one type, `float32x8`, lowered to LLVM's `<8 x float>`, and
 the few operations a GEMM micro-kernel needs, each a line or two of LLVM IR. A value of this
 type is an SSA value: LLVM keeps it in a register (one AVX2 ymm register here) unless it runs

@@ -18,7 +18,9 @@ from kern.params import activation_code, conv_output_size, fold_batchnorm, maxpo
 try:
     import cupy
 except ImportError:
-    raise ImportError("cupy is not installed (pip install 'kern[cuda12]' or 'kern[cuda13]')") from None
+    raise ImportError(
+        "cupy is not installed (pip install cupy-cuda12x for CUDA 12, or cupy-cuda13x for CUDA 13)"
+    ) from None
 
 try:
     _GPUS = cupy.cuda.runtime.getDeviceCount()
