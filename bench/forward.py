@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 import nets
+from bench.progress import Progress
 
 
 def median_seconds(run, repeat: int) -> float:
@@ -42,9 +43,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     print(f"{'network':<22} {'threads':>7} {'batch':>5} {'median ms':>10} {'GFLOP/s':>8}")
+    counts = list(map(int, args.threads.split(",")))
+    progress = Progress(len(args.cfgs) * len(counts))
     for cfg in args.cfgs:
         flops = nets.load_spec(cfg).flops * args.batch
-        for threads in map(int, args.threads.split(",")):
+        for threads in counts:
+            progress.step(f"{cfg}, {threads} threads")
             seconds = time_forward(cfg, threads, args.batch, args.repeat)
             name = cfg.rsplit("/", 1)[-1].removesuffix(".cfg")
             gflops = flops / seconds / 1e9

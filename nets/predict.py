@@ -94,7 +94,9 @@ def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]
     if not args.quiet:
         print(spec.table(), file=sys.stderr)
     if args.random_weights is not None:
+        print(f"Random weights, seed {args.random_weights}...", end="", file=sys.stderr, flush=True)
         values = random_weights(spec.layers, args.random_weights)
+        print("Done!", file=sys.stderr)
     else:
         if weights is None:
             cache = fetch.cache_dir()
