@@ -17,7 +17,7 @@ from kern.backend import Backend, get_backend
 from kern.errors import KernError
 from nets.cfg import parse_cfg
 from nets.data import DEFAULT_DATA, SAMPLE_IMAGE, find_cfg, load_names
-from nets.network import Network, NetworkSpec, build_network
+from nets.network import Network, NetworkSpec, build_network, check_memory
 from nets.weights import random_weights, read_weights
 
 __all__ = [
@@ -49,6 +49,7 @@ def load(
     from nets import fetch
 
     spec = load_spec(cfg)
+    check_memory(spec)
     if random_seed is not None:
         values = random_weights(spec.layers, random_seed)
     else:

@@ -59,12 +59,22 @@ def notice_if_slow(message: str, after: float = 1.5) -> Iterator[None]:
         timer.cancel()
 
 
+def one_line(message: str, limit: int = 1000) -> str:
+    """An error message as one line of at most about `limit` characters (paths can hold
+    newlines, and quoted user input can be long)."""
+    flat = message.replace("\r", "\\r").replace("\n", "\\n")
+    return flat if len(flat) <= limit else f"{flat[: limit - 200]} ... {flat[-150:]}"
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a CLI main: KernError -> its message on one line, exit 2; Ctrl-C -> exit quietly."""
     try:
         return main(argv)
     except KernError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory (a smaller --batch, network or image?)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kern.errors import KernError
+from nets.files import MB, quote, read_text
 
 
 def _shipped_root() -> Path:
@@ -54,28 +55,30 @@ def find_cfg(name: str | Path) -> Path:
 
 
 def read_data_file(path: str | Path) -> dict[str, str]:
-    options = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise KernError(f"cannot read data file {path}: {getattr(error, 'strerror', None) or error}") from None
-    for number, raw in enumerate(lines, start=1):
+    """A Darknet .data file's options; the first of repeated keys counts, as in Darknet."""
+    options: dict[str, str] = {}
+    for number, raw in enumerate(read_text(path, "data file", MB).splitlines(), start=1):
         line = raw.strip()
         if not line or line[0] in "#;":
             continue
         key, equals, value = line.partition("=")
         if not equals:
-            raise KernError(f"{path}:{number}: expected key=value, got {line!r}")
-        options[key.strip()] = value.strip()
+            raise KernError(f"{path}:{number}: expected key=value, got {quote(line)}")
+        options.setdefault(key.strip(), value.strip())
     return options
 
 
+def data_top(path: str | Path) -> int:
+    """`top=` of a .data file (1 where absent, as Darknet): how many classes to print."""
+    value = read_data_file(path).get("top", "1")
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) < 1 << 31:
+        raise KernError(f"{path}: top={quote(value, 30, marks=False)}: expected a positive integer")
+    return int(value)
+
+
 def read_lines(path: str | Path, what: str) -> list[str]:
-    path = resolve(path)
-    try:
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise KernError(f"cannot read {what} {path}: {getattr(error, 'strerror', None) or error}") from None
+    """A list file's lines, stripped (labels, names, image paths)."""
+    return [line.strip() for line in read_text(resolve(path), what, 256 * MB).splitlines()]
 
 
 def load_names(data_file: str | Path, classes: int) -> list[str]:

@@ -7,28 +7,63 @@ and `center_crop_image` (the square centre, then resize), so predictions match D
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from kern.errors import KernError
+from nets.files import regular_file_size
 
 F32 = np.float32
 # Darknet divides each 8-bit value by 255. in double, then stores float: one table lookup.
 _UNIT_RANGE = (np.arange(256) / 255.0).astype(F32)
+# Pillow's own warning threshold (a decompression bomb): 0.27 GB as RGB floats, far more than
+# any photograph; larger images are refused before decoding.
+MAX_PIXELS = 89_478_485
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """8-bit RGB (grey and RGBA converted) -> (3, H, W) float32 in [0, 1], as stb_image + Darknet."""
+    """8-bit RGB (grey, palette, RGBA, CMYK, 16-bit converted; an animation's first frame) ->
+    (3, H, W) float32 in [0, 1], as stb_image + Darknet.
+
+    Any failure to decode is one KernError: image files come from anywhere, and Pillow's
+    plugins raise many kinds of exceptions on corrupt ones. Images over MAX_PIXELS are refused
+    before they are decoded, and Pillow's warnings (corrupt EXIF, ...) are not shown."""
+    if not os.path.lexists(path):
+        raise KernError(f"{path}: no such image file")
+    regular_file_size(path, "image")  # a directory or a FIFO is not opened
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise KernError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise KernError(f"{path}: cannot read image: {error}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise KernError(
+                        f"{path}: {width} x {height} pixels, more than the {MAX_PIXELS:,} pixels kern decodes"
+                    )
+                pixels = _rgb8(image)
+    except KernError:
+        raise
+    except Image.DecompressionBombError:
+        raise KernError(f"{path}: more than the {MAX_PIXELS:,} pixels kern decodes") from None
+    except Exception as error:  # noqa: BLE001 - corrupt files raise anything; MemoryError too
+        reason = str(error).splitlines()[0][:100] if str(error) else type(error).__name__
+        raise KernError(f"{path}: cannot read image: {reason}") from None
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
+        raise KernError(f"{path}: cannot read image: decoded to shape {pixels.shape}")
     return np.ascontiguousarray(_UNIT_RANGE[pixels].transpose(2, 0, 1))
+
+
+def _rgb8(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8. 16-bit grey keeps its high byte, as stb_image's 16-to-8 conversion
+    (Pillow's own conversion would clip it at 255)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.clip(np.asarray(image, dtype=np.int64) >> 8, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
 
 
 def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -72,6 +107,8 @@ def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
     else:
         new_w, new_h = (in_w * height) // in_h, height
     boxed = np.full((image.shape[0], height, width), 0.5, dtype=F32)
+    if new_w == 0 or new_h == 0:  # a sliver (2 x 1000 into 224 x 224): Darknet's grey canvas
+        return boxed
     top, left = (height - new_h) // 2, (width - new_w) // 2
     boxed[:, top : top + new_h, left : left + new_w] = resize_image(image, new_w, new_h)
     return boxed

@@ -284,6 +284,13 @@ def _positive(section: Section, key: str, default: int) -> int:
     return value
 
 
+def _not_negative(section: Section, key: str, default: int) -> int:
+    value = section.integer(key, default)
+    if value < 0:
+        raise section.error(f"{key}={value}: expected 0 or more (kern does not crop by negative padding)", key)
+    return value
+
+
 def _unsupported(section: Section, *keys: str) -> None:
     for key in keys:
         if section.integer(key, 0):
@@ -309,7 +316,7 @@ def build_convolutional(s: Section, index: int, shape: Shape, shapes: list[Shape
     filters = _positive(s, "filters", 1)
     size = _positive(s, "size", 1)
     stride = _positive(s, "stride", 1)
-    padding = s.integer("padding", 0)
+    padding = _not_negative(s, "padding", 0)
     if s.integer("pad", 0):
         padding = size // 2
     groups = _positive(s, "groups", 1)
@@ -339,7 +346,7 @@ def build_maxpool(s: Section, index: int, shape: Shape, shapes: list[Shape]) -> 
     channels, height, width = shape
     stride = _positive(s, "stride", 1)
     size = _positive(s, "size", stride)
-    padding = s.integer("padding", size - 1)
+    padding = _not_negative(s, "padding", size - 1)
     out_h = _output_size(s, maxpool_output_size(height, size, stride, padding))
     out_w = _output_size(s, maxpool_output_size(width, size, stride, padding))
     return MaxPool(index, shape, (channels, out_h, out_w), size, stride, padding)

@@ -71,6 +71,44 @@ def build_network(sections: list[Section]) -> NetworkSpec:
     return NetworkSpec(net.path, input_shape, tuple(layers))
 
 
+GB = 1 << 30
+
+
+def memory_needed(spec: NetworkSpec, batch: int) -> tuple[int, int]:
+    """Estimated bytes for the weights (as read, then folded and packed: three float32 copies)
+    and for the activations of a forward pass at this batch size (the input, the outputs kept
+    for a route or shortcut, and the largest layer's input and output)."""
+    weights = 3 * 4 * sum(spec.count for layer in spec.layers for spec in layer.params())
+    size = [4 * batch * int(np.prod(layer.out_shape)) for layer in spec.layers]
+    kept = {i for layer in spec.layers for i in layer.sources()}
+    activations = 4 * batch * int(np.prod(spec.input_shape)) + sum(size[i] for i in kept) + 2 * max(size)
+    return weights, activations
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give without swapping (Linux's MemAvailable), where known."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(spec: NetworkSpec, batch: int = 1) -> None:
+    """Refuse, before allocating anything, a network that cannot fit in this machine's memory."""
+    available = available_memory()
+    weights, activations = memory_needed(spec, batch)
+    if available is not None and weights + activations > available:
+        raise KernError(
+            f"{spec.cfg_path}: this network needs about {(weights + activations) / GB:.1f} GB "
+            f"({weights / GB:.1f} GB for its weights, {activations / GB:.1f} GB for activations at "
+            f"batch {batch}), more than the {available / GB:.1f} GB this machine has free"
+        )
+
+
 def _positive(section: Section, key: str, default: int) -> int:
     value = section.integer(key, default)
     if value < 1:

@@ -12,13 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import nets
 from kern.backend import BACKENDS
 from kern.errors import KernError
 from nets import cli, fetch
-from nets.data import CFG_DIR, DEFAULT_DATA, SAMPLE_IMAGE, find_cfg, load_names, read_data_file, shipped_cfgs
+from nets.data import CFG_DIR, DEFAULT_DATA, SAMPLE_IMAGE, data_top, find_cfg, load_names, shipped_cfgs
 from nets.image import PREPROCESS, load_image
-from nets.network import Network, NetworkSpec
+from nets.network import Network, NetworkSpec, check_memory
 from nets.weights import expected_bytes, random_weights, read_weights
 
 DEFAULT_CFG = CFG_DIR / "tiny.cfg"
@@ -58,8 +60,10 @@ def parse_args(argv: list[str] | None):
         help="list the shipped cfgs (input, BFLOPs, weights size, whether the weights are here) and exit",
     )
     args = parser.parse_intermixed_args(argv)  # options may come before, between or after paths
-    if args.top is not None and args.top < 1:
+    if args.top is not None and not 1 <= args.top < 1 << 31:
         parser.error(f"--top {args.top}: expected a positive number")
+    if args.random_weights is not None and not 0 <= args.random_weights < 1 << 64:
+        parser.error(f"--random-weights {args.random_weights}: expected a seed from 0 to 2^64 - 1")
     return args
 
 
@@ -90,6 +94,7 @@ def list_cfgs() -> str:
 
 def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]) -> Network:
     cfg = Path(spec.cfg_path)
+    check_memory(spec)
     backend = nets.make_backend(args.backend, threads=args.threads)  # fail fast if unavailable
     if not args.quiet:
         print(spec.table(), file=sys.stderr)
@@ -126,6 +131,10 @@ def predict_one(net: Network, path: str, top: int, args) -> None:
     start = time.perf_counter()
     scores = net.predict(x[None])[0]
     elapsed = time.perf_counter() - start
+    if not np.isfinite(scores).all():
+        raise KernError(
+            f"{path}: the network's output is not finite (NaN or inf): weights or options too large for float32"
+        )
     print(f"{path}: Predicted in {elapsed:f} seconds.", file=sys.stderr)
     if args.random_weights is not None:
         print(f"(random weights, seed {args.random_weights}: not a real prediction)")
@@ -154,21 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg, weights, images = split_paths(args.cfg, args.paths)
     spec = nets.load_spec(cfg)
     names = load_names(args.data, spec.outputs)
-    top = args.top or int(read_data_file(args.data).get("top", 1))
+    top = args.top or data_top(args.data)
     net = load_network(args, spec, weights, names)
-    if images:
-        for path in images:
-            predict_one(net, path, top, args)
-        return 0
+    failed = 0
     try:
-        for path in ask_paths():
+        for path in images or ask_paths():
             try:
                 predict_one(net, path, top, args)
-            except KernError as error:  # a typo at the prompt should not end the session
-                print(f"error: {error}", file=sys.stderr)
+            except KernError as error:  # one bad image (or a typo at the prompt) stops nothing
+                print(f"error: {cli.one_line(str(error))}", file=sys.stderr)
+                failed += 1
     except KeyboardInterrupt:
+        if images:
+            raise
         print()
-    return 0
+    return 2 if failed and images else 0  # at the prompt, a typo is part of the conversation
 
 
 if __name__ == "__main__":

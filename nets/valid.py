@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from kern.errors import KernError
 from nets import cli
 from nets.data import DEFAULT_DATA, DEFAULT_LABELS, load_names, read_data_file, read_lines, resolve
 from nets.image import PREPROCESS, load_image, resize_image
+from nets.network import check_memory
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -40,11 +43,11 @@ class Source:
 
 
 def read_source(source: str, labels: str | None) -> Source:
-    """The image paths and the labels list that a .data file, list file or folder names."""
+    """The image paths and the labels list that a .data file, list file or folder names. A
+    list's every line counts, repeated ones too, as in Darknet."""
     path = Path(source)
     if path.is_dir():
-        images = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        return Source(images, Path(labels) if labels else DEFAULT_LABELS)
+        return Source(images_under(path), Path(labels) if labels else DEFAULT_LABELS)
     if path.suffix == ".data":
         options = read_data_file(path)
         if "valid" not in options:
@@ -58,21 +61,52 @@ def _list_file(path: str) -> list[str]:
     return [line for line in read_lines(path, "image list") if line]
 
 
+def images_under(folder: Path) -> list[str]:
+    """Image files below a folder, sorted; symlinked folders followed, each real folder once
+    (a link back up the tree does not loop)."""
+    found, seen = [], set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        found += [os.path.join(root, name) for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)
+
+
 def true_class(path: str, labels: list[str]) -> int | None:
     """Darknet's rule: the first label that occurs in the path."""
     return next((i for i, label in enumerate(labels) if label in path), None)
 
 
 def views(image: np.ndarray, width: int, height: int, preprocess: str, crops: int) -> np.ndarray:
-    """1 view (the chosen preprocessing) or 10: centre and four corners of the image resized to
-    (net + 32), and the same five of its mirror image."""
+    """1 view (the chosen preprocessing) or Darknet's 10 (ten_crops)."""
     if crops == 1:
         return PREPROCESS[preprocess](image, width, height)[None]
-    big = resize_image(image, width + 32, height + 32)
+    return ten_crops(image, width, height)
+
+
+# Darknet's validate_classifier_10: crop offsets (dx, dy) in the image resized to net + 32.
+SHIFT = 32
+TEN_CROP_OFFSETS = ((-SHIFT, -SHIFT), (SHIFT, -SHIFT), (0, 0), (-SHIFT, SHIFT), (SHIFT, SHIFT))
+
+
+def ten_crops(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Darknet's `classifier valid10` views: the image resized (aspect not kept) to
+    (width + 32) x (height + 32), unless it has that size already (load_image_color); five
+    crops at TEN_CROP_OFFSETS, where pixels outside the image take the nearest edge pixel
+    (crop_image's clamping); then the same five of the mirrored image (flip_image)."""
+    _, in_h, in_w = image.shape
+    big = image
+    if (in_h, in_w) != (height + SHIFT, width + SHIFT):
+        big = resize_image(image, width + SHIFT, height + SHIFT)
     out = []
     for picture in (big, big[:, :, ::-1]):
-        for top, left in ((16, 16), (0, 0), (0, 32), (32, 0), (32, 32)):
-            out.append(picture[:, top : top + height, left : left + width])
+        for dx, dy in TEN_CROP_OFFSETS:
+            rows = np.clip(np.arange(height) + dy, 0, picture.shape[1] - 1)
+            cols = np.clip(np.arange(width) + dx, 0, picture.shape[2] - 1)
+            out.append(picture[:, rows[:, None], cols[None, :]])
     return np.stack(out)
 
 
@@ -94,7 +128,7 @@ class Tally:
     top1: int = 0
     topk: int = 0
     unlabelled: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
     records: list[dict] = field(default_factory=list)
 
     def add(self, path: str, label: int, ranked: list[tuple[int, float]], names: list[str]) -> None:
@@ -114,14 +148,14 @@ class Tally:
     def summary(self, seconds: float) -> str:
         top1, topk = self.rates()
         speed = self.counted / max(seconds, 1e-9)
-        lines = [
-            f"top-1 {top1:.2f}% ({self.top1}/{self.counted}), top-{self.top} {topk:.2f}% "
-            f"({self.topk}/{self.counted}) in {seconds:.1f} s, {speed:.1f} images/s",
-        ]
+        rates = f"top-1 {top1:.2f}% ({self.top1}/{self.counted})"
+        if self.top > 1:
+            rates += f", top-{self.top} {topk:.2f}% ({self.topk}/{self.counted})"
+        lines = [f"{rates} in {seconds:.1f} s, {speed:.1f} images/s"]
         if self.unlabelled:
             lines.append(f"{len(self.unlabelled)} images had no label in their path, e.g. {self.unlabelled[0]}")
         if self.unreadable:
-            lines.append(f"{len(self.unreadable)} images could not be read, e.g. {self.unreadable[0]}")
+            lines.append(f"{len(self.unreadable)} images could not be read, e.g. {self.unreadable[0]['error']}")
         return "\n".join(lines)
 
 
@@ -147,24 +181,46 @@ def parse_args(argv):
         help="10: ten crops of the image resized to the input + 32, and their mirrors, outputs "
         "summed (classifier valid10)",
     )
-    parser.add_argument("--limit", type=int, help="only the first N images")
+    parser.add_argument("--limit", type=int, help="only the first N images (default: all)")
 
     parser.add_argument("--labels", help="labels list (default: labels= of the .data, else ImageNet's)")
     parser.add_argument("--json", help="write per-image top-k and the totals here")
     args = parser.parse_args(argv)
-    for name in ("top", "batch"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}: expected a positive number")
-    if args.workers < 0:
-        parser.error(f"--workers {args.workers}: expected 0 or more")
+    for name in ("top", "batch", "limit"):
+        value = getattr(args, name)
+        if value is not None and not 1 <= value < 1 << 31:
+            parser.error(f"--{name} {value}: expected a positive number")
+    if not 0 <= args.workers <= 256:
+        parser.error(f"--workers {args.workers}: expected 0 to 256")
     return args
+
+
+def check_writable(path: str) -> None:
+    """Fail now, not after the whole run, if the --json file cannot be written."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise KernError(f"cannot write {path}: it is a directory")
+    if not folder.is_dir():
+        raise KernError(f"cannot write {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise KernError(f"cannot write {path}: permission denied")
+
+
+def _ignore_interrupts() -> None:
+    """Decoding workers leave Ctrl-C to the main process, which writes what it has counted
+    and then ends them (a worker interrupted while sending a result hung the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import nets  # after argument checks: loading compiles nothing, but imports Numba
 
+    if args.json:
+        check_writable(args.json)
     spec = nets.load_spec(args.cfg)
+    check_memory(spec, args.batch * args.crops)
     source = read_source(args.source, args.labels)
     labels = read_lines(source.labels_path, "labels list")[: spec.outputs]
     names = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else labels
@@ -180,57 +236,81 @@ def main(argv: list[str] | None = None) -> int:
         net.warm_up()
     _, height, width = net.input_shape
     tally = Tally(args.top)
-    label_of = {}
+    labelled: list[tuple[str, int]] = []  # in list order, repeats included
     for path in paths:
         label = true_class(path, labels)
         if label is None:
             tally.unlabelled.append(path)
         else:
-            label_of[path] = label
+            labelled.append((path, label))
     work = functools.partial(
         prepare, width=width, height=height, preprocess=args.preprocess, crops=args.crops
     )
     start = time.perf_counter()
-    pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers else None
-    prepared = pool.imap(work, label_of, chunksize=4) if pool else map(work, label_of)
-    progress = tqdm(total=len(label_of), unit="img", file=sys.stderr, dynamic_ncols=True)
-    interrupted = False
+    pool = None
+    if args.workers:
+        pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=_ignore_interrupts)
     try:
-        batch: list[tuple[str, np.ndarray]] = []
-        for path, images, error in prepared:
-            if images is None:
-                tally.unreadable.append(error)
-                progress.update(1)
-            else:
-                batch.append((path, images))
-            if len(batch) == args.batch:
-                _run_batch(net, batch, label_of, tally, names, progress)
-                batch = []
-        if batch:
-            _run_batch(net, batch, label_of, tally, names, progress)
-    except KeyboardInterrupt:
-        interrupted = True
+        interrupted = _count(net, labelled, pool, work, tally, names, args.batch)
+        # What was counted is reported before the workers are ended.
+        seconds = time.perf_counter() - start
+        if interrupted:
+            print("interrupted: the summary so far", file=sys.stderr)
+        print(tally.summary(seconds))
+        if random:
+            print("(random weights, seed 0: these rates mean nothing)")
+        if args.json:
+            _write_json(args, tally, seconds)
     finally:
-        progress.close()
         if pool:
             pool.terminate()
-    seconds = time.perf_counter() - start
+            pool.join()
     if interrupted:
-        print("interrupted: the summary so far", file=sys.stderr)
-    print(tally.summary(seconds))
-    if random:
-        print("(random weights, seed 0: these rates mean nothing)")
-    if args.json:
-        _write_json(args, tally, seconds)
-    return 130 if interrupted else 0
+        return 130
+    if not tally.counted:
+        raise KernError(
+            f"{args.source}: no image was counted ({len(tally.unlabelled)} had no label in their "
+            f"path, {len(tally.unreadable)} could not be read)"
+        )
+    return 0
 
 
-def _run_batch(net, batch, label_of, tally: Tally, names, progress) -> None:
-    crops = batch[0][1].shape[0]
-    images = np.concatenate([views for _, views in batch])
-    probs = net.predict(images).reshape(len(batch), crops, -1).mean(axis=1)
-    for (path, _), scores in zip(batch, probs):
-        tally.add(path, label_of[path], net.top_k(scores, tally.top), names)
+def _count(net, labelled, pool, work, tally: Tally, names, batch_size: int) -> bool:
+    """Decode (in the pool, if any) and classify every labelled image, batch by batch, into
+    the tally; True if Ctrl-C ended it early."""
+    wanted = [path for path, _ in labelled]
+    prepared = pool.imap(work, wanted, chunksize=4) if pool else map(work, wanted)
+    progress = tqdm(total=len(labelled), unit="img", file=sys.stderr, dynamic_ncols=True)
+    try:
+        batch: list[tuple[str, int, np.ndarray]] = []
+        for (path, label), (_, images, error) in zip(labelled, prepared):
+            if images is None:
+                tally.unreadable.append({"path": path, "error": error})
+                progress.update(1)
+            else:
+                batch.append((path, label, images))
+            if len(batch) == batch_size:
+                _run_batch(net, batch, tally, names, progress)
+                batch = []
+        if batch:
+            _run_batch(net, batch, tally, names, progress)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        progress.close()
+    return False
+
+
+def _run_batch(net, batch: list[tuple[str, int, np.ndarray]], tally: Tally, names, progress) -> None:
+    crops = batch[0][2].shape[0]
+    images = np.concatenate([views for _, _, views in batch])
+    # The views' outputs summed, as Darknet's valid10 (ranking by the sum), shown as their mean.
+    scores = net.predict(images).reshape(len(batch), crops, -1).sum(axis=1)
+    if not np.isfinite(scores).all():
+        raise KernError(f"{batch[0][0]}: the network's output is not finite (NaN or inf)")
+    for (path, label, _), image_scores in zip(batch, scores):
+        ranked = [(i, p / crops) for i, p in net.top_k(image_scores, tally.top)]
+        tally.add(path, label, ranked, names)
     top1, topk = tally.rates()
     progress.set_postfix_str(f"top-1 {top1:.2f}% top-{tally.top} {topk:.2f}%", refresh=False)
     progress.update(len(batch))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kern.errors import KernError
+from nets.files import regular_file_size
 from nets.layers import Layer
 
 
@@ -63,26 +64,42 @@ def read_header(data: bytes, path: str) -> Header:
 
 def read_weights(path: str | Path, layers: Sequence[Layer]) -> list[dict[str, np.ndarray]]:
     """Every layer's arrays, by name. Fails naming the layer where the file ran out, or the
-    number of bytes left over after the last layer."""
+    number of bytes left over after the last layer (before reading a file that is too long),
+    or the layer whose arrays hold NaN, infinities or negative variances."""
     path = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise KernError(f"cannot read weights {path}: {error.strerror}") from None
+    size = regular_file_size(path, "weights")
+    data = _read_prefix(path, min(size, 20))
     header = read_header(data, path)
+    needed = expected_bytes(layers, header)
+    if size > needed:
+        raise KernError(
+            f"{path}: {size - needed} bytes left over after the last layer "
+            f"(the cfg needs {needed} bytes, the file has {size}): wrong cfg for these weights?"
+        )
+    offset = header.size
+    for layer in layers:  # sizes first: a file for another cfg fails here, not on its values
+        for spec in layer.params():
+            if offset + 4 * spec.count > size:
+                raise KernError(
+                    f"{path}: the file ends in {_describe(layer)}: its {spec.name} need "
+                    f"{4 * spec.count} bytes, {size - offset} are left "
+                    f"(the cfg needs {needed} bytes, the file has {size})"
+                )
+            offset += 4 * spec.count
+    data = _read_prefix(path, size)
+    if len(data) != size:
+        raise KernError(f"{path}: the file changed while it was read")
     offset = header.size
     values: list[dict[str, np.ndarray]] = []
     for layer in layers:
         arrays = {}
         for spec in layer.params():
             end = offset + 4 * spec.count
-            if end > len(data):
-                raise KernError(
-                    f"{path}: the file ends in {_describe(layer)}: its {spec.name} need "
-                    f"{4 * spec.count} bytes, {len(data) - offset} are left "
-                    f"(the cfg needs {expected_bytes(layers, header)} bytes, the file has {len(data)})"
-                )
             flat = np.frombuffer(data, dtype="<f4", count=spec.count, offset=offset)
+            if not np.isfinite(flat).all():
+                raise KernError(f"{path}: {_describe(layer)}: its {spec.name} hold NaN or infinite values")
+            if spec.name == "rolling_variance" and (flat < 0).any():
+                raise KernError(f"{path}: {_describe(layer)}: its rolling_variance has negative values")
             if spec.transposed_if_flagged and header.transposed:
                 array = flat.reshape(spec.shape[::-1]).T
             else:
@@ -90,12 +107,15 @@ def read_weights(path: str | Path, layers: Sequence[Layer]) -> list[dict[str, np
             arrays[spec.name] = np.ascontiguousarray(array, dtype=np.float32)
             offset = end
         values.append(arrays)
-    if offset != len(data):
-        raise KernError(
-            f"{path}: {len(data) - offset} bytes left over after the last layer "
-            f"(the cfg needs {offset} bytes, the file has {len(data)}): wrong cfg for these weights?"
-        )
     return values
+
+
+def _read_prefix(path: str, count: int) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read(count)
+    except OSError as error:
+        raise KernError(f"cannot read weights {path}: {error.strerror}") from None
 
 
 def write_weights(

@@ -75,3 +75,52 @@ def test_load_image_is_planar_rgb_in_unit_range(tmp_path):
     loaded = load_image(tmp_path / "a.png")
     assert loaded.shape == (3, 2, 3) and loaded.dtype == F
     assert np.array_equal(loaded, (pixels.transpose(2, 0, 1) / 255.0).astype(F))
+
+
+def test_letterbox_of_a_sliver_is_darknets_grey_canvas(rng):
+    # 2 x 1000 into 224 x 224: new width (2 * 224) // 1000 = 0; Darknet pastes nothing.
+    boxed = letterbox(rng.random((3, 1000, 2), dtype=F), 224, 224)
+    assert boxed.shape == (3, 224, 224) and (boxed == 0.5).all()
+
+
+def test_load_image_keeps_the_high_byte_of_16_bit_grey(tmp_path):
+    from PIL import Image
+
+    values = np.array([[0, 255, 256, 65535], [4660, 32768, 511, 1]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    loaded = load_image(tmp_path / "g16.png")
+    expected = ((values >> 8).astype(np.uint8) / 255.0).astype(F)
+    assert np.array_equal(loaded, np.stack([expected] * 3))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text", "empty", "animated", "cmyk", "rgba", "one-pixel"])
+def test_load_image_reads_or_refuses_in_one_error(tmp_path, rng, kind):
+    from PIL import Image
+
+    from kern.errors import KernError
+
+    pixels = (rng.random((9, 11, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "image"
+    if kind == "truncated":
+        Image.fromarray(pixels).save(path.with_suffix(".png"))
+        data = path.with_suffix(".png").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        path.write_text("not an image")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "animated":
+        frames = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
+        frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:])
+    elif kind == "cmyk":
+        Image.fromarray(pixels).convert("CMYK").save(path, format="JPEG")
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([pixels, pixels[:, :, :1]])).save(path, format="PNG")
+    else:
+        Image.fromarray(pixels[:1, :1]).save(path, format="PNG")
+    if kind in ("truncated", "text", "empty"):
+        with pytest.raises(KernError, match="cannot read image"):
+            load_image(path)
+    else:
+        image = load_image(path)
+        assert image.shape[0] == 3 and image.dtype == F and 0 <= image.min() <= image.max() <= 1

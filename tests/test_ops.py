@@ -141,6 +141,18 @@ def test_maxpool_matches_ref(rng, fast, ref64, shape, size, stride, padding):
     assert_close(got, expected, 0)
 
 
+def test_maxpool_window_wholly_in_the_padding_gives_minus_flt_max(rng, fast, ref64):
+    # size 1, padding 4: the window of output 0 and 1 starts at -2 and -1, outside the image.
+    # Darknet gives -FLT_MAX there (finite), not -inf (which made the next conv NaN).
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    expected = ref64.maxpool(ref64.asarray(x), size=1, stride=1, padding=4)
+    got = fast.to_numpy(fast.maxpool(fast.asarray(x), size=1, stride=1, padding=4))
+    assert_close(got, expected, 0)
+    lowest = np.finfo(np.float32).min
+    assert (got[:, :, :2] == lowest).all() and (got[:, :, :, :2] == lowest).all()
+    assert np.array_equal(got[:, :, 2:7, 2:6], x)
+
+
 @pytest.mark.parametrize("shape", [(1, 5, 7, 9), (3, 1000, 14, 14), (2, 3, 1, 1)], ids=str)
 def test_avgpool_matches_ref(rng, fast, ref64, shape):
     x = rng.standard_normal(shape).astype(np.float32)

@@ -3,9 +3,11 @@
 
 import functools
 import http.server
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,22 @@ def test_prompt_loop_ends_cleanly_on_eof():
     assert result.stdout.count("Enter Image Path:") == 4
     assert [name for _, name in top5(result.stdout)] == ["malamute", "Newfoundland", "bald eagle", "ruddy turnstone"]
     assert "nope.jpg: no such image file" in result.stderr
+
+
+def test_options_before_images_and_one_missing_image_among_several():
+    result = predict("cfg/tiny.cfg", "--top", "1", "data/dog.jpg", "missing.jpg", "--quiet", "data/eagle.jpg")
+    assert result.returncode == 2
+    assert [name for _, name in top5(result.stdout)] == ["malamute", "bald eagle"]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: missing.jpg: no such image file"]
+    assert "Loading weights from weights/tiny.weights...Done!" in result.stderr or "Done!" in result.stderr
+
+
+def test_duplicate_keys_keep_the_first_as_darknet(tmp_path):
+    spec = nets.load_spec(bad_cfg(tmp_path, NET + "[convolutional]\nsize=1\nsize=3\nfilters=4\nfilters=8\n"))
+    assert (spec.layers[0].size, spec.layers[0].filters) == (1, 4)
+    spec = nets.load_spec(bad_cfg(tmp_path, NET + "[convolutional]\nfilters=+3\n"))
+    assert spec.layers[0].filters == 3  # atoi reads a leading +
 
 
 def test_random_weights_say_so_on_every_output():
@@ -136,6 +154,31 @@ def long_weights(tmp_path):
     return path
 
 
+def nan_weights(tmp_path):
+    path = tmp_path / "nan.weights"
+    data = bytearray((REPO / "weights" / "tiny.weights").read_bytes())
+    data[16 + 4 * 65 : 16 + 4 * 66] = struct.pack("<f", float("nan"))  # after 4 x 16 batchnorm values
+    path.write_bytes(data)
+    return path
+
+
+def data_file(tmp_path, line):
+    path = tmp_path / "bad.data"
+    path.write_text(f"names = data/imagenet.shortnames.list\n{line}\n")
+    return path
+
+
+def bomb_png(tmp_path):
+    """69 bytes that claim 20000 x 20000 pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = tmp_path / "bomb.png"
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
 NET = "[net]\nwidth=16\nheight=16\nchannels=3\n"
 
 
@@ -160,12 +203,31 @@ NET = "[net]\nwidth=16\nheight=16\nchannels=3\n"
         (lambda t: ["cfg/darknet19.cfg", "weights/tiny.weights", "data/dog.jpg"], "the file ends in layer 12 (conv)"),
         (lambda t: ["--backend", "gpu"], "argument --backend: invalid choice"),
         (lambda t: ["--threads", "999"], "--threads 999: expected 1.."),
+        (lambda t: [bad_cfg(t, NET + "[convolutional]\nfilters=8\npadding=-1\n"), "x.jpg"], "padding=-1: expected 0 or more"),
+        (lambda t: [bad_cfg(t, NET + "[maxpool]\nsize=2\npadding=-3\n"), "x.jpg"], "padding=-3: expected 0 or more"),
+        (lambda t: [bad_cfg(t, NET + "[maxpool]\nstride=10000000000000000000\n"), "x.jpg"], "stride=10000000000000000000: expected an integer (below 2^31)"),
+        (lambda t: [bad_cfg(t, NET + "[convolutional]\nfilters=1_0\n"), "x.jpg"], "filters=1_0: expected an integer"),
+        (lambda t: [bad_cfg(t, NET + "[convolutional]\nfilters=\u0663\n"), "x.jpg"], "expected an integer"),
+        (lambda t: [bad_cfg(t, NET + "[convolutional]\nfilters=3\n[shortcut]\nfrom=-1\nalpha=inf\n"), "x.jpg"], "alpha=inf: expected a finite decimal number"),
+        (lambda t: [bad_cfg(t, NET + "[convolutional]\nfilters=x" + "y" * 100000 + "\n"), "x.jpg"], "... (100001 characters)"),
+        (lambda t: ["cfg/tiny.cfg", nan_weights(t), "data/dog.jpg"], "layer 0 (conv): its weights hold NaN or infinite values"),
+        (lambda t: ["cfg/tiny.cfg", "data/dog.jpg", "--data", data_file(t, "top=abc")], "top=abc: expected a positive integer"),
+        (lambda t: ["cfg/tiny.cfg", "data/dog.jpg", "--data", data_file(t, "top=-1")], "top=-1: expected a positive integer"),
+        (lambda t: ["cfg/tiny.cfg", "--random-weights", "-1"], "--random-weights -1: expected a seed"),
+        (lambda t: ["/dev/zero"], "cannot read cfg /dev/zero: not a regular file"),
+        (lambda t: ["cfg/tiny.cfg", "weights/tiny.weights", "data"], "cannot read image data: it is a directory"),
+        (lambda t: ["cfg/tiny.cfg", "weights/tiny.weights", bomb_png(t)], "pixels kern decodes"),
+        (lambda t: [bad_cfg(t, "[net]\nwidth=224\nheight=224\nchannels=3\n[connected]\noutput=1000000\n[connected]\noutput=10\n"), "--random-weights"], "GB for its weights"),
     ],
     ids=[
         "missing-cfg", "missing-weights", "missing-image", "not-an-image", "not-key-value",
         "unknown-section", "unknown-activation", "unknown-option", "not-an-integer",
         "route-sizes", "shortcut-from", "groups", "too-small", "option-before-section",
         "weights-too-long", "weights-too-short", "unknown-backend", "too-many-threads",
+        "negative-conv-padding", "negative-pool-padding", "integer-over-2^63", "underscore-digits",
+        "non-ascii-digit", "infinite-option", "long-line-shortened", "nan-weights", "data-top-abc",
+        "data-top-negative", "negative-seed", "cfg-dev-zero", "image-directory", "size-bomb",
+        "absurd-size",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, make_args, expected):

@@ -1,11 +1,15 @@
 """python -m nets.valid: accuracy over the shared ImageNet sample, and every kind of source."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,3 +90,108 @@ def test_missing_source_is_one_line():
     result = valid("no-such.list")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "cannot read image list" in result.stderr
+
+
+def darknet_crop_image(im, dx, dy, w, h):
+    """Darknet's crop_image, loop for loop (image.c): a pixel outside takes the nearest edge."""
+    c, im_h, im_w = im.shape
+    cropped = np.zeros((c, h, w), dtype=np.float32)
+    for k in range(c):
+        for j in range(h):
+            for i in range(w):
+                r = min(max(j + dy, 0), im_h - 1)
+                col = min(max(i + dx, 0), im_w - 1)
+                cropped[k, j, i] = im[k, r, col]
+    return cropped
+
+
+def darknet_flip_image(im):
+    """Darknet's flip_image, loop for loop: each row mirrored in place."""
+    im = im.copy()
+    c, h, w = im.shape
+    for k in range(c):
+        for i in range(h):
+            for j in range(w // 2):
+                im[k, i, j], im[k, i, w - j - 1] = im[k, i, w - j - 1], im[k, i, j]
+    return im
+
+
+@pytest.mark.parametrize("size", [(37, 29), (20, 20), (5, 61)])
+def test_ten_crops_are_darknets_valid10_views(size):
+    # validate_classifier_10: load_image_color(path, w + 32, h + 32), then crops at
+    # (-32,-32), (32,-32), (0,0), (-32,32), (32,32), flip_image, the same five again.
+    from nets.image import resize_image
+    from nets.valid import ten_crops
+
+    rng = np.random.default_rng(7)
+    width, height = 9, 7
+    image = rng.random((3, *size), dtype=np.float32)
+    im = resize_image(image, width + 32, height + 32)
+    expected = []
+    for picture in (im, darknet_flip_image(im)):
+        for dx, dy in ((-32, -32), (32, -32), (0, 0), (-32, 32), (32, 32)):
+            expected.append(darknet_crop_image(picture, dx, dy, width, height))
+    assert np.array_equal(ten_crops(image, width, height), np.stack(expected))
+    # An image already of the resized size is not resized (load_image_color).
+    exact = rng.random((3, height + 32, width + 32), dtype=np.float32)
+    assert np.array_equal(ten_crops(exact, width, height)[2], exact[:, :height, :width])
+
+
+def test_list_lines_count_each_time_and_symlinked_folders_are_followed(image_folder, tmp_path):
+    listed = sorted(str(p) for p in image_folder.rglob("*.jpg") if "misc" not in str(p) and "broken" not in str(p))
+    twice = tmp_path / "twice.list"
+    twice.write_text("\n".join(listed + listed[:1]) + "\n")
+    result = valid(twice, "--workers", "0", "--top", "1")
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert "/5) in" in first and "top-5" not in first  # --top 1: the figure once
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "through-a-link").symlink_to(image_folder, target_is_directory=True)
+    (image_folder / "loop").symlink_to(image_folder, target_is_directory=True)  # must not loop
+    result = valid(linked, "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert "/4)" in result.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--limit", "0"], "--limit 0: expected a positive number"),
+    (["--limit", "-1290"], "--limit -1290: expected a positive number"),
+    (["--json", "/no/such/folder/r.json"], "cannot write /no/such/folder/r.json: no folder"),
+    (["--json", "/tmp"], "cannot write /tmp: it is a directory"),
+])
+def test_bad_options_fail_before_the_run(tmp_path, args, expected):
+    (tmp_path / "a.list").write_text("x.jpg\n")
+    result = valid(tmp_path / "a.list", *args)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert expected in result.stderr
+
+
+def test_nothing_counted_is_an_error(tmp_path):
+    (tmp_path / "a.list").write_text("no-label.jpg\nn01440764_missing.jpg\n")
+    result = valid(tmp_path / "a.list", "--workers", "0")
+    assert result.returncode == 2, result.stderr
+    assert "no image was counted (1 had no label in their path, 1 could not be read)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@needs_sample
+def test_ctrl_c_with_workers_writes_the_summary_and_exits(tmp_path):
+    # Ctrl-C reaches the whole process group, workers included: they must ignore it, and the
+    # main process must report what it counted and end them (it hung in 2 of 3 runs).
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nets.valid", "cfg/tiny.cfg", "weights/tiny.weights", str(SAMPLE),
+         "--workers", "2", "--batch", "1", "--json", str(tmp_path / "r.json")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    seen = ""
+    while "img" not in seen:  # the progress bar: the workers are decoding
+        seen += process.stderr.read(1)
+        assert seen or process.poll() is None
+    time.sleep(1.5)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted: the summary so far" in stderr and "Traceback" not in seen + stderr
+    assert stdout.startswith("top-1 ")
+    assert json.loads((tmp_path / "r.json").read_text())["counted"] > 0

@@ -7,13 +7,16 @@ sum; the window is clipped to the image once per output pixel, not tested per ce
 import numpy as np
 from numba import njit, prange
 
+LOWEST = np.float32(np.finfo(np.float32).min)  # C's -FLT_MAX
+
 
 @njit(parallel=True, fastmath=True, cache=True)
 def maxpool(x, size, stride, padding):
     """x (N, H, W, C) -> (N, OH, OW, C), OH = (H + padding - size)//stride + 1.
 
     The window of output (i, j) starts at (i*stride - padding//2, j*stride - padding//2);
-    cells outside the image never win (Darknet: -FLT_MAX).
+    cells outside the image count as -FLT_MAX, as in Darknet: never winning, and giving
+    -FLT_MAX (finite) where a window lies wholly in the padding.
     """
     n_images, height, width, channels = x.shape
     out_h = (height + padding - size) // stride + 1
@@ -28,7 +31,7 @@ def maxpool(x, size, stride, padding):
             x0 = max(j * stride - offset, 0)
             x1 = min(j * stride - offset + size, width)
             best = out[n, i, j]
-            best[:] = -np.inf
+            best[:] = LOWEST
             for y in range(y0, y1):
                 for xx in range(x0, x1):
                     cell = x[n, y, xx]

@@ -1,8 +1,9 @@
 // Activations by integer code, in the order of kern.params.ACTIVATIONS.
 #pragma once
 
-// -inf without <math.h>, which NVRTC (cupy.RawModule) does not include.
+// -inf and -FLT_MAX without <math.h> or <float.h>, which NVRTC (cupy.RawModule) does not include.
 #define NEG_INF __int_as_float(0xff800000)
+#define NEG_FLT_MAX __int_as_float(0xff7fffff)
 
 #define ACT_LINEAR 0
 #define ACT_LEAKY 1

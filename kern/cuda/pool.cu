@@ -1,8 +1,9 @@
 // Pooling, NCHW float32.
-#include "activation.cuh"  // NEG_INF
+#include "activation.cuh"  // NEG_FLT_MAX
 
 // Darknet's max pool: one thread per output; the window of output (i, j) starts at
-// (i*stride - pad/2, j*stride - pad/2) with pad the TOTAL padding; outside cells never win.
+// (i*stride - pad/2, j*stride - pad/2) with pad the TOTAL padding; outside cells count as
+// -FLT_MAX, as in Darknet (a window wholly in the padding gives -FLT_MAX).
 extern "C" __global__ void maxpool(
     const float* __restrict__ x, float* __restrict__ y, int planes, int h, int w,
     int size, int stride, int pad, int oh, int ow)
@@ -13,7 +14,7 @@ extern "C" __global__ void maxpool(
     const long long p = idx / ((long long)oh * ow);
     const float* in = x + p * h * w;
     const int y0 = i * stride - pad / 2, x0 = j * stride - pad / 2;
-    float best = NEG_INF;
+    float best = NEG_FLT_MAX;
     for (int ky = 0; ky < size; ++ky) {
         const int yy = y0 + ky;
         if (yy < 0 || yy >= h) continue;

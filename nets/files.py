@@ -1,0 +1,58 @@
+"""Reading what the user names, safely: only regular files, never more than a stated size (a
+cfg path of /dev/zero or a FIFO must not hang or exhaust memory), and user text quoted short
+in error lines."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from kern.errors import KernError
+
+MB = 1 << 20
+
+
+def quote(text: str, limit: int = 60, marks: bool = True) -> str:
+    """repr(text) (without its quote marks if not `marks`), cut to about `limit` characters
+    with its length said where it was cut."""
+    shown = repr(text) if marks else repr(text)[1:-1]
+    if len(shown) <= limit:
+        return shown
+    return f"{shown[:limit]}... ({len(text)} characters)"
+
+
+def regular_file_size(path: str | Path, what: str) -> int:
+    """The size of a regular file; a KernError naming `what` for anything else."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        raise KernError(f"cannot read {what} {path}: {getattr(error, 'strerror', None) or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise KernError(f"cannot read {what} {path}: it is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        raise KernError(f"cannot read {what} {path}: not a regular file")
+    return info.st_size
+
+
+def read_bytes(path: str | Path, what: str, limit: int) -> bytes:
+    """A regular file's bytes; refuses one over `limit` bytes before reading it."""
+    size = regular_file_size(path, what)
+    if size > limit:
+        raise KernError(
+            f"cannot read {what} {path}: {size / MB:.1f} MB, more than any {what} ({limit / MB:.0f} MB)"
+        )
+    try:
+        with open(path, "rb") as file:
+            return file.read(limit + 1)
+    except OSError as error:
+        raise KernError(f"cannot read {what} {path}: {error.strerror}") from None
+
+
+def read_text(path: str | Path, what: str, limit: int) -> str:
+    """A regular file as UTF-8 text (see read_bytes)."""
+    data = read_bytes(path, what, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise KernError(f"cannot read {what} {path}: not UTF-8 text (byte {error.start})") from None
