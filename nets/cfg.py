@@ -59,7 +59,8 @@ class Section:
         return default if option is None else option.value
 
     def _integer(self, key: str, value: str, expected: str) -> int:
-        if not INTEGER.fullmatch(value) or abs(int(value)) >= INT_LIMIT:
+        # int() of a long string is slow (and refused past 4300 digits): length first.
+        if not INTEGER.fullmatch(value) or len(value) > 12 or abs(int(value)) >= INT_LIMIT:
             raise self.error(f"{setting(key, value)}: expected {expected} (below 2^31)", key)
         return int(value)
 

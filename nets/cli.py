@@ -43,7 +43,7 @@ class ArgumentParser(argparse.ArgumentParser):
         )
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
+        print(f"{self.prog}: {one_line(message, 300)} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -71,7 +71,7 @@ def read_data_file(path: str | Path) -> dict[str, str]:
 def data_top(path: str | Path) -> int:
     """`top=` of a .data file (1 where absent, as Darknet): how many classes to print."""
     value = read_data_file(path).get("top", "1")
-    if not value.isascii() or not value.isdigit() or not 1 <= int(value) < 1 << 31:
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or not 1 <= int(value) < 1 << 31:
         raise KernError(f"{path}: top={quote(value, 30, marks=False)}: expected a positive integer")
     return int(value)
 

@@ -57,6 +57,7 @@ activation=leaky
 [maxpool]
 size=2
 stride=2
+padding=1
 
 [convolutional]
 filters=64
@@ -68,7 +69,7 @@ activation=relu
 filters=64
 size=3
 stride=1
-pad=1
+padding=1
 groups=8
 activation=leaky
 
@@ -86,7 +87,7 @@ activation=leaky
 filters=64
 size=3
 stride=2
-pad=1
+padding=1
 groups=4
 activation=leaky
 
@@ -119,7 +120,7 @@ activation=leaky
 filters=64
 size=3
 stride=1
-pad=1
+padding=1
 groups=4
 activation=relu
 
@@ -167,6 +168,7 @@ activation=leaky
 [maxpool]
 size=3
 stride=2
+padding=2
 
 [connected]
 output=32
@@ -196,6 +198,7 @@ SECTIONS = [
     "convolutional", "conv", "maxpool", "avgpool", "route", "shortcut", "connected", "softmax",
     "dropout", "crop", "cost", "yolo", "net", "", "x" * 300,
 ]
+KEYS = ["padding", "pad", "size", "stride", "groups", "filters", "from", "layers", "output", "alpha", "temperature"]
 OPTIONS = ["foo=1", "batch=64", "stopbackward=1", "binary=1", "tree=x", "groups=3", "pad=1"]
 
 
@@ -265,28 +268,36 @@ def corpus(tmp_path_factory):
 # ---- mutations ------------------------------------------------------------------------------
 
 
+def any_value(rnd: random.Random) -> str:
+    """Half the time a small integer (near what layers accept), else anything in VALUES."""
+    return str(rnd.randint(-3, 5)) if rnd.random() < 0.5 else rnd.choice(VALUES)
+
+
 def mutate_cfg(text: str, rnd: random.Random) -> bytes:
     lines = text.splitlines()
-    for _ in range(rnd.randint(1, 3)):
+    for _ in range(rnd.choice([1, 1, 1, 2, 2, 3])):
         choice = rnd.random()
         options = [i for i, line in enumerate(lines) if "=" in line]
         sections = [i for i, line in enumerate(lines) if line.startswith("[")]
         if choice < 0.45 and options:
             i = rnd.choice(options)
             key = lines[i].split("=")[0]
-            value = rnd.choice(["linear", "leaky", "swish", ""]) if key == "activation" else rnd.choice(VALUES)
+            value = rnd.choice(["linear", "leaky", "swish", ""]) if key == "activation" else any_value(rnd)
             lines[i] = f"{key}={value}"
-        elif choice < 0.55 and lines:
+        elif choice < 0.5 and lines:
             del lines[rnd.randrange(len(lines))]
-        elif choice < 0.65 and lines:
+        elif choice < 0.55 and lines:
             i = rnd.randrange(len(lines))
             lines.insert(i, lines[i] if rnd.random() < 0.5 else rnd.choice(OPTIONS))
-        elif choice < 0.72 and len(lines) > 1:
+        elif choice < 0.75 and sections:  # an option a layer reads, with any value
+            i = rnd.choice(sections) + 1
+            lines.insert(i, f"{rnd.choice(KEYS)}={any_value(rnd)}")
+        elif choice < 0.78 and len(lines) > 1:
             i, j = rnd.randrange(len(lines)), rnd.randrange(len(lines))
             lines[i], lines[j] = lines[j], lines[i]
-        elif choice < 0.8 and sections:
+        elif choice < 0.83 and sections:
             lines[rnd.choice(sections[1:] or sections)] = f"[{rnd.choice(SECTIONS)}]"
-        elif choice < 0.86:
+        elif choice < 0.87:
             lines.insert(rnd.randrange(len(lines) + 1), f"[{rnd.choice(SECTIONS)}]")
         elif choice < 0.9:
             lines.append(rnd.choice(["[route]\nlayers=" + rnd.choice(VALUES), "[shortcut]\nfrom=" + rnd.choice(VALUES)]))
@@ -429,6 +440,8 @@ def valid_case(folder: Path, root: Path, images: list[Path], rnd: random.Random)
 
 
 INFO = re.compile(r"(Loading weights from|Random weights|compiling this network|interrupted|.*: Predicted in)")
+TABLE = re.compile(r"(layer +filters|\s*\d+ \w|Total BFLOPs)")
+PROGRESS = re.compile(r".*(\d+%\|.*img|\d+img \[)")  # tqdm's bar
 ERROR = re.compile(r"(error: |python -m nets\.\w+: )")
 PERCENT = re.compile(r"(\S+)%")
 
@@ -436,66 +449,90 @@ PERCENT = re.compile(r"(\S+)%")
 def verdict(case: dict, result: dict, folder: Path) -> str | None:
     """None if the case ended as it must, else what went wrong."""
     if result.get("hang"):
-        return f"hung (killed after {TIMEOUT:.0f} s)"
+        return f"hung (killed after {case['timeout']:.0f} s)"
     status = result["status"]
     if status < 0:
         return f"killed by signal {-status}"
     stdout = (folder / "stdout").read_text(errors="replace")
     stderr = (folder / "stderr").read_text(errors="replace")
-    if status not in (0, 2):
-        return f"exit status {status}: {stderr[-2000:]}"
     if "Traceback" in stderr or "Warning" in stderr:
         return f"traceback or warning on stderr: {stderr[-2000:]}"
-    lines = [line.split("\r")[-1] for line in stderr.splitlines()]
-    if status == 2:
-        errors = [line for line in lines if ERROR.match(line)]
-        if not errors or any(len(line) > 1200 for line in errors):
-            return f"exit 2 without a one-line error: {stderr[-2000:]}"
-        if case["tool"] == "valid" and len(errors) != 1:
-            return f"exit 2 with {len(errors)} error lines: {stderr[-2000:]}"
-        stray = [line for line in lines if line and not ERROR.match(line) and not INFO.match(line)
-                 and "img" not in line and "usage:" not in line and not line.startswith(" ")]
-        if stray and case["tool"] == "predict" and "--quiet" in case["argv"]:
-            return f"exit 2 with other lines on stderr: {stray[:3]}"
+    if status not in (0, 2):
+        return f"exit status {status}: {stderr[-2000:]}"
+    lines = [line.split("\r")[-1] for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if ERROR.match(line)]
+    stray = [line for line in lines if not any(p.match(line) for p in (ERROR, INFO, TABLE, PROGRESS))]
+    if stray:
+        return f"other lines on stderr: {stray[:3]}"
+    if status == 2 and (not errors or any(len(line) > 1200 for line in errors)):
+        return f"exit 2 without a one-line error: {stderr[-2000:]}"
+    if case["tool"] == "valid" and len(errors) > 1:
+        return f"{len(errors)} error lines: {stderr[-2000:]}"
     for value in PERCENT.findall(stdout):
-        if not re.fullmatch(r"\d+\.\d\d", value):
+        if not re.fullmatch(r"-?\d+\.\d\d", value):  # finite (a cfg without softmax: negative)
             return f"a non-finite or odd percentage {value!r}: {stdout[-500:]}"
     return None
 
 
-def test_fuzz_predict_and_valid(corpus, tmp_path):
+def fuzz(corpus, tmp_path: Path, cases: int, seed: int, plant: str | None = None, timeout: float = TIMEOUT):
+    """Run `cases` cases through one fork server; (failures, outcomes). With a planted bug,
+    stop at the first failure."""
     root, images, _ = corpus
     keep = os.environ.get("KERN_FUZZ_KEEP")
-    log = open(os.environ["KERN_FUZZ_LOG"], "w") if os.environ.get("KERN_FUZZ_LOG") else None
+    log = open(os.environ["KERN_FUZZ_LOG"], "w") if os.environ.get("KERN_FUZZ_LOG") and not plant else None
     server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "fuzz_server.py")], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        [sys.executable, str(REPO / "tests" / "fuzz_server.py"), *(["--plant", plant] if plant else [])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
     )
     failures, outcomes = [], Counter()
     try:
-        for number in range(CASES):
-            rnd = random.Random(f"{SEED}:{number}")
+        for number in range(cases):
+            rnd = random.Random(f"{seed}:{number}")
             folder = tmp_path / f"case{number}"
             folder.mkdir()
             make = predict_case if rnd.random() < 0.7 else valid_case
-            case = make(folder, root, images, rnd) | {"cwd": str(folder), "timeout": TIMEOUT}
+            case = make(folder, root, images, rnd) | {"cwd": str(folder), "timeout": timeout}
             server.stdin.write(json.dumps(case) + "\n")
             server.stdin.flush()
             result = json.loads(server.stdout.readline())
             problem = verdict(case, result, folder)
             outcomes[(case["tool"], result.get("status"))] += 1
             if log:
-                first = (folder / "stderr").read_text(errors="replace").strip().splitlines()[-1:] if not result.get("hang") else ["HANG"]
-                log.write(f"{number}\t{case['tool']}\t{result.get('status')}\t{first}\n")
+                stderr = (folder / "stderr").read_text(errors="replace").strip().splitlines()[-1:]
+                log.write(f"{number}\t{case['tool']}\t{result.get('status')}\t{stderr}\n")
             if problem:
                 failures.append(f"case {number} ({case['tool']} {case['argv']}): {problem}")
                 if keep:
                     shutil.copytree(folder, Path(keep) / f"case{number}", dirs_exist_ok=True)
             shutil.rmtree(folder, ignore_errors=True)
+            if plant and failures:
+                break
     finally:
         server.stdin.close()
         server.wait(timeout=60)
+        if log:
+            log.close()
+    return failures, outcomes
+
+
+def test_fuzz_predict_and_valid(corpus, tmp_path):
+    failures, outcomes = fuzz(corpus, tmp_path, CASES, SEED)
     print(f"\nfuzz: {CASES} cases from seed {SEED}: " + ", ".join(
         f"{tool} exit {status}: {count}" for (tool, status), count in sorted(outcomes.items(), key=str)
     ))
     assert not failures, f"{len(failures)} of {CASES} cases failed:\n" + "\n".join(failures[:20])
+
+
+@pytest.mark.parametrize("plant,expected", [
+    ("letterbox-sliver", "traceback"),
+    ("decoder-errors", "traceback"),
+    ("negative-padding", "traceback|signal"),
+    ("hang", "hung"),
+    ("warning", "warning"),
+    ("nan-output", "non-finite"),
+    ("two-line-error", "other lines|error lines"),
+])
+def test_fuzz_catches_planted_bugs(corpus, tmp_path, plant, expected):
+    failures, _ = fuzz(corpus, tmp_path, 400, seed=SEED, plant=plant, timeout=8)
+    assert failures, f"the planted bug {plant} went unnoticed in 400 cases"
+    assert re.search(expected, failures[0]), failures[0]

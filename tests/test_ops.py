@@ -310,3 +310,16 @@ def test_permuted_channels_read_a_permuted_input(rng):
     permuted = cpu_conv.permute_channels(packed, 3, order)
     got = cpu_conv.conv2d_gemm(np.ascontiguousarray(nhwc[..., order]), permuted, bias, 24, 3, 2, 1, 1)
     assert_close(got, plain, 1e-6)
+
+
+@pytest.mark.parametrize("size,stride,padding", [(3, 1, -1), (0, 1, 0), (2, 0, 0)])
+def test_cpu_refuses_windows_its_kernels_cannot_index(cpu, size, stride, padding):
+    # Numba does no bounds checks: a negative padding wrote before a buffer (issue 13).
+    from kern.errors import KernError
+
+    weights = np.ones((8, 3, max(size, 1), max(size, 1)), dtype=np.float32)
+    with pytest.raises(KernError, match="expected 1, 1 and 0 or more"):
+        cpu.prepare_conv(weights[..., :size, :size] if size else weights[..., :0, :0], np.zeros(8, np.float32),
+                         None, stride=stride, padding=padding, groups=1, activation="linear")
+    with pytest.raises(KernError, match="expected 1, 1 and 0 or more"):
+        cpu.maxpool(cpu.asarray(np.ones((1, 3, 4, 4), np.float32)), size=size, stride=stride, padding=padding)

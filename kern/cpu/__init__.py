@@ -29,6 +29,11 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 
+def _check_window(size: int, stride: int, padding: int) -> None:
+    if size < 1 or stride < 1 or padding < 0:
+        raise KernError(f"size {size}, stride {stride}, padding {padding}: expected 1, 1 and 0 or more")
+
+
 @dataclass(frozen=True)
 class CpuConv:
     packed: np.ndarray  # conv.pack_weights (panels of 16 filters) or grouped.pack_lane_weights
@@ -79,6 +84,7 @@ class CpuBackend:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
+        _check_window(weights.shape[-1], stride, padding)  # the kernels index without bounds checks
         w, b = fold_batchnorm(weights, bias, bn)
         filters, group_channels, ksize, _ = w.shape
         in_lanes = grouped.lane_groups_fit(groups, group_channels, filters // groups)
@@ -172,6 +178,7 @@ class CpuBackend:
         return connected(x, fc.packed, fc.bias, fc.outputs, fc.act)
 
     def maxpool(self, x, *, size, stride, padding):
+        _check_window(size, stride, padding)
         self._use_threads()
         return pool.maxpool(x, size, stride, padding)
 
