@@ -91,11 +91,13 @@ BACKENDS = {
     "ref": "kern.ref:RefBackend",
     "cpu": "kern.cpu:CpuBackend",
     "cuda": "kern.cuda.backend:CudaBackend",
+    "cudasim": "kern.cudasim:CudasimBackend",
 }
 
 
 def get_backend(name: str, **options: Any) -> Backend:
-    """Make the backend called `name` ('ref', 'cpu', 'cuda'); raises KernError if unavailable."""
+    """Make the backend called `name` ('ref', 'cpu', 'cuda', 'cudasim'); raises KernError if
+    unavailable."""
     if name not in BACKENDS:
         raise KernError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
     module_name, class_name = BACKENDS[name].split(":")

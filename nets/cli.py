@@ -18,6 +18,17 @@ COMPILE_NOTICE = (
     "compiling this network's kernels (first run only: 10-40 s on 2 cores; "
     "later runs load them from Numba's cache in about a second)..."
 )
+SLOW_NOTICES = {
+    "cpu": COMPILE_NOTICE,
+    "ref": "the NumPy reference backend runs the plain loops: seconds per image...",
+    "cudasim": "cudasim runs the CUDA kernels on the CPU, every launch twice (the race check): "
+    "10-20 s per 224 x 224 image for tiny on 2 cores, minutes for the large networks...",
+}
+
+
+def slow_notice(backend: str) -> str:
+    """What to say when the first pass on this backend takes long."""
+    return SLOW_NOTICES.get(backend, f"running the first pass on {backend}...")
 
 
 class _ShowDefaults(argparse.HelpFormatter):

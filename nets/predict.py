@@ -8,6 +8,7 @@ name of a shipped cfg (`--list` shows them). With a cfg but no image it asks
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -118,9 +119,10 @@ def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]
             print(file=sys.stderr)  # the error goes on a line of its own
             raise
         print("Done!", file=sys.stderr)
-    with cli.notice_if_slow(cli.COMPILE_NOTICE):
+    with cli.notice_if_slow(cli.slow_notice(args.backend)):
         net = Network(spec, values, backend, names)
-        net.warm_up()  # so "Predicted in" times the network alone
+        if args.backend in ("cpu", "cuda"):  # compiled code loaded, so "Predicted in" times the network
+            net.warm_up()
     return net
 
 
@@ -167,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     net = load_network(args, spec, weights, names)
     failed = 0
     try:
-        for path in images or ask_paths():
+        for number, path in enumerate(images or ask_paths()):
+            # Simulated and reference backends have no warm-up: say why the first image takes long.
+            slow = number == 0 and args.backend not in ("cpu", "cuda")
             try:
-                predict_one(net, path, top, args)
+                with cli.notice_if_slow(cli.slow_notice(args.backend)) if slow else contextlib.nullcontext():
+                    predict_one(net, path, top, args)
             except KernError as error:  # one bad image (or a typo at the prompt) stops nothing
                 print(f"error: {cli.one_line(str(error))}", file=sys.stderr)
                 failed += 1

@@ -228,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         raise KernError(f"{args.source}: no images found")
     random = args.weights == "random"
-    with cli.notice_if_slow(cli.COMPILE_NOTICE):
+    with cli.notice_if_slow(cli.slow_notice(args.backend)):
         net = nets.load(
             args.cfg, None if random else args.weights, random_seed=0 if random else None,
             backend=args.backend, threads=args.threads,
         )
-        net.warm_up()
+        if args.backend in ("cpu", "cuda"):  # compiled code loaded, so the rate is the network's
+            net.warm_up()
     _, height, width = net.input_shape
     tally = Tally(args.top)
     labelled: list[tuple[str, int]] = []  # in list order, repeats included

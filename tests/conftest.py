@@ -31,10 +31,16 @@ def backend_or_skip(name: str):
         pytest.skip(str(error))
 
 
-@pytest.fixture(scope="session", params=["cpu", "cuda"])
+@pytest.fixture(scope="session", params=["cpu", "cuda", "cudasim"])
 def fast(request):
-    """Each fast backend in turn; cuda skips (with the reason) where there is no cupy or GPU."""
+    """Each fast backend in turn; cuda skips (with the reason) where there is no cupy or GPU,
+    cudasim (the CUDA backend's kernels on the CPU) where there is no C++ compiler."""
     return backend_or_skip(request.param)
+
+
+@pytest.fixture(scope="session")
+def cudasim():
+    return backend_or_skip("cudasim")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,280 @@
+"""The part of CuPy that kern/cuda/backend.py uses, on the CPU: device arrays and RawModule.
+
+- Device memory: every allocation is an anonymous mapping whose data ends exactly where a
+  guard page (no access) begins, so a kernel that reads or writes past the end of an array
+  faults, and the fault is reported as "N bytes past the end of argument k (name)". New
+  arrays (`empty`) are filled with NaN bytes: an element no kernel wrote shows up as NaN.
+- RawModule(code, options).get_function(name)(grid, block, args, shared_mem=0) compiles the
+  CUDA C with kern/cudasim/compiler.py and launches through cudasim_launch. Each argument is
+  checked against the kernel's parameter: CuPy turns a Python float into a double and a Python
+  int into a 64-bit integer, which a kernel taking `float` or `int` would misread; here they
+  are refused. CUDA's launch limits are checked.
+- Races: every launch runs twice, its threads and blocks in forward and then in reverse order,
+  from the same inputs; the arrays it was given must come out byte for byte the same.
+  KERN_CUDASIM_ORDERS=1 runs forward only (half the time; no race check).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kern.cudasim.compiler import Kernel, build, kernels_of, source_line, static_shared_bytes
+
+float32 = np.float32
+PAGE = mmap.PAGESIZE
+MAX_THREADS = 1024
+MAX_STATIC_SHARED = 48 * 1024
+SIGNALS = {11: "invalid memory access", 7: "bus error", 4: "out-of-bounds index", 8: "arithmetic fault"}
+
+
+class CudasimError(RuntimeError):
+    """A kernel bug found by cudasim: names the kernel, block, thread and, where known, the line."""
+
+
+class Allocation:
+    """`nbytes` of memory that end where a guard page begins."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        data_pages = -(-max(nbytes, 1) // PAGE) * PAGE
+        self.map = mmap.mmap(-1, data_pages + PAGE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        self.end = base + data_pages
+        self.start = self.end - nbytes
+        if _libc.mprotect(ctypes.c_void_p(self.end), ctypes.c_size_t(PAGE), 0) != 0:
+            raise OSError(ctypes.get_errno(), "mprotect")
+        self.offset = data_pages - nbytes
+
+    def view(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        count = int(np.prod(shape))
+        return np.frombuffer(self.map, dtype=dtype, count=count, offset=self.offset).reshape(shape)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class ndarray:
+    """A C-contiguous device array: host memory behind a guard page."""
+
+    def __init__(
+        self, shape: tuple[int, ...], dtype: Any = np.float32, *, allocation: Allocation | None = None
+    ) -> None:
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(s) for s in shape)
+        self.size = int(np.prod(self.shape))
+        self.allocation = allocation or Allocation(self.size * self.dtype.itemsize)
+        self.host = self.allocation.view(self.dtype, self.shape)  # the same memory, as NumPy
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def data_ptr(self) -> int:
+        return self.allocation.start
+
+    def reshape(self, *shape: Any) -> ndarray:
+        if len(shape) == 1 and isinstance(shape[0], tuple):
+            shape = shape[0]
+        return ndarray(self.host.reshape(shape).shape, self.dtype, allocation=self.allocation)
+
+    def __repr__(self) -> str:
+        return f"cudasim.ndarray(shape={self.shape}, dtype={self.dtype})"
+
+
+def empty(shape: Any, dtype: Any = np.float32) -> ndarray:
+    """Poisoned: every byte 0xff (NaN as float32)."""
+    array = ndarray(shape if isinstance(shape, tuple) else (shape,), dtype)
+    array.host.view(np.uint8).reshape(-1)[:] = 0xFF
+    return array
+
+
+def empty_like(other: ndarray) -> ndarray:
+    return empty(other.shape, other.dtype)
+
+
+def asarray(x: Any, dtype: Any = None) -> ndarray:
+    if isinstance(x, ndarray) and (dtype is None or np.dtype(dtype) == x.dtype):
+        return x
+    host = np.ascontiguousarray(x.host if isinstance(x, ndarray) else x, dtype=dtype)
+    array = ndarray(host.shape, host.dtype)
+    array.host[...] = host
+    return array
+
+
+def ascontiguousarray(x: Any, dtype: Any = None) -> ndarray:
+    return asarray(x, dtype)
+
+
+def asnumpy(x: ndarray) -> np.ndarray:
+    return np.array(x.host, copy=True)
+
+
+class _Runtime:
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    @staticmethod
+    def getDeviceCount() -> int:  # noqa: N802 - CuPy's name
+        return 1
+
+
+class cuda:  # noqa: N801 - CuPy's name
+    runtime = _Runtime
+
+
+@dataclass
+class _Library:
+    path: Path
+    handle: ctypes.CDLL
+    kernels: dict[str, Kernel]
+    shared: dict[str, int]
+
+
+class RawModule:
+    """CuPy's RawModule: CUDA C compiled once (cudasim: by the C++ compiler, cached on disk)."""
+
+    def __init__(self, code: str, options: tuple[str, ...] = (), name: str = "module.cu") -> None:
+        name = _source_name(code, name)
+        path = build(code, name, tuple(o for o in options if o.startswith(("-I", "-D"))))
+        handle = ctypes.CDLL(str(path))
+        handle.cudasim_launch.restype = ctypes.c_int
+        self.library = _Library(path, handle, {k.name: k for k in kernels_of(code)}, static_shared_bytes(path))
+        self.name = name
+
+    def get_function(self, name: str) -> Function:
+        if name not in self.library.kernels:
+            raise AttributeError(f"cudasim: no kernel {name!r} in {self.name}")
+        return Function(self.library, self.library.kernels[name], self.name)
+
+
+def _source_name(code: str, default: str) -> str:
+    """The .cu file this code came from, for messages (its first comment names no file: use
+    the kern/cuda file with the same text, else the default)."""
+    folder = Path(__file__).resolve().parent.parent / "cuda"
+    for path in sorted(folder.glob("*.cu")):
+        if path.read_text() == code:
+            return path.name
+    return default
+
+
+class Function:
+    def __init__(self, library: _Library, kernel: Kernel, source: str) -> None:
+        self.library, self.kernel, self.source = library, kernel, source
+        self.address = ctypes.cast(getattr(library.handle, f"__cudasim_call_{kernel.name}"), ctypes.c_void_p)
+
+    def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+        grid3, block3 = _dims(grid), _dims(block)
+        self._check_limits(grid3, block3, shared_mem)
+        values, keep = self._pack(args)
+        arrays = [a for a in args if isinstance(a, ndarray)]
+        orders = 1 if os.environ.get("KERN_CUDASIM_ORDERS") == "1" else 2
+        if orders == 1:
+            self._launch(grid3, block3, shared_mem, values, reverse=False, args=args)
+            return
+        before = [a.host.copy() for a in arrays]
+        self._launch(grid3, block3, shared_mem, values, reverse=False, args=args)
+        forward = [a.host.copy() for a in arrays]
+        for array, saved in zip(arrays, before):
+            array.host[...] = saved
+        self._launch(grid3, block3, shared_mem, values, reverse=True, args=args)
+        for array, first in zip(arrays, forward):
+            now, then = array.host.reshape(-1).view(np.uint8), first.reshape(-1).view(np.uint8)
+            if not np.array_equal(now, then):
+                differ = np.flatnonzero(now != then)
+                element = int(differ[0]) // array.dtype.itemsize
+                position = [i for i, a in enumerate(args) if a is array][0]
+                raise CudasimError(
+                    f"{self.kernel.name} ({self.source}): a race: argument {position} "
+                    f"({self.kernel.params[position].name}) differs at element {element} between "
+                    f"threads run in forward and in reverse order ({first.reshape(-1)[element]} vs "
+                    f"{array.host.reshape(-1)[element]}): a missing __syncthreads?"
+                )
+        del keep
+
+    def _check_limits(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int) -> None:
+        name = self.kernel.name
+        threads = block[0] * block[1] * block[2]
+        if not 1 <= threads <= MAX_THREADS or block[2] > 64 or min(block) < 1:
+            raise CudasimError(f"{name}: block {block}: at most {MAX_THREADS} threads (z <= 64), at least 1")
+        if not 1 <= grid[0] < 2**31 or not 1 <= grid[1] <= 65535 or not 1 <= grid[2] <= 65535:
+            raise CudasimError(f"{name}: grid {grid}: x in 1..2^31-1, y and z in 1..65535")
+        static = self.library.shared.get(name, 0)
+        if static > MAX_STATIC_SHARED:
+            raise CudasimError(f"{name}: {static} bytes of static __shared__ memory, more than 48 KiB")
+        if static + shared > 227 * 1024:
+            raise CudasimError(f"{name}: {static + shared} bytes of shared memory, more than a Hopper SM has")
+
+    def _pack(self, args: tuple) -> tuple[Any, list]:
+        params = self.kernel.params
+        if len(args) != len(params):
+            raise CudasimError(f"{self.kernel.name}: {len(args)} arguments for {len(params)} parameters")
+        keep, pointers = [], (ctypes.c_void_p * len(args))()
+        for i, (arg, param) in enumerate(zip(args, params)):
+            where = f"{self.kernel.name}: argument {i} ({param.ctype} {param.name})"
+            if param.pointer:
+                if not isinstance(arg, ndarray):
+                    raise CudasimError(f"{where}: expected a device array, got {type(arg).__name__}")
+                if param.dtype != "void" and arg.dtype != np.dtype(param.dtype):
+                    raise CudasimError(f"{where}: expected a {param.dtype} array, got {arg.dtype}")
+                value = ctypes.c_void_p(arg.data_ptr)
+            else:
+                if isinstance(arg, (bool, int, float)) and not isinstance(arg, np.generic):
+                    cupy_type = "a double" if isinstance(arg, float) else "a 64-bit integer"
+                    raise CudasimError(
+                        f"{where}: a Python {type(arg).__name__} is passed as {cupy_type} by CuPy, which "
+                        f"this kernel would misread: pass numpy.{param.dtype}"
+                    )
+                if not isinstance(arg, np.generic) or arg.dtype != np.dtype(param.dtype):
+                    raise CudasimError(f"{where}: expected numpy.{param.dtype}, got {type(arg).__name__}")
+                value = np.ctypeslib.as_ctypes(np.array(arg))
+            keep.append(value)
+            pointers[i] = ctypes.cast(ctypes.pointer(value), ctypes.c_void_p)
+        return pointers, keep
+
+    def _launch(self, grid, block, shared, values, reverse: bool, args: tuple) -> None:
+        error = ctypes.create_string_buffer(1024)
+        fault = (ctypes.c_longlong * 10)()
+        status = self.library.handle.cudasim_launch(
+            self.address, values, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
+            ctypes.c_size_t(shared), int(reverse), error, ctypes.c_size_t(len(error)), fault,
+        )
+        order = " (threads in reverse order)" if reverse else ""
+        if status == 1:
+            raise CudasimError(f"{self.kernel.name} ({self.source}){order}: {error.value.decode()}")
+        if status == 2:
+            raise CudasimError(f"{self.kernel.name} ({self.source}){order}: {self._fault(fault, args)}")
+
+    def _fault(self, fault, args: tuple) -> str:
+        signal, address, offset = fault[0], fault[1] & (2**64 - 1), fault[2]
+        where = source_line(self.library.path, offset)
+        at = f" at {where}" if where else ""
+        who = f"block ({fault[3]}, {fault[4]}, {fault[5]}), thread ({fault[6]}, {fault[7]}, {fault[8]})"
+        if signal == 4:
+            return f"{who}: out-of-bounds index into a shared or local array{at}"
+        if signal == 11 and fault[9]:
+            return f"{who}: stack overflow{at}"
+        if signal == 11:
+            for i, arg in enumerate(args):
+                if isinstance(arg, ndarray) and arg.allocation.end <= address < arg.allocation.end + PAGE:
+                    past = address - arg.allocation.end + 1
+                    name = self.kernel.params[i].name
+                    unit = "byte" if past == 1 else "bytes"
+                    return f"{who}: an access {past} {unit} past the end of argument {i} ({name}){at}"
+        return f"{who}: {SIGNALS.get(signal, f'signal {signal}')} at address {address:#x}{at}"
+
+
+def _dims(value: Any) -> tuple[int, int, int]:
+    dims = tuple(int(v) for v in (value if isinstance(value, tuple) else (value,)))
+    return (dims + (1, 1, 1))[:3]

@@ -1,0 +1,165 @@
+"""cudasim finds kernel bugs: each planted bug below (a copy of a real kern/cuda kernel with one
+mistake, or a mistake in how the backend launches it) must be caught, as an error that names
+what went wrong, or as an output that differs from the reference or is NaN (unwritten memory
+is NaN on cudasim). The same ops pass unplanted (test_ops.py, the `fast` fixture)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kern.cuda.sources import FOLDER, compile_options
+from kern.errors import KernError
+from tests.conftest import assert_close
+
+cudasim = pytest.importorskip("kern.cudasim", reason="no C++ compiler for cudasim")
+from kern.cudasim.device import CudasimError, RawModule  # noqa: E402
+
+
+def planted(backend, source: str, old: str, new: str, count: int = 1):
+    """The backend with `source` compiled from a copy where `old` became `new` (the count-th
+    occurrence; 0: every one)."""
+    code = (FOLDER / source).read_text()
+    assert old in code, old
+    if count == 0:
+        changed = code.replace(old, new)
+    else:
+        at = -1
+        for _ in range(count):
+            at = code.index(old, at + 1)
+        changed = code[:at] + new + code[at + len(old):]
+    backend._modules[source] = RawModule(code=changed, options=compile_options(), name=f"{source} (planted)")
+    return backend
+
+
+def conv(backend, ref, rng, filters=40, shape=(2, 16, 13, 11), stride=1, padding=1):
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((filters, shape[1], 3, 3)).astype(np.float32)
+    b = rng.standard_normal(filters).astype(np.float32)
+    options = dict(stride=stride, padding=padding, groups=1, activation="leaky")
+    expected = ref.conv2d(ref.asarray(x), ref.prepare_conv(w, b, None, **options))
+    return backend.to_numpy(backend.conv2d(backend.asarray(x), backend.prepare_conv(w, b, None, **options))), expected
+
+
+def maxpool(backend, ref, rng):
+    x = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
+    options = dict(size=3, stride=2, padding=2)
+    return backend.to_numpy(backend.maxpool(backend.asarray(x), **options)), ref.maxpool(ref.asarray(x), **options)
+
+
+def avgpool(backend, ref, rng):
+    x = rng.standard_normal((2, 5, 7, 9)).astype(np.float32)  # 63 pixels: most of 256 threads idle
+    return backend.to_numpy(backend.avgpool(backend.asarray(x))), ref.avgpool(ref.asarray(x))
+
+
+def softmax(backend, ref, rng):
+    x = (3 * rng.standard_normal((2, 100, 1, 1))).astype(np.float32)
+    options = dict(groups=1, temperature=1.0)
+    return backend.to_numpy(backend.softmax(backend.asarray(x), **options)), ref.softmax(ref.asarray(x), **options)
+
+
+def shortcut(backend, ref, rng):
+    x = rng.standard_normal((2, 8, 5, 5)).astype(np.float32)
+    source = rng.standard_normal((2, 6, 10, 10)).astype(np.float32)
+    options = dict(alpha=0.5, beta=1.5, activation="leaky")
+    expected = ref.shortcut(ref.asarray(x), ref.asarray(source), **options)
+    return backend.to_numpy(backend.shortcut(backend.asarray(x), backend.asarray(source), **options)), expected
+
+
+GEMM_SYNC = "__syncthreads();"
+BUGS = {
+    # name: (source, old, new, occurrence, op, what the report must say if it is an error)
+    "gemm: first __syncthreads removed": ("conv.cu", GEMM_SYNC, "", 1, conv, "race"),
+    "gemm: second __syncthreads removed": ("conv.cu", GEMM_SYNC, "", 2, conv, "race"),
+    "gemm: shared tile one element short": (
+        "conv.cu", "a_tile[TILE_K][TILE_M];", "a_tile[TILE_K][TILE_M - 1];", 1, conv, "out-of-bounds index",
+    ),
+    "gemm: tile-load loop <=": (
+        "conv.cu", "i < TILE_M * TILE_K;", "i <= TILE_M * TILE_K;", 1, conv, "out-of-bounds index",
+    ),
+    "gemm: pixel guard of the store removed": (
+        "conv.cu", "if (p >= pixels) continue;", "", 1, conv, "past the end of argument 3 (y)",
+    ),
+    "direct: bounds check > instead of >=": (
+        "conv.cu", "if (idx >= (long long)n * f * oh * ow) return;", "if (idx > (long long)n * f * oh * ow) return;",
+        1, lambda b, r, g: conv(b, r, g, filters=5), "past the end of argument",
+    ),
+    "direct: column check > instead of >=": (
+        "conv.cu", "ix >= wd", "ix > wd", 1, lambda b, r, g: conv(b, r, g, filters=5), "past the end",
+    ),
+    "softmax: early return before a barrier": (
+        "elementwise.cu", "    __shared__ float partial[256];\n", "    __shared__ float partial[256];\n    if (threadIdx.x >= width) return;\n",
+        1, softmax, "barrier divergence",
+    ),
+    "softmax: the max reduction's barrier removed": (
+        "elementwise.cu", "            partial[threadIdx.x] = fmaxf(partial[threadIdx.x], partial[threadIdx.x + half]);\n        __syncthreads();",
+        "            partial[threadIdx.x] = fmaxf(partial[threadIdx.x], partial[threadIdx.x + half]);", 1, softmax, "race",
+    ),
+    "avgpool: shared memory left unwritten for idle threads": (
+        "pool.cu", "    partial[threadIdx.x] = sum;", "    if (threadIdx.x < hw) partial[threadIdx.x] = sum;", 1, avgpool, "",
+    ),
+    "avgpool: the reduction's barrier removed": (
+        "pool.cu", "partial[threadIdx.x + half];\n        __syncthreads();", "partial[threadIdx.x + half];", 1, avgpool, "race",
+    ),
+    "avgpool: a barrier in a divergent branch": (
+        "pool.cu", "    partial[threadIdx.x] = sum;\n    __syncthreads();", "    partial[threadIdx.x] = sum;\n    if (threadIdx.x < 128) __syncthreads();",
+        1, avgpool, "barrier divergence",
+    ),
+    "maxpool: row check dropped": ("pool.cu", "if (yy < 0 || yy >= h) continue;", "if (yy < 0) continue;", 1, maxpool, ""),
+}
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_planted_kernel_bug_is_caught(rng, ref64, bug):
+    source, old, new, occurrence, op, report = BUGS[bug]
+    backend = planted(cudasim.CudasimBackend(), source, old, new, occurrence)
+    try:
+        got, expected = op(backend, ref64, rng)
+    except (CudasimError, KernError) as error:
+        assert report in str(error), str(error)
+        return
+    with pytest.raises(AssertionError):  # a wrong or NaN (unwritten) output
+        assert_close(got, expected)
+
+
+def test_grid_one_block_short_leaves_nan(rng, ref64, monkeypatch):
+    backend = cudasim.CudasimBackend()
+    grid = cudasim._cuda._grid
+    monkeypatch.setattr(cudasim._cuda, "_grid", lambda count: (grid(count)[0] - 1,))
+    got, expected = shortcut(backend, ref64, rng)
+    assert np.isnan(got).any() and not np.isnan(got).all()
+
+
+@pytest.mark.parametrize("value,kind", [(0.5, "a Python float is passed as a double"), (np.float64(0.5), "expected numpy.float32"),
+                                         (2, "a Python int is passed as a 64-bit integer")])
+def test_mistyped_scalar_argument_is_refused(rng, value, kind):
+    backend = cudasim.CudasimBackend()
+    x = backend.asarray(rng.standard_normal((1, 2, 3, 3)).astype(np.float32))
+    y = backend.asarray(np.zeros((1, 2, 3, 3), np.float32))
+    kernel = backend._kernel("elementwise.cu", "shortcut")
+    dims = [np.int32(v) for v in (1, 2, 3, 3, 2, 3, 3)]
+    alpha = value if isinstance(value, float | np.floating) else np.float32(1)
+    act = value if isinstance(value, int) else np.int32(0)
+    with pytest.raises(CudasimError, match=kind):
+        kernel((1,), (32,), (x, x, y, *dims, alpha, np.float32(1), act))
+
+
+def test_errors_name_kernel_block_thread_and_line(rng, ref64):
+    backend = planted(cudasim.CudasimBackend(), "conv.cu", "a_tile[TILE_K][TILE_M];", "a_tile[TILE_K][TILE_M - 1];")
+    with pytest.raises(CudasimError) as caught:
+        conv(backend, ref64, rng)
+    message = str(caught.value)
+    assert message.startswith("conv2d_implicit_gemm (conv.cu (planted))")
+    assert "block (" in message and "thread (" in message
+    line = next(i for i, text in enumerate((FOLDER / "conv.cu").read_text().splitlines(), 1) if "a_tile[kk][m] =" in text)
+    assert f"conv.cu (planted):{line}" in message or f":{line}" in message
+
+
+def test_launch_limits_are_checked(rng):
+    backend = cudasim.CudasimBackend()
+    x = backend.asarray(np.zeros(4, np.float32))
+    kernel = backend._kernel("elementwise.cu", "activate_all")
+    with pytest.raises(CudasimError, match="at most 1024 threads"):
+        kernel((1,), (1025,), (x, x, np.int64(4), np.int32(0)))
+    with pytest.raises(CudasimError, match="y and z in 1..65535"):
+        kernel((1, 65536), (32,), (x, x, np.int64(4), np.int32(0)))
