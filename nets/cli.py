@@ -22,7 +22,7 @@ SLOW_NOTICES = {
     "cpu": COMPILE_NOTICE,
     "ref": "the NumPy reference backend runs the plain loops: seconds per image...",
     "cudasim": "cudasim runs the CUDA kernels on the CPU, every launch twice (the race check): "
-    "10-20 s per 224 x 224 image for tiny on 2 cores, minutes for the large networks...",
+    "2-5 s per 224 x 224 image for tiny on 2 cores, minutes for the large networks...",
 }
 
 

@@ -11,7 +11,8 @@ namespace cudasim {
 inline void fiber_main() {
     launch->trampoline(launch->args);
     current->state = DONE;
-    swapcontext(&current->context, &launch->scheduler);
+    switch_to(&current->context, &launch->scheduler);
+    abort();  // never resumed
 }
 
 inline void on_fault(int signal, siginfo_t* info, void* context) {
@@ -136,18 +137,15 @@ inline bool run_block() {
         f.index = i;
         f.thread = {i % l->block.x, (i / l->block.x) % l->block.y, i / (l->block.x * l->block.y)};
         f.state = READY;
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = l->stacks + (size_t)i * l->stack_size + 4096;  // above its guard
-        f.context.uc_stack.ss_size = l->stack_size - 4096;
-        f.context.uc_link = nullptr;
-        makecontext(&f.context, fiber_main, 0);
+        // Each stack sits above its guard page.
+        start_context(&f.context, l->stacks + (size_t)i * l->stack_size + 4096, l->stack_size - 4096, fiber_main);
     }
     for (;;) {
         for (int k = 0; k < l->threads; ++k) {
             Fiber& f = l->fibers[l->reverse ? l->threads - 1 - k : k];
             if (f.state != READY) continue;
             current = &f;
-            swapcontext(&l->scheduler, &f.context);
+            switch_to(&l->scheduler, &f.context);
             if (l->error[0]) return false;
         }
         current = nullptr;
