@@ -73,7 +73,7 @@ def test_conv_matches_ref(rng, fast, ref64, shape, activation):
     assert_close(got, expected)
 
 
-@pytest.mark.parametrize("shape", [CONV_SHAPES[i] for i in (1, 2, 6, 0, 15)], ids=str)
+@pytest.mark.parametrize("shape", [CONV_SHAPES[i] for i in (1, 2, 6, 0, 15, 12, 13)], ids=str)  # 12, 13: CUDA's GEMM
 def test_conv_with_fused_residual_matches_ref(rng, fast, ref64, shape):
     x, weights, bias, bn, options = random_conv(rng, shape, "linear")
     expected_conv = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))

@@ -72,13 +72,17 @@ class CudaBackend:
         return CudaConv(cupy.asarray(w), cupy.asarray(b), stride, padding, groups, activation_code(activation))
 
     def conv2d(self, x: cupy.ndarray, conv: CudaConv) -> cupy.ndarray:
+        return self._conv(x, conv, None, -1)
+
+    def _conv(self, x: cupy.ndarray, conv: CudaConv, residual: cupy.ndarray | None, res_act: int):
         n, c, h, w = x.shape
         f, _, k, _ = conv.weights.shape
         oh = conv_output_size(h, k, conv.stride, conv.padding)
         ow = conv_output_size(w, k, conv.stride, conv.padding)
         y = cupy.empty((n, f, oh, ow), dtype=cupy.float32)
         args = (x, conv.weights, conv.bias, y, *map(np.int32, (n, c, h, w, f, k, conv.stride,
-                conv.padding, conv.groups, oh, ow, conv.act)))
+                conv.padding, conv.groups, oh, ow, conv.act)), y if residual is None else residual,
+                np.int32(res_act))
         if f // conv.groups >= GEMM_MIN_FILTERS:
             grid = (
                 -(-n * oh * ow // DEFINES["TILE_N"]),
@@ -91,8 +95,8 @@ class CudaBackend:
         return y
 
     def conv2d_residual(self, x, conv: CudaConv, residual, *, activation):
-        # Not fused yet: the convolution, then the shortcut kernel.
-        return self.shortcut(self.conv2d(x, conv), residual, alpha=1.0, beta=1.0, activation=activation)
+        # The shortcut's add and activation in the convolution's store (conv.cu's epilogue).
+        return self._conv(x, conv, residual, activation_code(activation))
 
     def prepare_connected(self, weights, bias, bn, *, activation) -> CudaConv:
         # A connected layer is a 1x1 convolution of the flattened input.

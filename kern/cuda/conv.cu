@@ -1,13 +1,24 @@
 // Convolution, NCHW float32, batchnorm folded into w and bias on the host.
 // x (N, C, H, W); w (F, C/groups, K, K); y (N, F, OH, OW); y = act(conv(x, w) + bias).
+// Fused residual (a shortcut after the convolution): with res_act >= 0,
+// y = res_act(act(conv(x, w) + bias) + residual), residual of y's shape; with res_act < 0
+// `residual` is not read (pass any array, e.g. y).
 #include "activation.cuh"
+
+// The store of every output: activation, then the fused shortcut where there is one.
+__device__ __forceinline__ float epilogue(float v, int act, const float* __restrict__ residual,
+                                          int res_act, long long at)
+{
+    v = activate(v, act);
+    return res_act < 0 ? v : activate(v + residual[at], res_act);
+}
 
 // Kernel 1: one thread per output element (n, f, oy, ox): the definition, as loops.
 // Consecutive threads take consecutive ox, so the stores (and most loads) are coalesced.
 extern "C" __global__ void conv2d_direct(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
     float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
-    int groups, int oh, int ow, int act)
+    int groups, int oh, int ow, int act, const float* __restrict__ residual, int res_act)
 {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)n * f * oh * ow) return;
@@ -33,7 +44,7 @@ extern "C" __global__ void conv2d_direct(
             }
         }
     }
-    y[idx] = activate(acc + bias[fo], act);
+    y[idx] = epilogue(acc + bias[fo], act, residual, res_act, idx);
 }
 
 // Kernel 2: implicit GEMM with shared-memory tiles. Per group g, the output is the product
@@ -56,7 +67,7 @@ extern "C" __global__ void conv2d_direct(
 extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
     float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
-    int groups, int oh, int ow, int act)
+    int groups, int oh, int ow, int act, const float* __restrict__ residual, int res_act)
 {
     __shared__ float a_tile[TILE_K][TILE_M];
     __shared__ float b_tile[TILE_K][TILE_N];
@@ -109,7 +120,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
             const int p = p0 + tx + 16 * j;
             if (p >= pixels) continue;
             const int b = p / plane, q = p % plane;
-            y[((long long)b * f + g * fg + fo) * plane + q] = activate(acc[i][j] + bias_f, act);
+            const long long at = ((long long)b * f + g * fg + fo) * plane + q;
+            y[at] = epilogue(acc[i][j] + bias_f, act, residual, res_act, at);
         }
     }
 }
