@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     check_memory(spec, args.batch * args.crops)
     source = read_source(args.source, args.labels)
     labels = read_lines(source.labels_path, "labels list")[: spec.outputs]
+    if len(labels) < spec.outputs:
+        raise KernError(
+            f"{source.labels_path}: has {len(labels)} labels, the network has {spec.outputs} outputs"
+        )
     names = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else labels
     paths = source.paths[: args.limit] if args.limit else source.paths
     if not paths:

@@ -167,6 +167,17 @@ def test_bad_options_fail_before_the_run(tmp_path, args, expected):
     assert expected in result.stderr
 
 
+def test_more_outputs_than_labels_is_an_error(tmp_path):
+    # Found by tests/test_fuzz.py: an IndexError traceback before.
+    (tmp_path / "wide.cfg").write_text("[net]\nwidth=12\nheight=12\nchannels=3\n[convolutional]\nfilters=200\n")
+    (tmp_path / "a.list").write_text("n01440764_a.jpg\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "nets.valid", str(tmp_path / "wide.cfg"), "random", str(tmp_path / "a.list")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 2 and "has 21842 labels, the network has 28800 outputs" in result.stderr
+
+
 def test_nothing_counted_is_an_error(tmp_path):
     (tmp_path / "a.list").write_text("no-label.jpg\nn01440764_missing.jpg\n")
     result = valid(tmp_path / "a.list", "--workers", "0")
