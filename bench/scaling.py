@@ -1,6 +1,6 @@
 """Thread-scaling study: does kern "scale linearly" with OpenMP-style threads?
 
-    python -m bench.scaling darknet19 --threads 1,2 [--batch 1] [--repeat 7] [--rounds 3] [--out DIR]
+    python -m bench.scaling darknet19 --threads 1,2 [--batch 1] [--repeat 7] [--rounds 3] [--out DIR] [--busy]
 
 For each thread count: the whole network's median forward time and every layer's median time
 (random weights; one warm-up pass). The thread counts are measured in turn, --rounds times, so
@@ -11,13 +11,20 @@ efficiency S(t)/t, and the serial fraction s that best fits Amdahl's law
 T(t) = T(1) * (s + (1 - s)/t) (least squares), for the network and for each layer.
 Writes scaling.csv and, when matplotlib is installed, scaling.png to --out (default:
 bench/results/ in the checkout, which git ignores). Records Numba's
-threading layer, since scaling depends on it (omp, tbb or workqueue).
+threading layer, since scaling depends on it (omp, tbb or workqueue). With --busy, the study
+runs again with a spinning process on every core, and the table gives each thread count's
+slowdown, and its time against 1 thread under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numba
@@ -58,6 +65,19 @@ def measure(
     return [float(np.median(p.sum(axis=1))) for p in passes], np.array([np.median(p, axis=0) for p in passes])
 
 
+@contextmanager
+def busy_loops(count: int) -> Iterator[None]:
+    """`count` processes that spin until the block ends: a machine that other work shares."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5)  # let them start
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.splitlines()[0])
     parser.add_argument("cfg", help="a cfg path or a shipped cfg name")
@@ -67,6 +87,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="thread counts measured in turn this many times")
     parser.add_argument("--out", default=str(RESULTS), help="folder for scaling.csv and scaling.png")
     parser.add_argument("--layers", type=int, default=12, help="how many of the slowest layers to list")
+    parser.add_argument(
+        "--busy", action="store_true",
+        help="then measure again with a competing busy loop on every core, and report the slowdown",
+    )
     args = parser.parse_args()
     cores = numba.config.NUMBA_NUM_THREADS
     counts = [int(t) for t in args.threads.split(",")] if args.threads else list(range(1, cores + 1))
@@ -84,6 +108,14 @@ def main() -> None:
         print(f"{threads:>7} {1e3 * total:>9.2f} {spec.flops * args.batch / total / 1e9:>8.1f} "
               f"{speedup:>8.2f} {speedup / threads:>10.2f}")
     print(f"Amdahl serial fraction (whole network): {amdahl_serial_fraction(counts, totals):.3f}")
+    if args.busy:
+        with busy_loops(cores):
+            loaded, _ = measure(args.cfg, counts, args.batch, args.repeat, args.rounds)
+        print(f"\nwith a busy loop on each of the {cores} cores (another program's work):")
+        print(f"{'threads':>7} {'quiet ms':>9} {'busy ms':>9} {'slowdown':>9} {'vs 1 thread busy':>17}")
+        for threads, quiet, busy in zip(counts, totals, loaded):
+            ms = f"{1e3 * quiet:>9.2f} {1e3 * busy:>9.2f}"
+            print(f"{threads:>7} {ms} {busy / quiet:>9.2f} {busy / loaded[0]:>17.2f}")
     best = counts.index(max(counts))
     print(f"\nslowest layers at 1 thread; speedup at {counts[best]} threads and fitted serial fraction:")
     print(f"{'layer':>5} {'':<58} {'ms@1':>8} {'speedup':>8} {'serial':>7}")

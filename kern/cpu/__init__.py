@@ -27,6 +27,12 @@ from kern.params import activation_code, fold_batchnorm
 # search, before its first parallel launch.
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+# OpenMP's threads spin between parallel regions by default: on a machine that other work
+# shares, they take the cores that work needs, and each region waits for the slowest thread.
+# Measured on 2 AMD EPYC cores while another process kept one busy (python -m bench.forward
+# darknet19 --threads 2 --repeat 9, alternating): 169-182 ms spinning, 112-132 ms sleeping.
+# So sleep (passive) unless the user chose; read by libgomp when Numba first loads it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _check_window(size: int, stride: int, padding: int) -> None:
