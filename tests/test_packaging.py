@@ -29,6 +29,7 @@ def test_every_package_in_the_tree_is_in_the_wheel():
 
 @pytest.mark.parametrize(("package", "folder"), [
     ("kern.cuda", "kern/cuda"),
+    ("kern.cudasim", "kern/cudasim"),
     *((package, folder) for package, folder in SETUPTOOLS["package-dir"].items()),
 ])
 def test_every_data_file_is_in_the_wheel(package, folder):
