@@ -21,7 +21,7 @@ def test_both_conv_kernels_match_ref(cuda, rng):
     from kern.cuda.backend import GEMM_MIN_FILTERS
 
     ref = get_backend("ref", dtype=np.float64)
-    for filters in (GEMM_MIN_FILTERS - 1, GEMM_MIN_FILTERS, 70):  # direct, then implicit GEMM
+    for filters in (GEMM_MIN_FILTERS - 1, GEMM_MIN_FILTERS, 40, 70, 130):  # direct, GEMM 64, GEMM 128
         x = rng.standard_normal((3, 6, 17, 15)).astype(np.float32)
         w = rng.standard_normal((filters, 6, 3, 3)).astype(np.float32)
         b = rng.standard_normal(filters).astype(np.float32)

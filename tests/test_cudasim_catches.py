@@ -41,6 +41,10 @@ def conv(backend, ref, rng, filters=40, shape=(2, 16, 13, 11), stride=1, padding
     return backend.to_numpy(backend.conv2d(backend.asarray(x), backend.prepare_conv(w, b, None, **options))), expected
 
 
+def big_conv(backend, ref, rng):  # >= 64 filters and >= 128 pixels: conv2d_implicit_gemm_128
+    return conv(backend, ref, rng, filters=72, shape=(1, 25, 13, 12))  # 225 taps: a partial last step
+
+
 def maxpool(backend, ref, rng):
     x = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
     options = dict(size=3, stride=2, padding=2)
@@ -79,6 +83,14 @@ BUGS = {
     ),
     "gemm: pixel guard of the store removed": (
         "conv.cu", "if (p >= pixels) continue;", "", 1, conv, "past the end of argument 3 (y)",
+    ),
+    "gemm 128: the loop's __syncthreads removed": ("conv.cu", GEMM_SYNC, "", 4, big_conv, "race"),
+    "gemm 128: next step stored into the buffer being read": (
+        "conv.cu", "a_tile[buffer ^ 1][ak + i][am] = a_next[i];", "a_tile[buffer][ak + i][am] = a_next[i];", 1,
+        big_conv, "race",
+    ),
+    "gemm 128: gather table read one tap too far": (
+        "conv.cu", "if (ok && t < taps) {", "if (ok && t <= taps) {", 1, big_conv, "past the end of argument 18 (tap_table)",
     ),
     "direct: bounds check > instead of >=": (
         "conv.cu", "if (idx >= (long long)n * f * oh * ow) return;", "if (idx > (long long)n * f * oh * ow) return;",

@@ -31,6 +31,8 @@ if _GPUS == 0:
 
 BLOCK = 256  # threads per block of the one-thread-per-output kernels
 GEMM_MIN_FILTERS = 16  # fewer filters per group: the direct kernel (a 64-row tile would idle)
+# conv2d_implicit_gemm_128 (128 x 128 tiles) where both tiles are mostly full; else kernel 2.
+BIG_MIN_FILTERS, BIG_MIN_PIXELS = 64, 128
 
 
 def _grid(count: int) -> tuple[int]:
@@ -45,6 +47,13 @@ class CudaConv:
     padding: int
     groups: int
     act: int
+    tap_table: cupy.ndarray  # per tap of a group: channel << 16 | ky << 8 | kx (kernel 3)
+
+
+def _tap_table(weights: np.ndarray) -> cupy.ndarray:
+    channels, k = weights.shape[1], weights.shape[2]
+    ci, ky, kx = np.meshgrid(np.arange(channels), np.arange(k), np.arange(k), indexing="ij")
+    return cupy.asarray(((ci << 16) | (ky << 8) | kx).reshape(-1).astype(np.int32))
 
 
 class CudaBackend:
@@ -69,7 +78,8 @@ class CudaBackend:
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CudaConv:
         w, b = fold_batchnorm(weights, bias, bn)
-        return CudaConv(cupy.asarray(w), cupy.asarray(b), stride, padding, groups, activation_code(activation))
+        act = activation_code(activation)
+        return CudaConv(cupy.asarray(w), cupy.asarray(b), stride, padding, groups, act, _tap_table(w))
 
     def conv2d(self, x: cupy.ndarray, conv: CudaConv) -> cupy.ndarray:
         return self._conv(x, conv, None, -1)
@@ -83,7 +93,10 @@ class CudaBackend:
         args = (x, conv.weights, conv.bias, y, *map(np.int32, (n, c, h, w, f, k, conv.stride,
                 conv.padding, conv.groups, oh, ow, conv.act)), y if residual is None else residual,
                 np.int32(res_act))
-        if f // conv.groups >= GEMM_MIN_FILTERS:
+        if f // conv.groups >= BIG_MIN_FILTERS and n * oh * ow >= BIG_MIN_PIXELS:
+            grid = (-(-n * oh * ow // 128), -(-(f // conv.groups) // 128), conv.groups)
+            self._kernel("conv.cu", "conv2d_implicit_gemm_128")(grid, (256,), (*args, conv.tap_table))
+        elif f // conv.groups >= GEMM_MIN_FILTERS:
             grid = (
                 -(-n * oh * ow // DEFINES["TILE_N"]),
                 -(-(f // conv.groups) // DEFINES["TILE_M"]),
@@ -102,7 +115,8 @@ class CudaBackend:
         # A connected layer is a 1x1 convolution of the flattened input.
         w, b = fold_batchnorm(weights, bias, bn)
         act = activation_code(activation)
-        return CudaConv(cupy.asarray(w[:, :, None, None]), cupy.asarray(b), 1, 0, 1, act)
+        w = w[:, :, None, None]
+        return CudaConv(cupy.asarray(w), cupy.asarray(b), 1, 0, 1, act, _tap_table(w))
 
     def connected(self, x: cupy.ndarray, fc: CudaConv) -> cupy.ndarray:
         return self.conv2d(x.reshape(x.shape[0], -1, 1, 1), fc)

@@ -125,3 +125,129 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
         }
     }
 }
+
+// Kernel 3: the implicit GEMM for large layers (Hopper-class GPUs), beside kernel 2 so that the
+// steps stay readable. What changes:
+// - 128 x 128 block tiles and 8 x 8 outputs per thread: per tap a thread reads 8 + 8 values
+//   from shared memory for 64 multiply-adds (kernel 2: 4 + 4 for 16).
+// - Double buffering: the next step's tiles are loaded from global memory into registers
+//   while this step computes from shared memory, then stored to the other buffer: one
+//   __syncthreads per step, and the loads' latency hidden behind the arithmetic.
+// - float4 loads of the weights when a filter's taps start 16-byte aligned (taps % 4 == 0).
+// - No division in the loop: each thread gathers the same pixel at every step, whose image
+//   and window corner are computed once, and each tap's (channel, ky, kx) comes from
+//   tap_table, made on the host: channel << 16 | ky << 8 | kx.
+// Thread (ty, tx) of the 16 x 16 grid owns rows ty*4 + {0..3} and 64 + ty*4 + {0..3}, and the
+// same columns with tx.
+#define BIG_M 128
+#define BIG_N 128
+#define BIG_K 8
+
+__device__ __forceinline__ void big_load_weights(float* r, const float* __restrict__ row, bool ok,
+                                                 bool vector, int tap, int taps)
+{
+    if (ok && vector && tap + 3 < taps) {
+        const float4 v = *reinterpret_cast<const float4*>(row + tap);
+        r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r[i] = (ok && tap + i < taps) ? row[tap + i] : 0.f;
+}
+
+// Taps tap, tap + 2, tap + 4, tap + 6 of one pixel (zero outside the image or past the taps).
+__device__ __forceinline__ void big_gather(float* r, const float* __restrict__ image, bool ok,
+                                           int iy0, int ix0, int tap, int taps,
+                                           const int* __restrict__ tap_table, int h, int wd)
+{
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int t = tap + 2 * i;
+        float v = 0.f;
+        if (ok && t < taps) {
+            const int code = tap_table[t];
+            const int iy = iy0 + ((code >> 8) & 255), ix = ix0 + (code & 255);
+            if (iy >= 0 && iy < h && ix >= 0 && ix < wd) v = image[((long long)(code >> 16) * h + iy) * wd + ix];
+        }
+        r[i] = v;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
+    int groups, int oh, int ow, int act, const float* __restrict__ residual, int res_act,
+    const int* __restrict__ tap_table)
+{
+    __shared__ float a_tile[2][BIG_K][BIG_M];
+    __shared__ float b_tile[2][BIG_K][BIG_N];
+    const int cg = c / groups, fg = f / groups, taps = cg * k * k;
+    const int pixels = n * oh * ow, plane = oh * ow;
+    const int g = blockIdx.z, m0 = blockIdx.y * BIG_M, p0 = blockIdx.x * BIG_N;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    // This thread's loads: filter row am, taps ak..ak+3 of each step; pixel bp, taps bk + 2i.
+    const int am = threadIdx.x / 2, ak = (threadIdx.x % 2) * 4;
+    const int bp = threadIdx.x % BIG_N, bk = threadIdx.x / BIG_N;
+    const bool a_ok = m0 + am < fg;
+    const float* row = w + (long long)(g * fg + (a_ok ? m0 + am : 0)) * taps;
+    const bool vector = taps % 4 == 0;
+    const int p = p0 + bp;
+    const bool b_ok = p < pixels;
+    const int image_index = b_ok ? p / plane : 0, q = b_ok ? p % plane : 0;
+    const int iy0 = (q / ow) * stride - pad, ix0 = (q % ow) * stride - pad;
+    const float* image = x + ((long long)image_index * c + g * cg) * h * wd;
+
+    float a_next[4], b_next[4];
+    big_load_weights(a_next, row, a_ok, vector, ak, taps);
+    big_gather(b_next, image, b_ok, iy0, ix0, bk, taps, tap_table, h, wd);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        a_tile[0][ak + i][am] = a_next[i];
+        b_tile[0][bk + 2 * i][bp] = b_next[i];
+    }
+    __syncthreads();
+    float acc[8][8] = {{0.f}};
+    int buffer = 0;
+    for (int k0 = 0; k0 < taps; k0 += BIG_K) {
+        const bool more = k0 + BIG_K < taps;
+        if (more) {  // the next step's operands, on their way while this step computes
+            big_load_weights(a_next, row, a_ok, vector, k0 + BIG_K + ak, taps);
+            big_gather(b_next, image, b_ok, iy0, ix0, k0 + BIG_K + bk, taps, tap_table, h, wd);
+        }
+#pragma unroll
+        for (int kk = 0; kk < BIG_K; ++kk) {
+            float a[8], b[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                a[i] = a_tile[buffer][kk][ty * 4 + (i % 4) + 64 * (i / 4)];
+                b[i] = b_tile[buffer][kk][tx * 4 + (i % 4) + 64 * (i / 4)];
+            }
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
+        }
+        if (more) {  // into the other buffer: everyone has finished reading it a step ago
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                a_tile[buffer ^ 1][ak + i][am] = a_next[i];
+                b_tile[buffer ^ 1][bk + 2 * i][bp] = b_next[i];
+            }
+        }
+        __syncthreads();
+        buffer ^= 1;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int fo = m0 + ty * 4 + (i % 4) + 64 * (i / 4);
+        if (fo >= fg) continue;
+        const float bias_f = bias[g * fg + fo];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int pixel = p0 + tx * 4 + (j % 4) + 64 * (j / 4);
+            if (pixel >= pixels) continue;
+            const long long at = ((long long)(pixel / plane) * f + g * fg + fo) * plane + pixel % plane;
+            y[at] = epilogue(acc[i][j] + bias_f, act, residual, res_act, at);
+        }
+    }
+}
