@@ -11,6 +11,8 @@ stderr with the time so far and an estimate of the time left.
 - kern: nets.Network on the Numba CPU backend.
 - torch: the same graph through bench/torch_backend.py (batchnorm folded, channels-last).
 - opencv: cv2.dnn.readNetFromDarknet (opencv-python-headless<5; 5.x dropped the importer).
+- the host's limit: PyTorch's float32 matrix product 2048^3 on the same threads (when torch
+  is installed), and each row's share of it.
 - darknet: Debian's `darknet` CPU build, `classifier predict` fed the same image `--repeat`
   times at its prompt; its time is (wall(repeat + 1) - wall(1)) / repeat, so it includes
   Darknet's image loading and letterboxing (a few ms), and batch 1 only.
@@ -97,10 +99,24 @@ def own_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def sgemm_seconds(threads: int, size: int = 2048, repeat: int = 5) -> float:
+    """The host's limit as a peer reaches it: PyTorch's float32 matrix product, size^3."""
+    import torch
+
+    from bench.forward import median_seconds
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return median_seconds(lambda: a @ b, repeat)
+
+
 def worker(args) -> None:
     """One measurement in a fresh process; prints JSON {seconds, peak_mb} or {error}."""
     try:
         cfg, weights = args.cfgs[0], args.weights
+        if args.worker == "sgemm":
+            print(json.dumps({"seconds": sgemm_seconds(args.threads), "peak_mb": own_peak_mb()}))
+            return
         if args.worker == "darknet":
             seconds = measure_darknet(cfg, weights, args.threads, args.repeat)
             # Darknet's own process; Linux folds this small worker's peak into it at exec.
@@ -193,7 +209,14 @@ def main() -> None:
         f"# {args.threads} threads, median of {args.repeat} after a warm-up{rounds}; "
         "ratio = peer time / kern time"
     )
-    print(f"{'network':<18} {'batch':>5} {'peer':<8} {'ms':>9} {'GFLOP/s':>8} {'peak MB':>8} {'ratio':>6}")
+    limit = None
+    if "torch" in peers:
+        result = run_worker("sgemm", "sgemm", "", 1, args.threads, args.repeat)
+        if "error" not in result:
+            limit = 2 * 2048**3 / result["seconds"] / 1e9
+            print(f"# host limit: PyTorch's sgemm 2048^3 on {args.threads} threads, {limit:.1f} GFLOP/s")
+    header = f"{'network':<18} {'batch':>5} {'peer':<8} {'ms':>9} {'GFLOP/s':>8} {'peak MB':>8}"
+    print(f"{header} {'ratio':>6} {'of limit':>8}")
     batches = list(map(int, args.batch.split(",")))
     steps = sum(len([p for p in peers if p != "darknet" or b == 1]) for b in batches)
     progress = Progress(len(args.cfgs) * args.rounds * steps)
@@ -217,9 +240,10 @@ def main() -> None:
                     kern_seconds = kern_seconds or (seconds if peer == "kern" else None)
                     ratio = f"{seconds / kern_seconds:6.2f}" if kern_seconds else "     -"
                     gflops = spec.flops * batch / seconds / 1e9
+                    share = f"{100 * gflops / limit:>7.0f}%" if limit else "       -"
                     print(
                         f"{name:<18} {batch:>5} {peer:<8} {1e3 * seconds:>9.1f} {gflops:>8.1f} "
-                        f"{result['peak_mb']:>8.0f} {ratio}",
+                        f"{result['peak_mb']:>8.0f} {ratio} {share}",
                         flush=True,
                     )
 
