@@ -26,6 +26,11 @@ SLOW_NOTICES = {
 }
 
 
+# Backends whose first pass loads compiled code: the tools run it untimed (Network.warm_up), so
+# that their timings are the network's. On the others the first image is simply slow.
+WARMED_UP = frozenset({"cpu", "cuda"})
+
+
 def slow_notice(backend: str) -> str:
     """What to say when the first pass on this backend takes long."""
     return SLOW_NOTICES.get(backend, f"running the first pass on {backend}...")

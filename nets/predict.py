@@ -121,7 +121,7 @@ def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]
         print("Done!", file=sys.stderr)
     with cli.notice_if_slow(cli.slow_notice(args.backend)):
         net = Network(spec, values, backend, names)
-        if args.backend in ("cpu", "cuda"):  # compiled code loaded, so "Predicted in" times the network
+        if args.backend in cli.WARMED_UP:
             net.warm_up()
     return net
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for number, path in enumerate(images or ask_paths()):
             # Simulated and reference backends have no warm-up: say why the first image takes long.
-            slow = number == 0 and args.backend not in ("cpu", "cuda")
+            slow = number == 0 and args.backend not in cli.WARMED_UP
             try:
                 with cli.notice_if_slow(cli.slow_notice(args.backend)) if slow else contextlib.nullcontext():
                     predict_one(net, path, top, args)

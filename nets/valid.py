@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cfg, None if random else args.weights, random_seed=0 if random else None,
             backend=args.backend, threads=args.threads,
         )
-        if args.backend in ("cpu", "cuda"):  # compiled code loaded, so the rate is the network's
+        if args.backend in cli.WARMED_UP:
             net.warm_up()
     _, height, width = net.input_shape
     tally = Tally(args.top)

@@ -52,7 +52,6 @@ namespace cudasim {
 
 enum State { READY, AT_BARRIER, AT_WARP, DONE };
 enum Collective { SHFL, SHFL_UP, SHFL_DOWN, SHFL_XOR, BALLOT, ANY, ALL, SYNCWARP };
-enum BarrierKind { SYNC, SYNC_COUNT, SYNC_AND, SYNC_OR };
 
 // A fiber's saved state. On x86-64 a hand-written switch (callee-saved registers, the stack
 // pointer, MXCSR and the x87 control word: what a function call must preserve) is about 20x
@@ -184,10 +183,10 @@ inline void wait(State state, int line, const char* what) {
     switch_to(&current->context, &launch->scheduler);
 }
 
-inline int barrier(BarrierKind kind, int predicate, int line, const char* what) {
+// The barrier's kind is in its name (`what`); release_barrier computes the result.
+inline int barrier(int predicate, int line, const char* what) {
     current->predicate = predicate != 0;
     wait(AT_BARRIER, line, what);
-    (void)kind;
     return launch->barrier_result;
 }
 
@@ -238,10 +237,10 @@ inline uint64_t collective(Collective op, unsigned mask, uint64_t value, long lo
 #define warpSize 32
 
 // ---- barriers, warp collectives -------------------------------------------------------------
-#define __syncthreads() cudasim::barrier(cudasim::SYNC, 1, __LINE__, "__syncthreads")
-#define __syncthreads_count(p) cudasim::barrier(cudasim::SYNC_COUNT, (p), __LINE__, "__syncthreads_count")
-#define __syncthreads_and(p) cudasim::barrier(cudasim::SYNC_AND, (p), __LINE__, "__syncthreads_and")
-#define __syncthreads_or(p) cudasim::barrier(cudasim::SYNC_OR, (p), __LINE__, "__syncthreads_or")
+#define __syncthreads() cudasim::barrier(1, __LINE__, "__syncthreads")
+#define __syncthreads_count(p) cudasim::barrier((p), __LINE__, "__syncthreads_count")
+#define __syncthreads_and(p) cudasim::barrier((p), __LINE__, "__syncthreads_and")
+#define __syncthreads_or(p) cudasim::barrier((p), __LINE__, "__syncthreads_or")
 #define __syncwarp(...) cudasim::syncwarp(__LINE__, ##__VA_ARGS__)
 #define __shfl_sync(mask, v, lane, ...) cudasim::shfl(cudasim::SHFL, mask, v, lane, __LINE__, "__shfl_sync", ##__VA_ARGS__)
 #define __shfl_up_sync(mask, v, d, ...) cudasim::shfl(cudasim::SHFL_UP, mask, v, d, __LINE__, "__shfl_up_sync", ##__VA_ARGS__)

@@ -177,7 +177,7 @@ class Function:
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
         grid3, block3 = _dims(grid), _dims(block)
         self._check_limits(grid3, block3, shared_mem)
-        values, keep = self._pack(args)
+        values, _alive = self._pack(args)  # the ctypes objects `values` points into
         arrays = [a for a in args if isinstance(a, ndarray)]
         orders = 1 if os.environ.get("KERN_CUDASIM_ORDERS") == "1" else 2
         if orders == 1:
@@ -201,7 +201,6 @@ class Function:
                     f"threads run in forward and in reverse order ({first.reshape(-1)[element]} vs "
                     f"{array.host.reshape(-1)[element]}): a missing __syncthreads?"
                 )
-        del keep
 
     def _check_limits(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int) -> None:
         name = self.kernel.name

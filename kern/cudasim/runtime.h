@@ -24,11 +24,8 @@ inline void on_fault(int signal, siginfo_t* info, void* context) {
     siglongjmp(l->escape, 1);
 }
 
-inline const char* collective_name(const Fiber& f) { return f.what; }
-
 // Every lane of `mask` waits at a collective with that mask: compute each one's result.
-inline bool resolve_warp(Fiber* lanes, int count, int line_of_error) {
-    (void)line_of_error;
+inline bool resolve_warp(Fiber* lanes, int count) {
     bool progressed = false;
     for (int i = 0; i < count; ++i) {
         Fiber& f = lanes[i];
@@ -151,7 +148,7 @@ inline bool run_block() {
         current = nullptr;
         bool progressed = false;
         for (int first = 0; first < l->threads; first += 32) {
-            progressed |= resolve_warp(l->fibers + first, std::min(32, l->threads - first), 0);
+            progressed |= resolve_warp(l->fibers + first, std::min(32, l->threads - first));
             if (l->error[0]) return false;
         }
         if (progressed) continue;
