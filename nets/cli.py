@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
+import numpy as np
+
 from kern import DISTRIBUTION, __version__
 from kern.errors import KernError
 
@@ -85,7 +87,10 @@ def one_line(message: str, limit: int = 1000) -> str:
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a CLI main: KernError -> its message on one line, exit 2; Ctrl-C -> exit quietly."""
     try:
-        return main(argv)
+        # Float overflow gives inf or NaN silently, as in Darknet's C; the tools say so in one
+        # line where it reaches an output (NumPy would warn on every op of the ref backend).
+        with np.errstate(all="ignore"):
+            return main(argv)
     except KernError as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
