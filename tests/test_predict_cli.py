@@ -10,6 +10,7 @@ import threading
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import nets
@@ -162,6 +163,14 @@ def nan_weights(tmp_path):
     return path
 
 
+def huge_weights(tmp_path):
+    """Finite weights whose products overflow float32 (NumPy warned on each op of the ref backend)."""
+    path = tmp_path / "huge.weights"
+    data = np.frombuffer((REPO / "weights" / "tiny.weights").read_bytes()[16:], dtype="<f4") * np.float32(1e30)
+    path.write_bytes((REPO / "weights" / "tiny.weights").read_bytes()[:16] + data.astype("<f4").tobytes())
+    return path
+
+
 def data_file(tmp_path, line):
     path = tmp_path / "bad.data"
     path.write_text(f"names = data/imagenet.shortnames.list\n{line}\n")
@@ -211,6 +220,7 @@ NET = "[net]\nwidth=16\nheight=16\nchannels=3\n"
         (lambda t: [bad_cfg(t, NET + "[convolutional]\nfilters=3\n[shortcut]\nfrom=-1\nalpha=inf\n"), "x.jpg"], "alpha=inf: expected a finite decimal number"),
         (lambda t: [bad_cfg(t, NET + "[convolutional]\nfilters=x" + "y" * 100000 + "\n"), "x.jpg"], "... (100001 characters)"),
         (lambda t: ["cfg/tiny.cfg", nan_weights(t), "data/dog.jpg"], "layer 0 (conv): its weights hold NaN or infinite values"),
+        (lambda t: ["cfg/tiny.cfg", huge_weights(t), "data/dog.jpg", "--backend", "ref"], "output is not finite (NaN or inf)"),
         (lambda t: ["cfg/tiny.cfg", "data/dog.jpg", "--data", data_file(t, "top=abc")], "top=abc: expected a positive integer"),
         (lambda t: ["cfg/tiny.cfg", "data/dog.jpg", "--data", data_file(t, "top=-1")], "top=-1: expected a positive integer"),
         (lambda t: ["cfg/tiny.cfg", "--random-weights", "-1"], "--random-weights -1: expected a seed"),
@@ -225,7 +235,7 @@ NET = "[net]\nwidth=16\nheight=16\nchannels=3\n"
         "route-sizes", "shortcut-from", "groups", "too-small", "option-before-section",
         "weights-too-long", "weights-too-short", "unknown-backend", "too-many-threads",
         "negative-conv-padding", "negative-pool-padding", "integer-over-2^63", "underscore-digits",
-        "non-ascii-digit", "infinite-option", "long-line-shortened", "nan-weights", "data-top-abc",
+        "non-ascii-digit", "infinite-option", "long-line-shortened", "nan-weights", "overflow-on-ref", "data-top-abc",
         "data-top-negative", "negative-seed", "cfg-dev-zero", "image-directory", "size-bomb",
         "absurd-size",
     ],
