@@ -439,7 +439,8 @@ def valid_case(folder: Path, root: Path, images: list[Path], rnd: random.Random)
     return {"tool": "valid", "argv": argv, "stdin": None}
 
 
-INFO = re.compile(r"(Loading weights from|Random weights|compiling this network|interrupted|.*: Predicted in)")
+# Informational lines: progress, and the notices of nets.cli that end in "..." (a slow first pass).
+INFO = re.compile(r"(Loading weights from|Random weights|interrupted|.*: Predicted in|.*\.\.\.$)")
 TABLE = re.compile(r"(layer +filters|\s*\d+ \w|Total BFLOPs)")
 PROGRESS = re.compile(r".*(\d+%\|.*img|\d+img \[)")  # tqdm's bar
 ERROR = re.compile(r"(error: |python -m nets\.\w+: )")
