@@ -261,3 +261,16 @@ def test_cuda_backend_without_a_gpu_is_one_line():
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if not line.startswith("Loading weights")]
     assert len(lines) == 1 and "backend 'cuda' is not available" in lines[0], result.stderr
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    # `python -m nets.predict ... | head -n 1`: no BrokenPipeError traceback (found by .ci/wheel).
+    images = ["data/dog.jpg"] * 40
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nets.predict", "cfg/tiny.cfg", *images, "--quiet"], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert "malamute" in process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 141 and "Traceback" not in stderr
