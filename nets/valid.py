@@ -179,7 +179,7 @@ def parse_args(argv):
     parser.add_argument(
         "--crops", type=int, default=1, choices=(1, 10),
         help="10: ten crops of the image resized to the input + 32, and their mirrors, outputs "
-        "summed (classifier valid10)",
+        "summed (classifier valid10; --preprocess does not apply)",
     )
     parser.add_argument("--limit", type=int, help="only the first N images (default: all)")
 
