@@ -14,7 +14,6 @@ import numpy as np
 
 from kern import __version__
 from kern.backend import Backend, get_backend
-from kern.errors import KernError
 from nets.cfg import parse_cfg
 from nets.data import DEFAULT_DATA, SAMPLE_IMAGE, find_cfg, load_names
 from nets.network import Network, NetworkSpec, build_network, check_memory
@@ -54,10 +53,7 @@ def load(
         values = random_weights(spec.layers, random_seed)
     else:
         if weights is None:
-            path = Path(spec.cfg_path)
-            weights = fetch.find_weights(path, fetch.cache_dir())
-            if weights is None:
-                raise KernError(fetch.not_found_message(path, fetch.cache_dir(), spec.layers))
+            weights = fetch.locate_weights(Path(spec.cfg_path), spec.layers)
         values = read_weights(weights, spec.layers)
     labels = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else None
     return Network(spec, values, make_backend(backend, threads=threads, dtype=dtype), labels)

@@ -35,6 +35,20 @@ def find_weights(cfg: Path, cache: Path) -> Path | None:
     return next((p for p in candidates(cfg, cache) if p.is_file()), None)
 
 
+def locate_weights(
+    cfg: Path, layers: Sequence[Layer], fetch_missing: bool = False, url: str | None = None
+) -> Path:
+    """<cfg name>.weights where find_weights finds it, else downloaded into the cache if
+    `fetch_missing`, else a KernError saying where Darknet publishes it."""
+    cache = cache_dir()
+    weights = find_weights(cfg, cache)
+    if weights is None and fetch_missing:
+        weights = download(url or DARKNET_URL.format(name=cfg.stem), cache / f"{cfg.stem}.weights", layers)
+    if weights is None:
+        raise KernError(not_found_message(cfg, cache, layers))
+    return weights
+
+
 def not_found_message(cfg: Path, cache: Path, layers: Sequence[Layer]) -> str:
     url = DARKNET_URL.format(name=cfg.stem)
     looked = ", ".join(str(p) for p in candidates(cfg, cache))

@@ -12,6 +12,7 @@ from kern.backend import Backend
 from kern.errors import KernError
 from nets.cfg import Section
 from nets.layers import BUILDERS, TRAINING_ONLY, Convolutional, Layer, Shape, Shortcut
+from nets.weights import expected_bytes
 
 # [net] options that only training reads.
 NET_TRAINING_ONLY = frozenset(
@@ -32,6 +33,11 @@ class NetworkSpec:
     @property
     def outputs(self) -> int:
         return int(np.prod(self.layers[-1].out_shape))
+
+    @property
+    def kept(self) -> frozenset[int]:
+        """Layers whose outputs a later route or shortcut reads again."""
+        return frozenset(i for layer in self.layers for i in layer.sources())
 
     @property
     def flops(self) -> float:
@@ -78,10 +84,9 @@ def memory_needed(spec: NetworkSpec, batch: int) -> tuple[int, int]:
     """Estimated bytes for the weights (as read, then folded and packed: three float32 copies)
     and for the activations of a forward pass at this batch size (the input, the outputs kept
     for a route or shortcut, and the largest layer's input and output)."""
-    weights = 3 * 4 * sum(spec.count for layer in spec.layers for spec in layer.params())
+    weights = 3 * expected_bytes(spec.layers)
     size = [4 * batch * int(np.prod(layer.out_shape)) for layer in spec.layers]
-    kept = {i for layer in spec.layers for i in layer.sources()}
-    activations = 4 * batch * int(np.prod(spec.input_shape)) + sum(size[i] for i in kept) + 2 * max(size)
+    activations = 4 * batch * int(np.prod(spec.input_shape)) + sum(size[i] for i in spec.kept) + 2 * max(size)
     return weights, activations
 
 
@@ -144,7 +149,7 @@ class Network:
         self.labels = labels  # a name per output class, where known (nets.load: ImageNet's)
         self.prepared = [layer.prepare(backend, v) for layer, v in zip(spec.layers, values)]
         # Outputs read again later (route, shortcut) are kept; all others are dropped at once.
-        self.kept = frozenset(i for layer in spec.layers for i in layer.sources())
+        self.kept = spec.kept
         self.fused = fusable_shortcuts(spec.layers, self.kept)
         self.linked = self._link_convs()
 

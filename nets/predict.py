@@ -105,13 +105,7 @@ def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]
         print("Done!", file=sys.stderr)
     else:
         if weights is None:
-            cache = fetch.cache_dir()
-            weights = fetch.find_weights(cfg, cache)
-            if weights is None and args.download:
-                url = args.weights_url or fetch.DARKNET_URL.format(name=cfg.stem)
-                weights = fetch.download(url, cache / f"{cfg.stem}.weights", spec.layers)
-            if weights is None:
-                raise KernError(fetch.not_found_message(cfg, cache, spec.layers))
+            weights = fetch.locate_weights(cfg, spec.layers, args.download, args.weights_url)
         print(f"Loading weights from {weights}...", end="", file=sys.stderr, flush=True)
         try:
             values = read_weights(weights, spec.layers)

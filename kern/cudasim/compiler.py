@@ -10,6 +10,7 @@ memory) is the one construct rewritten: C++ has no such declaration.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -100,6 +101,12 @@ def compiler() -> str:
     return chosen
 
 
+@functools.cache
+def _version(cxx: str) -> str:
+    """The compiler's own version line, part of the cache key (asked once per process)."""
+    return subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+
+
 def cache_dir() -> Path:
     base = os.environ.get("KERN_CUDASIM_CACHE")
     if base:
@@ -121,7 +128,7 @@ def build(code: str, name: str, options: tuple[str, ...]) -> Path:
     cxx = compiler()
     unit = translation_unit(code, name)
     header = (HERE / "cudasim.h").read_text() + (HERE / "runtime.h").read_text()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    version = _version(cxx)
     key = hashlib.sha256("\0".join([unit, header, *options, *FLAGS, cxx, version]).encode()).hexdigest()[:24]
     folder = cache_dir()
     library = folder / f"{Path(name).stem}-{key}.so"
