@@ -55,11 +55,21 @@ class Layer:
     def prepare(self, backend: Backend, values: dict[str, np.ndarray]) -> Any:
         return None
 
-    def forward(self, backend: Backend, prepared: Any, x: Any, outputs: dict[int, Any]) -> Any:
+    def forward(
+        self, backend: Backend, prepared: Any, x: Any, outputs: dict[int, Any], out: Any = None
+    ) -> Any:
+        """This layer on x (and on the outputs of earlier layers it reads); `out`, where given,
+        is where to write (planned memory, nets/memory.py)."""
         return x
 
     def describe(self) -> str:
         raise NotImplementedError
+
+
+def into(out: Any) -> dict[str, Any]:
+    """`out=` for a backend op where there is a planned place (only backends with planned
+    memory are given one)."""
+    return {} if out is None else {"out": out}
 
 
 def _dims(shape: Shape) -> tuple[int, int, int]:
@@ -107,8 +117,8 @@ class Convolutional(Layer):
             activation=self.activation,
         )
 
-    def forward(self, backend, prepared, x, outputs):
-        return backend.conv2d(x, prepared)
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.conv2d(x, prepared, **into(out))
 
     def describe(self) -> str:
         return "conv  %5d %2d x%2d /%2d  %4d x%4d x%4d   ->  %4d x%4d x%4d  %5.3f BFLOPs" % (
@@ -145,8 +155,8 @@ class Connected(Layer):
             values["weights"], values["biases"], _batchnorm(values), activation=self.activation
         )
 
-    def forward(self, backend, prepared, x, outputs):
-        return backend.connected(x, prepared)
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.connected(x, prepared, **into(out))
 
     def describe(self) -> str:
         return "connected                            %4d  ->  %4d" % (
@@ -162,8 +172,8 @@ class MaxPool(Layer):
 
     kind = "max"
 
-    def forward(self, backend, prepared, x, outputs):
-        return backend.maxpool(x, size=self.size, stride=self.stride, padding=self.padding)
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.maxpool(x, size=self.size, stride=self.stride, padding=self.padding, **into(out))
 
     def describe(self) -> str:
         return "max          %d x %d / %d  %4d x%4d x%4d   ->  %4d x%4d x%4d" % (
@@ -175,8 +185,8 @@ class MaxPool(Layer):
 class AvgPool(Layer):
     kind = "avg"
 
-    def forward(self, backend, prepared, x, outputs):
-        return backend.avgpool(x)
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.avgpool(x, **into(out))
 
     def describe(self) -> str:
         return "avg                     %4d x%4d x%4d   ->  %4d" % (
@@ -191,8 +201,8 @@ class Softmax(Layer):
 
     kind = "softmax"
 
-    def forward(self, backend, prepared, x, outputs):
-        return backend.softmax(x, groups=self.groups, temperature=self.temperature)
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.softmax(x, groups=self.groups, temperature=self.temperature, **into(out))
 
     def describe(self) -> str:
         return "softmax                                        %4d" % int(np.prod(self.in_shape))
@@ -210,9 +220,10 @@ class Shortcut(Layer):
     def sources(self) -> tuple[int, ...]:
         return (self.source,)
 
-    def forward(self, backend, prepared, x, outputs):
+    def forward(self, backend, prepared, x, outputs, out=None):
         return backend.shortcut(
-            x, outputs[self.source], alpha=self.alpha, beta=self.beta, activation=self.activation
+            x, outputs[self.source], alpha=self.alpha, beta=self.beta, activation=self.activation,
+            **into(out),
         )
 
     def describe(self) -> str:
@@ -230,10 +241,10 @@ class Route(Layer):
     def sources(self) -> tuple[int, ...]:
         return self.layers
 
-    def forward(self, backend, prepared, x, outputs):
+    def forward(self, backend, prepared, x, outputs, out=None):
         if len(self.layers) == 1:
             return outputs[self.layers[0]]
-        return backend.route([outputs[i] for i in self.layers])
+        return backend.route([outputs[i] for i in self.layers], **into(out))
 
     def describe(self) -> str:
         return "route " + "".join(f" {i}" for i in self.layers)
@@ -246,9 +257,9 @@ class Crop(Layer):
 
     kind = "crop"
 
-    def forward(self, backend, prepared, x, outputs):
+    def forward(self, backend, prepared, x, outputs, out=None):
         _, height, width = self.out_shape
-        return backend.crop(x, height=height, width=width, scale=self.scale, shift=self.shift)
+        return backend.crop(x, height=height, width=width, scale=self.scale, shift=self.shift, **into(out))
 
     def describe(self) -> str:
         c, h, w = self.in_shape

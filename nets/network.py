@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from kern.backend import Backend
 from kern.errors import KernError
 from nets.cfg import Section
 from nets.layers import BUILDERS, TRAINING_ONLY, Convolutional, Layer, Shape, Shortcut
+from nets.memory import INPUT, MemoryPlan, passes_through, plan_memory
 from nets.weights import expected_bytes
 
 # [net] options that only training reads.
@@ -137,8 +139,23 @@ def fusable_shortcuts(layers: tuple[Layer, ...], kept: frozenset[int]) -> dict[i
     return fused
 
 
+@dataclass
+class Placed:
+    """A planned network's memory at one batch size: one arena, a view per output, and the
+    recorded forward pass (backend.capture) once there is one."""
+
+    arena: Any
+    views: dict[int, Any]  # producer (nets.memory) -> its place in the arena
+    replay: Callable[[], None] | None = field(default=None)
+
+
 class Network:
-    """A network ready to run: its layers' parameters prepared on its own backend."""
+    """A network ready to run: its layers' parameters prepared on its own backend.
+
+    On a backend with planned memory (CUDA), outputs live in one arena per batch size whose
+    layout nets/memory.py chose at load (nothing is allocated while the network runs), and
+    from the second pass at a batch size on, the whole pass is one recorded CUDA graph.
+    """
 
     def __init__(
         self, spec: NetworkSpec, values: list[dict[str, np.ndarray]], backend: Backend,
@@ -151,7 +168,11 @@ class Network:
         # Outputs read again later (route, shortcut) are kept; all others are dropped at once.
         self.kept = spec.kept
         self.fused = fusable_shortcuts(spec.layers, self.kept)
-        self.linked = self._link_convs()
+        self.memory: MemoryPlan | None = None
+        if getattr(backend, "planned_memory", False):
+            self.memory = plan_memory(spec.layers, spec.input_shape, self.fused)
+        self._placed: dict[int, Placed] = {}  # batch size -> its arena
+        self.linked = self._link_convs() if self.memory is None else frozenset()
 
     def _link_convs(self) -> frozenset[int]:
         """Let the backend pair a convolution with the next one where nothing else reads the
@@ -190,10 +211,49 @@ class Network:
                 f"{self.spec.cfg_path}: expected images of shape (N, {expected.replace('x', ', ')}), "
                 f"got {images.shape}"
             )
+        if self.memory is not None and until is None:  # copied straight into the arena
+            return self.backend.to_numpy(self._run_planned(images, layer_seconds))
         return self.backend.to_numpy(self.run(self.backend.asarray(images), until, layer_seconds))
 
     def run(self, x: Any, until: int | None = None, layer_seconds: list[float] | None = None) -> Any:
-        """forward() on this backend's arrays: no checks, no copies to or from the host."""
+        """forward() on this backend's arrays: no checks, no copies to the host. With planned
+        memory the result is a view into the arena, valid until the next run at this batch."""
+        if self.memory is not None and until is None:
+            return self._run_planned(x, layer_seconds)
+        return self._run_layers(x, until, layer_seconds, None)
+
+    def _run_planned(self, x: Any, layer_seconds: list[float] | None) -> Any:
+        placed = self._placed_at(x.shape[0])
+        self.backend.copy_into(placed.views[INPUT], x)
+        if placed.replay is not None and layer_seconds is None:
+            placed.replay()
+            return placed.views[self.memory.value_of[-1]]
+        out = self._run_layers(placed.views[INPUT], None, layer_seconds, placed.views)
+        if placed.replay is None:
+            # The first pass at a batch size runs as it is (kernels get loaded); later ones
+            # replay it, recorded once.
+            placed.replay = self.backend.capture(
+                lambda: self._run_layers(placed.views[INPUT], None, None, placed.views)
+            )
+        return out
+
+    def _placed_at(self, batch: int) -> Placed:
+        if batch not in self._placed:
+            plan = self.memory
+            arena = self.backend.arena(plan.floats_per_image * batch)
+            views = {
+                producer: self.backend.arena_view(
+                    arena, plan.offsets[place.root] * batch, (batch, *place.root_shape),
+                    place.first, place.channels,
+                )
+                for producer, place in plan.places.items()
+            }
+            self._placed[batch] = Placed(arena, views)
+        return self._placed[batch]
+
+    def _run_layers(
+        self, x: Any, until: int | None, layer_seconds: list[float] | None, views: dict[int, Any] | None
+    ) -> Any:
         last = len(self.spec.layers) - 1 if until is None else until
         outputs: dict[int, Any] = {}
         for layer, prepared in zip(self.spec.layers[: last + 1], self.prepared):
@@ -201,11 +261,13 @@ class Network:
             shortcut = self.fused.get(layer.index)
             if shortcut is not None and shortcut.index <= last:
                 # The convolution and the shortcut after it in one pass.
+                out = {} if views is None else {"out": views[shortcut.index]}
                 x = self.backend.conv2d_residual(
-                    x, prepared, outputs[shortcut.source], activation=shortcut.activation
+                    x, prepared, outputs[shortcut.source], activation=shortcut.activation, **out
                 )
             elif layer.index - 1 not in self.fused:  # else this shortcut ran fused above
-                x = layer.forward(self.backend, prepared, x, outputs)
+                out = None if views is None or passes_through(layer) else views[layer.index]
+                x = layer.forward(self.backend, prepared, x, outputs, out)
             if layer_seconds is not None:
                 layer_seconds.append(time.perf_counter() - start)
             if layer.index in self.kept:

@@ -45,6 +45,33 @@ def big_conv(backend, ref, rng):  # >= 64 filters and >= 128 pixels: conv2d_impl
     return conv(backend, ref, rng, filters=72, shape=(1, 25, 13, 12))  # 225 taps: a partial last step
 
 
+def splitk_conv(backend, ref, rng):  # < 128 pixels: conv2d_implicit_gemm_splitk
+    return conv(backend, ref, rng, filters=45, shape=(1, 30, 7, 7))  # 270 taps: warps run 4 or 5 steps
+
+
+def conv_into_slices(backend, ref, rng, filters=40, shape=(2, 16, 13, 11)):
+    """x and the output both channel slices of bigger buffers (images not contiguous), as in a
+    planned route; the channels around the output's slice must stay unwritten (NaN): they come
+    back as 0 where they are, inf where a kernel wrote them."""
+    x_whole = rng.standard_normal((shape[0], shape[1] + 5, *shape[2:])).astype(np.float32)
+    w = rng.standard_normal((filters, shape[1], 3, 3)).astype(np.float32)
+    b = rng.standard_normal(filters).astype(np.float32)
+    options = dict(stride=1, padding=1, groups=1, activation="leaky")
+    expected = ref.conv2d(ref.asarray(x_whole[:, 2:2 + shape[1]]), ref.prepare_conv(w, b, None, **options))
+    arena = backend.arena(shape[0] * (filters + 7) * shape[2] * shape[3])
+    out = backend.arena_view(arena, 0, (shape[0], filters + 7, *shape[2:]), 3, filters)
+    x = backend.asarray(x_whole)[:, 2:2 + shape[1]]
+    backend.conv2d(x, backend.prepare_conv(w, b, None, **options), out=out)
+    whole = backend.to_numpy(backend.arena_view(arena, 0, (shape[0], filters + 7, *shape[2:]), 0, filters + 7))
+    outside = np.ones(filters + 7, bool)
+    outside[3:3 + filters] = False
+    # Channels outside the slice: 0 where still unwritten (as expected), inf where written.
+    whole[:, outside] = np.where(np.isnan(whole[:, outside]), 0.0, np.inf)
+    padded = np.zeros(whole.shape)
+    padded[:, 3:3 + filters] = expected
+    return whole, padded
+
+
 def maxpool(backend, ref, rng):
     x = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
     options = dict(size=3, stride=2, padding=2)
@@ -90,7 +117,19 @@ BUGS = {
         big_conv, "race",
     ),
     "gemm 128: gather table read one tap too far": (
-        "conv.cu", "if (ok && t < taps) {", "if (ok && t <= taps) {", 1, big_conv, "past the end of argument 18 (tap_table)",
+        "conv.cu", "if (ok && t < taps) {", "if (ok && t <= taps) {", 1, big_conv, "past the end of argument 20 (tap_table)",
+    ),
+    "split-K: a warp's second __syncwarp removed": ("conv.cu", "__syncwarp();  // the warp's", "// the warp's", 1, splitk_conv, "race"),
+    "split-K: the reduction's __syncthreads removed": ("conv.cu", GEMM_SYNC, "", 5, splitk_conv, "race"),
+    "split-K: one warp's partial sums left out": (
+        "conv.cu", "for (int s = 0; s < WARPS; ++s)", "for (int s = 1; s < WARPS; ++s)", 1, splitk_conv, "",
+    ),
+    "gemm: stores as if the output were a whole array (y_image ignored)": (
+        "conv.cu", "y[b * y_image + (long long)(g * fg + fo) * plane + q] =", "y[at] =", 1, conv_into_slices, "",
+    ),
+    "gemm 128: gathers as if x were a whole array (x_image ignored)": (
+        "conv.cu", "x + image_index * x_image", "x + image_index * (long long)c * h * wd", 1,
+        lambda b, r, g: conv_into_slices(b, r, g, filters=72, shape=(2, 25, 13, 12)), "",
     ),
     "direct: bounds check > instead of >=": (
         "conv.cu", "if (idx >= (long long)n * f * oh * ow) return;", "if (idx > (long long)n * f * oh * ow) return;",

@@ -40,6 +40,8 @@ CONV_SHAPES = [
     (1, 24, 13, 12, 70, 3, 1, 1, 1),  # >= 64 filters, >= 128 pixels: CUDA's 128 x 128 GEMM, float4 weights
     (2, 5, 17, 15, 130, 3, 1, 1, 1),  # the same, 45 taps (no float4), two row tiles
     (1, 32, 12, 12, 128, 1, 1, 0, 2),  # the same, grouped 1x1
+    (1, 70, 7, 7, 100, 3, 1, 1, 1),  # < 128 pixels: CUDA's split-K GEMM, 630 taps over 8 warps
+    (2, 300, 1, 1, 50, 1, 1, 0, 1),  # a connected layer at batch 2: split-K, 300 taps
 ]
 
 
@@ -76,7 +78,7 @@ def test_conv_matches_ref(rng, fast, ref64, shape, activation):
     assert_close(got, expected)
 
 
-@pytest.mark.parametrize("shape", [CONV_SHAPES[i] for i in (1, 2, 6, 0, 15, 12, 13, 19, 20)], ids=str)  # 12-20: CUDA's GEMMs
+@pytest.mark.parametrize("shape", [CONV_SHAPES[i] for i in (1, 2, 6, 0, 15, 12, 13, 19, 20, 22, 23)], ids=str)  # 12-23: CUDA's GEMMs
 def test_conv_with_fused_residual_matches_ref(rng, fast, ref64, shape):
     x, weights, bias, bn, options = random_conv(rng, shape, "linear")
     expected_conv = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))

@@ -3,11 +3,16 @@ CuPy. cupy is imported here only; activations stay on the GPU between layers (NC
 
 Importing this module without cupy, or without a GPU, raises ImportError with the reason;
 kern.get_backend turns that into one line for the user.
+
+Planned memory (kern/backend.py): every op takes `out=`, a place in the network's arena that
+nets/memory.py chose; a convolution's `x` and `out` may be channel slices of a route's output
+(images `strides[0]` apart), so the route has nothing to copy. `capture` records a whole
+forward pass as one CUDA graph, replayed with one launch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +36,10 @@ if _GPUS == 0:
 
 BLOCK = 256  # threads per block of the one-thread-per-output kernels
 GEMM_MIN_FILTERS = 16  # fewer filters per group: the direct kernel (a 64-row tile would idle)
-# conv2d_implicit_gemm_128 (128 x 128 tiles) where both tiles are mostly full; else kernel 2.
+# conv2d_implicit_gemm_128 (128 x 128 tiles) where both tiles are mostly full; below
+# BIG_MIN_PIXELS pixels (a batch of one small map) the split-K kernel; else kernel 2.
 BIG_MIN_FILTERS, BIG_MIN_PIXELS = 64, 128
+SPLITK_TILE = (16, 32)  # pixels x filters of conv2d_implicit_gemm_splitk's tile
 
 
 def _grid(count: int) -> tuple[int]:
@@ -56,10 +63,17 @@ def _tap_table(weights: np.ndarray) -> cupy.ndarray:
     return cupy.asarray(((ci << 16) | (ky << 8) | kx).reshape(-1).astype(np.int32))
 
 
+def _image_stride(x) -> np.int64:
+    """Floats from one image to the next (more than C*H*W for a channel slice)."""
+    return np.int64(x.strides[0] // 4)
+
+
 class CudaBackend:
     name = "cuda"
+    planned_memory = True
 
-    def __init__(self) -> None:
+    def __init__(self, graphs: bool = True) -> None:
+        self.graphs = graphs  # capture() records CUDA graphs; False: it runs as it is
         # Compiled once per backend (and cached on disk by CuPy across runs).
         options = compile_options()
         self._modules = {
@@ -76,27 +90,71 @@ class CudaBackend:
     def to_numpy(self, x: cupy.ndarray) -> np.ndarray:
         return cupy.asnumpy(x)
 
+    def arena(self, floats: int) -> cupy.ndarray:
+        return cupy.empty((max(floats, 1),), dtype=cupy.float32)
+
+    def arena_view(self, arena: cupy.ndarray, start: int, shape: tuple[int, int, int, int],
+                   first: int, channels: int) -> cupy.ndarray:
+        """Channels first..first+channels of the (N, C, H, W) buffer at `start` floats."""
+        buffer = arena[start: start + int(np.prod(shape))].reshape(shape)
+        return buffer[:, first: first + channels]
+
+    def copy_into(self, out: cupy.ndarray, x: cupy.ndarray | np.ndarray) -> None:
+        """A host or device array of out's shape into out (contiguous)."""
+        if isinstance(x, np.ndarray):
+            out.set(np.ascontiguousarray(x, dtype=np.float32))
+        else:
+            cupy.copyto(out, x)
+
+    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        """`run`'s launches recorded once as a CUDA graph (nothing runs while recording);
+        returns what replays them, as one launch on the current stream. `run` must not
+        allocate (planned memory) nor copy to the host."""
+        if not self.graphs:
+            return run
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            try:
+                run()
+            finally:
+                graph = stream.end_capture()
+        return lambda: graph.launch(cupy.cuda.get_current_stream())
+
+    @staticmethod
+    def _out(out: cupy.ndarray | None, shape: tuple[int, ...]) -> cupy.ndarray:
+        if out is None:
+            return cupy.empty(shape, dtype=cupy.float32)
+        if tuple(out.shape) != tuple(shape):
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
+        return out
+
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CudaConv:
         w, b = fold_batchnorm(weights, bias, bn)
         act = activation_code(activation)
         return CudaConv(cupy.asarray(w), cupy.asarray(b), stride, padding, groups, act, _tap_table(w))
 
-    def conv2d(self, x: cupy.ndarray, conv: CudaConv) -> cupy.ndarray:
-        return self._conv(x, conv, None, -1)
+    def conv2d(self, x: cupy.ndarray, conv: CudaConv, *, out: cupy.ndarray | None = None) -> cupy.ndarray:
+        return self._conv(x, conv, None, -1, out)
 
-    def _conv(self, x: cupy.ndarray, conv: CudaConv, residual: cupy.ndarray | None, res_act: int):
+    def _conv(self, x: cupy.ndarray, conv: CudaConv, residual: cupy.ndarray | None, res_act: int,
+              out: cupy.ndarray | None):
         n, c, h, w = x.shape
         f, _, k, _ = conv.weights.shape
         oh = conv_output_size(h, k, conv.stride, conv.padding)
         ow = conv_output_size(w, k, conv.stride, conv.padding)
-        y = cupy.empty((n, f, oh, ow), dtype=cupy.float32)
+        y = self._out(out, (n, f, oh, ow))
         args = (x, conv.weights, conv.bias, y, *map(np.int32, (n, c, h, w, f, k, conv.stride,
-                conv.padding, conv.groups, oh, ow, conv.act)), y if residual is None else residual,
-                np.int32(res_act))
-        if f // conv.groups >= BIG_MIN_FILTERS and n * oh * ow >= BIG_MIN_PIXELS:
-            grid = (-(-n * oh * ow // 128), -(-(f // conv.groups) // 128), conv.groups)
+                conv.padding, conv.groups, oh, ow)), _image_stride(x), _image_stride(y),
+                np.int32(conv.act), y if residual is None else residual, np.int32(res_act))
+        pixels, group_filters = n * oh * ow, f // conv.groups
+        if group_filters >= GEMM_MIN_FILTERS and pixels < BIG_MIN_PIXELS:
+            grid = (-(-pixels // SPLITK_TILE[0]), -(-group_filters // SPLITK_TILE[1]), conv.groups)
+            self._kernel("conv.cu", "conv2d_implicit_gemm_splitk")(grid, (256,), (*args, conv.tap_table))
+        elif group_filters >= BIG_MIN_FILTERS:
+            grid = (-(-pixels // 128), -(-group_filters // 128), conv.groups)
             self._kernel("conv.cu", "conv2d_implicit_gemm_128")(grid, (256,), (*args, conv.tap_table))
-        elif f // conv.groups >= GEMM_MIN_FILTERS:
+        elif group_filters >= GEMM_MIN_FILTERS:
             grid = (
                 -(-n * oh * ow // DEFINES["TILE_N"]),
                 -(-(f // conv.groups) // DEFINES["TILE_M"]),
@@ -107,9 +165,9 @@ class CudaBackend:
             self._kernel("conv.cu", "conv2d_direct")(_grid(y.size), (BLOCK,), args)
         return y
 
-    def conv2d_residual(self, x, conv: CudaConv, residual, *, activation):
+    def conv2d_residual(self, x, conv: CudaConv, residual, *, activation, out=None):
         # The shortcut's add and activation in the convolution's store (conv.cu's epilogue).
-        return self._conv(x, conv, residual, activation_code(activation))
+        return self._conv(x, conv, cupy.ascontiguousarray(residual), activation_code(activation), out)
 
     def prepare_connected(self, weights, bias, bn, *, activation) -> CudaConv:
         # A connected layer is a 1x1 convolution of the flattened input.
@@ -118,58 +176,72 @@ class CudaBackend:
         w = w[:, :, None, None]
         return CudaConv(cupy.asarray(w), cupy.asarray(b), 1, 0, 1, act, _tap_table(w))
 
-    def connected(self, x: cupy.ndarray, fc: CudaConv) -> cupy.ndarray:
-        return self.conv2d(x.reshape(x.shape[0], -1, 1, 1), fc)
+    def connected(self, x: cupy.ndarray, fc: CudaConv, *, out=None) -> cupy.ndarray:
+        x = cupy.ascontiguousarray(x)
+        return self.conv2d(x.reshape(x.shape[0], -1, 1, 1), fc, out=out)
 
-    def maxpool(self, x, *, size, stride, padding):
+    # The ops below read whole arrays (and, but for maxpool, write whole arrays): a channel
+    # slice is made contiguous first (never the case in a planned network: nets/memory.py
+    # slices only what convolutions and routes read).
+    def maxpool(self, x, *, size, stride, padding, out=None):
+        x = cupy.ascontiguousarray(x)
         n, c, h, w = x.shape
         oh = maxpool_output_size(h, size, stride, padding)
         ow = maxpool_output_size(w, size, stride, padding)
-        y = cupy.empty((n, c, oh, ow), dtype=cupy.float32)
-        args = (x, y, *map(np.int32, (n * c, h, w, size, stride, padding, oh, ow)))
+        y = self._out(out, (n, c, oh, ow))
+        args = (x, y, *map(np.int32, (n * c, h, w, size, stride, padding, oh, ow, c)), _image_stride(y))
         self._kernel("pool.cu", "maxpool")(_grid(y.size), (BLOCK,), args)
         return y
 
-    def avgpool(self, x):
+    def avgpool(self, x, *, out=None):
+        x = cupy.ascontiguousarray(x)
         n, c, h, w = x.shape
-        y = cupy.empty((n, c, 1, 1), dtype=cupy.float32)
+        y = self._out(out, (n, c, 1, 1))
         self._kernel("pool.cu", "avgpool")((n * c,), (256,), (x, y, np.int32(h * w)))
         return y
 
-    def softmax(self, x, *, groups, temperature):
-        y = cupy.empty_like(x)
+    def softmax(self, x, *, groups, temperature, out=None):
+        x = cupy.ascontiguousarray(x)
+        y = self._out(out, x.shape)
         width = x.size // (x.shape[0] * groups)
         args = (x, y, np.int32(width), np.float32(temperature))
         self._kernel("elementwise.cu", "softmax_rows")((x.shape[0] * groups,), (256,), args)
         return y
 
-    def shortcut(self, x, source, *, alpha, beta, activation):
-        y = cupy.empty_like(x)
+    def shortcut(self, x, source, *, alpha, beta, activation, out=None):
+        x, source = cupy.ascontiguousarray(x), cupy.ascontiguousarray(source)
+        y = self._out(out, x.shape)
         args = (x, source, y, *map(np.int32, x.shape), *map(np.int32, source.shape[1:]),
                 np.float32(alpha), np.float32(beta), np.int32(activation_code(activation)))
         self._kernel("elementwise.cu", "shortcut")(_grid(y.size), (BLOCK,), args)
         return y
 
-    def route(self, xs: Sequence[cupy.ndarray]) -> cupy.ndarray:
+    def route(self, xs: Sequence[cupy.ndarray], *, out=None) -> cupy.ndarray:
+        """Copies each input into its channels of the output, unless it is there already
+        (written there by the layer that made it: planned memory)."""
         n, _, h, w = xs[0].shape
-        total = sum(x.shape[1] for x in xs)
-        y = cupy.empty((n, total, h, w), dtype=cupy.float32)
+        y = self._out(out, (n, sum(x.shape[1] for x in xs), h, w))
         first = 0
         for x in xs:
-            args = (x, y, *map(np.int32, (n, x.shape[1], h * w, total, first)))
-            self._kernel("elementwise.cu", "copy_channels")(_grid(x.size), (BLOCK,), args)
+            place = y[:, first: first + x.shape[1]]
+            if place.data.ptr != x.data.ptr or place.strides != x.strides:
+                sizes = map(np.int32, (n, x.shape[1], h * w))
+                args = (x, place, *sizes, _image_stride(x), _image_stride(place))
+                self._kernel("elementwise.cu", "copy_channels")(_grid(x.size), (BLOCK,), args)
             first += x.shape[1]
         return y
 
-    def crop(self, x, *, height, width, scale, shift):
+    def crop(self, x, *, height, width, scale, shift, out=None):
+        x = cupy.ascontiguousarray(x)
         n, c, h, w = x.shape
-        y = cupy.empty((n, c, height, width), dtype=cupy.float32)
+        y = self._out(out, (n, c, height, width))
         args = (x, y, *map(np.int32, (n * c, h, w, height, width)), np.float32(scale), np.float32(shift))
         self._kernel("elementwise.cu", "crop")(_grid(y.size), (BLOCK,), args)
         return y
 
-    def activate(self, x, activation):
-        y = cupy.empty_like(x)
+    def activate(self, x, activation, *, out=None):
+        x = cupy.ascontiguousarray(x)
+        y = self._out(out, x.shape)
         args = (x, y, np.int64(x.size), np.int32(activation_code(activation)))
         self._kernel("elementwise.cu", "activate_all")(_grid(x.size), (BLOCK,), args)
         return y

@@ -1,5 +1,8 @@
 // Convolution, NCHW float32, batchnorm folded into w and bias on the host.
 // x (N, C, H, W); w (F, C/groups, K, K); y (N, F, OH, OW); y = act(conv(x, w) + bias).
+// Image b of x starts at x + b * x_image and image b of y at y + b * y_image: C*H*W and
+// F*OH*OW for whole arrays, more where x or y is a channel slice of a route's output
+// (nets/memory.py places a route's inputs there, so the route copies nothing).
 // Fused residual (a shortcut after the convolution): with res_act >= 0,
 // y = res_act(act(conv(x, w) + bias) + residual), residual of y's shape; with res_act < 0
 // `residual` is not read (pass any array, e.g. y).
@@ -18,7 +21,8 @@ __device__ __forceinline__ float epilogue(float v, int act, const float* __restr
 extern "C" __global__ void conv2d_direct(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
     float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
-    int groups, int oh, int ow, int act, const float* __restrict__ residual, int res_act)
+    int groups, int oh, int ow, long long x_image, long long y_image, int act,
+    const float* __restrict__ residual, int res_act)
 {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)n * f * oh * ow) return;
@@ -27,13 +31,13 @@ extern "C" __global__ void conv2d_direct(
     const int oy = t % oh;
     t /= oh;
     const int fo = t % f;
-    const int b = t / f;
+    const long long b = t / f;
     const int cg = c / groups;
     const int g = fo / (f / groups);
     const float* wf = w + (long long)fo * cg * k * k;
     float acc = 0.f;
     for (int ci = 0; ci < cg; ++ci) {
-        const float* plane = x + ((long long)b * c + g * cg + ci) * h * wd;
+        const float* plane = x + b * x_image + (long long)(g * cg + ci) * h * wd;
         for (int ky = 0; ky < k; ++ky) {
             const int iy = oy * stride - pad + ky;
             if (iy < 0 || iy >= h) continue;
@@ -44,7 +48,7 @@ extern "C" __global__ void conv2d_direct(
             }
         }
     }
-    y[idx] = epilogue(acc + bias[fo], act, residual, res_act, idx);
+    y[b * y_image + ((long long)fo * oh + oy) * ow + ox] = epilogue(acc + bias[fo], act, residual, res_act, idx);
 }
 
 // Kernel 2: implicit GEMM with shared-memory tiles. Per group g, the output is the product
@@ -67,7 +71,8 @@ extern "C" __global__ void conv2d_direct(
 extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
     float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
-    int groups, int oh, int ow, int act, const float* __restrict__ residual, int res_act)
+    int groups, int oh, int ow, long long x_image, long long y_image, int act,
+    const float* __restrict__ residual, int res_act)
 {
     __shared__ float a_tile[TILE_K][TILE_M];
     __shared__ float b_tile[TILE_K][TILE_N];
@@ -91,7 +96,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
                 const int b = p / plane, q = p % plane;
                 const int iy = (q / ow) * stride - pad + r / k, ix = (q % ow) * stride - pad + r % k;
                 if (iy >= 0 && iy < h && ix >= 0 && ix < wd)
-                    v = x[(((long long)b * c + g * cg + ci) * h + iy) * wd + ix];
+                    v = x[b * x_image + ((long long)(g * cg + ci) * h + iy) * wd + ix];
             }
             b_tile[kk][pp] = v;
         }
@@ -120,8 +125,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
             const int p = p0 + tx + 16 * j;
             if (p >= pixels) continue;
             const int b = p / plane, q = p % plane;
-            const long long at = ((long long)b * f + g * fg + fo) * plane + q;
-            y[at] = epilogue(acc[i][j] + bias_f, act, residual, res_act, at);
+            const long long at = ((long long)b * f + g * fg + fo) * plane + q;  // in residual
+            y[b * y_image + (long long)(g * fg + fo) * plane + q] =
+                epilogue(acc[i][j] + bias_f, act, residual, res_act, at);
         }
     }
 }
@@ -176,8 +182,8 @@ __device__ __forceinline__ void big_gather(float* r, const float* __restrict__ i
 extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
     float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
-    int groups, int oh, int ow, int act, const float* __restrict__ residual, int res_act,
-    const int* __restrict__ tap_table)
+    int groups, int oh, int ow, long long x_image, long long y_image, int act,
+    const float* __restrict__ residual, int res_act, const int* __restrict__ tap_table)
 {
     __shared__ float a_tile[2][BIG_K][BIG_M];
     __shared__ float b_tile[2][BIG_K][BIG_N];
@@ -195,7 +201,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
     const bool b_ok = p < pixels;
     const int image_index = b_ok ? p / plane : 0, q = b_ok ? p % plane : 0;
     const int iy0 = (q / ow) * stride - pad, ix0 = (q % ow) * stride - pad;
-    const float* image = x + ((long long)image_index * c + g * cg) * h * wd;
+    const float* image = x + image_index * x_image + (long long)g * cg * h * wd;
 
     float a_next[4], b_next[4];
     big_load_weights(a_next, row, a_ok, vector, ak, taps);
@@ -246,8 +252,89 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
         for (int j = 0; j < 8; ++j) {
             const int pixel = p0 + tx * 4 + (j % 4) + 64 * (j / 4);
             if (pixel >= pixels) continue;
-            const long long at = ((long long)(pixel / plane) * f + g * fg + fo) * plane + pixel % plane;
-            y[at] = epilogue(acc[i][j] + bias_f, act, residual, res_act, at);
+            const int b = pixel / plane, q = pixel % plane;
+            const long long at = ((long long)b * f + g * fg + fo) * plane + q;  // in residual
+            y[b * y_image + (long long)(g * fg + fo) * plane + q] =
+                epilogue(acc[i][j] + bias_f, act, residual, res_act, at);
         }
+    }
+}
+
+// Kernel 4: the implicit GEMM for layers with few pixels (a batch of one 7 x 7 or 8 x 8 map):
+// kernels 2 and 3 would start too few blocks to fill the GPU (49 pixels x 1024 filters: 16
+// blocks of kernel 2 for 132 SMs). Smaller tiles (SMALL_M filters x SMALL_N pixels) give more
+// blocks, and inside a block the taps are split: each of the 8 warps runs every 8th step of
+// SMALL_K taps over the whole tile (its own tiles in shared memory, synchronised with
+// __syncwarp only), then the 8 partial sums of each output are added in a fixed order. A
+// split-K with no workspace and no atomics: the result is the same on every run.
+// Lane l of a warp owns filters (l / 4) * 4 + {0..3} and pixels (l % 4) * 4 + {0..3}.
+#define SMALL_M 32
+#define SMALL_N 16
+#define SMALL_K 8
+#define WARPS (THREADS / 32)
+
+extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_splitk(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
+    int groups, int oh, int ow, long long x_image, long long y_image, int act,
+    const float* __restrict__ residual, int res_act, const int* __restrict__ tap_table)
+{
+    __shared__ float a_tile[WARPS][SMALL_K][SMALL_M];
+    __shared__ float b_tile[WARPS][SMALL_K][SMALL_N];
+    __shared__ float partial[WARPS][SMALL_M * SMALL_N];
+    const int cg = c / groups, fg = f / groups, taps = cg * k * k;
+    const int pixels = n * oh * ow, plane = oh * ow;
+    const int g = blockIdx.z, m0 = blockIdx.y * SMALL_M, p0 = blockIdx.x * SMALL_N;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int row = (lane / 4) * 4, col = (lane % 4) * 4;
+    // This lane gathers pixel bp, taps bk + {0, 2, 4, 6} of each step (as kernel 3 does).
+    const int bp = lane % SMALL_N, bk = lane / SMALL_N;
+    const int p = p0 + bp;
+    const bool b_ok = p < pixels;
+    const int image_index = b_ok ? p / plane : 0, q = b_ok ? p % plane : 0;
+    const int iy0 = (q / ow) * stride - pad, ix0 = (q % ow) * stride - pad;
+    const float* image = x + image_index * x_image + (long long)g * cg * h * wd;
+    float acc[4][4] = {{0.f}};
+    for (int k0 = warp * SMALL_K; k0 < taps; k0 += WARPS * SMALL_K) {
+#pragma unroll
+        for (int i = 0; i < SMALL_K * SMALL_M / 32; ++i) {
+            const int e = i * 32 + lane, m = e / SMALL_K, kk = e % SMALL_K;  // consecutive taps
+            const int fo = m0 + m, tap = k0 + kk;
+            a_tile[warp][kk][m] = (fo < fg && tap < taps) ? w[(long long)(g * fg + fo) * taps + tap] : 0.f;
+        }
+        float gathered[4];
+        big_gather(gathered, image, b_ok, iy0, ix0, k0 + bk, taps, tap_table, h, wd);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) b_tile[warp][bk + 2 * i][bp] = gathered[i];
+        __syncwarp();
+#pragma unroll
+        for (int kk = 0; kk < SMALL_K; ++kk) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                a[i] = a_tile[warp][kk][row + i];
+                b[i] = b_tile[warp][kk][col + i];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+        }
+        __syncwarp();  // the warp's tiles are overwritten by its next step
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) partial[warp][(row + i) * SMALL_N + col + j] = acc[i][j];
+    __syncthreads();
+    for (int o = threadIdx.x; o < SMALL_M * SMALL_N; o += THREADS) {
+        const int fo = m0 + o / SMALL_N, pixel = p0 + o % SMALL_N;
+        if (fo >= fg || pixel >= pixels) continue;
+        float sum = 0.f;
+        for (int s = 0; s < WARPS; ++s) sum += partial[s][o];
+        const int b = pixel / plane, q_out = pixel % plane;
+        const long long at = ((long long)b * f + g * fg + fo) * plane + q_out;  // in residual
+        y[b * y_image + (long long)(g * fg + fo) * plane + q_out] =
+            epilogue(sum + bias[g * fg + fo], act, residual, res_act, at);
     }
 }

@@ -30,14 +30,16 @@ extern "C" __global__ void shortcut(
     y[idx] = activate(v, act);
 }
 
-// Route (concat on channels): copy src (N, Cs, HW) into dst (N, Cd, HW) from channel `first`.
+// Route (concat on channels): copy the cs channels of src into dst, both (N, cs, HW) with
+// images src_image and dst_image floats apart (dst: a channel slice of the route's output).
 extern "C" __global__ void copy_channels(const float* __restrict__ src, float* __restrict__ dst,
-                                         int n, int cs, int hw, int cd, int first)
+                                         int n, int cs, int hw, long long src_image,
+                                         long long dst_image)
 {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)n * cs * hw) return;
-    const long long q = idx % hw, ch = (idx / hw) % cs, b = idx / ((long long)hw * cs);
-    dst[(b * cd + first + ch) * hw + q] = src[idx];
+    const long long within = idx % ((long long)cs * hw), b = idx / ((long long)cs * hw);
+    dst[b * dst_image + within] = src[b * src_image + within];
 }
 
 // Crop layer: the centred oh x ow window of each plane, then v*scale + shift.

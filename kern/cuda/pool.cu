@@ -4,9 +4,10 @@
 // Darknet's max pool: one thread per output; the window of output (i, j) starts at
 // (i*stride - pad/2, j*stride - pad/2) with pad the TOTAL padding; outside cells count as
 // -FLT_MAX, as in Darknet (a window wholly in the padding gives -FLT_MAX).
+// Image b of y starts at y + b * y_image (c*oh*ow, or more for a channel slice of a route).
 extern "C" __global__ void maxpool(
     const float* __restrict__ x, float* __restrict__ y, int planes, int h, int w,
-    int size, int stride, int pad, int oh, int ow)
+    int size, int stride, int pad, int oh, int ow, int c, long long y_image)
 {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)planes * oh * ow) return;
@@ -23,7 +24,7 @@ extern "C" __global__ void maxpool(
             if (xx >= 0 && xx < w) best = fmaxf(best, in[yy * w + xx]);
         }
     }
-    y[idx] = best;
+    y[(p / c) * y_image + (p % c) * oh * ow + i * ow + j] = best;
 }
 
 // Global average pool: one block per (n, c) plane; a block-wide tree sum in shared memory.

@@ -241,7 +241,7 @@ inline uint64_t collective(Collective op, unsigned mask, uint64_t value, long lo
 #define __syncthreads_count(p) cudasim::barrier((p), __LINE__, "__syncthreads_count")
 #define __syncthreads_and(p) cudasim::barrier((p), __LINE__, "__syncthreads_and")
 #define __syncthreads_or(p) cudasim::barrier((p), __LINE__, "__syncthreads_or")
-#define __syncwarp(...) cudasim::syncwarp(__LINE__, ##__VA_ARGS__)
+#define __syncwarp(...) cudasim::SyncWarp{__LINE__}(__VA_ARGS__)  // mask optional: no comma to elide
 #define __shfl_sync(mask, v, lane, ...) cudasim::shfl(cudasim::SHFL, mask, v, lane, __LINE__, "__shfl_sync", ##__VA_ARGS__)
 #define __shfl_up_sync(mask, v, d, ...) cudasim::shfl(cudasim::SHFL_UP, mask, v, d, __LINE__, "__shfl_up_sync", ##__VA_ARGS__)
 #define __shfl_down_sync(mask, v, d, ...) cudasim::shfl(cudasim::SHFL_DOWN, mask, v, d, __LINE__, "__shfl_down_sync", ##__VA_ARGS__)
@@ -255,6 +255,10 @@ namespace cudasim {
 inline void syncwarp(int line, unsigned mask = 0xffffffffu) {
     collective(SYNCWARP, mask, 0, 0, 32, line, "__syncwarp");
 }
+struct SyncWarp {
+    int line;
+    void operator()(unsigned mask = 0xffffffffu) const { syncwarp(line, mask); }
+};
 
 template <typename T>
 inline T shfl(Collective op, unsigned mask, T v, long long operand, int line, const char* what,

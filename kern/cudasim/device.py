@@ -12,6 +12,10 @@
 - Races: every launch runs twice, its threads and blocks in forward and then in reverse order,
   from the same inputs; the arrays it was given must come out byte for byte the same.
   KERN_CUDASIM_ORDERS=1 runs forward only (half the time; no race check).
+- Views (slices, reshapes) share their array's memory, as in CuPy; the guard page is at the
+  end of the whole allocation (an arena's views are checked only at the arena's end).
+- Streams and graphs: launches on a stream between `begin_capture` and `end_capture` are
+  recorded, not run; `Graph.launch` runs the recorded launches in order.
 """
 
 from __future__ import annotations
@@ -60,17 +64,27 @@ class Allocation:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+@dataclass(frozen=True)
+class MemoryPointer:
+    ptr: int
+
+
 class ndarray:
-    """A C-contiguous device array: host memory behind a guard page."""
+    """A device array: host memory behind a guard page, or a view of another device array."""
 
     def __init__(
-        self, shape: tuple[int, ...], dtype: Any = np.float32, *, allocation: Allocation | None = None
+        self, shape: tuple[int, ...], dtype: Any = np.float32, *, allocation: Allocation | None = None,
+        host: np.ndarray | None = None,
     ) -> None:
         self.dtype = np.dtype(dtype)
         self.shape = tuple(int(s) for s in shape)
         self.size = int(np.prod(self.shape))
         self.allocation = allocation or Allocation(self.size * self.dtype.itemsize)
-        self.host = self.allocation.view(self.dtype, self.shape)  # the same memory, as NumPy
+        # The same memory, as NumPy (a view with strides for a slice).
+        self.host = self.allocation.view(self.dtype, self.shape) if host is None else host
+
+    def _view(self, host: np.ndarray) -> ndarray:
+        return ndarray(host.shape, host.dtype, allocation=self.allocation, host=host)
 
     @property
     def ndim(self) -> int:
@@ -81,13 +95,40 @@ class ndarray:
         return self.size * self.dtype.itemsize
 
     @property
+    def strides(self) -> tuple[int, ...]:
+        return self.host.strides
+
+    @property
     def data_ptr(self) -> int:
-        return self.allocation.start
+        return self.host.ctypes.data
+
+    @property
+    def data(self) -> MemoryPointer:
+        return MemoryPointer(self.data_ptr)
+
+    @property
+    def flags_c_contiguous(self) -> bool:
+        return self.host.flags.c_contiguous
+
+    def span(self) -> np.ndarray:
+        """The bytes from this array's first element to its last (what a kernel may write)."""
+        extent = self.dtype.itemsize + sum((n - 1) * s for n, s in zip(self.shape, self.host.strides))
+        start = self.data_ptr - (self.allocation.end - len(self.allocation.map) + PAGE)
+        return np.frombuffer(self.allocation.map, np.uint8, count=max(extent, 0), offset=start)
+
+    def set(self, host: np.ndarray) -> None:
+        """Host to device (CuPy's ndarray.set): same shape and dtype."""
+        if host.shape != self.shape or host.dtype != self.dtype:
+            raise ValueError(f"set: {host.shape} {host.dtype} into {self.shape} {self.dtype}")
+        self.host[...] = host
+
+    def __getitem__(self, key: Any) -> ndarray:
+        return self._view(self.host[key])
 
     def reshape(self, *shape: Any) -> ndarray:
         if len(shape) == 1 and isinstance(shape[0], tuple):
             shape = shape[0]
-        return ndarray(self.host.reshape(shape).shape, self.dtype, allocation=self.allocation)
+        return self._view(np.reshape(self.host, shape, copy=False))  # a view, or an error
 
     def __repr__(self) -> str:
         return f"cudasim.ndarray(shape={self.shape}, dtype={self.dtype})"
@@ -114,7 +155,13 @@ def asarray(x: Any, dtype: Any = None) -> ndarray:
 
 
 def ascontiguousarray(x: Any, dtype: Any = None) -> ndarray:
+    if isinstance(x, ndarray) and not x.flags_c_contiguous:
+        x = asarray(x.host)  # a copy
     return asarray(x, dtype)
+
+
+def copyto(dst: ndarray, src: ndarray) -> None:
+    dst.host[...] = src.host
 
 
 def asnumpy(x: ndarray) -> np.ndarray:
@@ -130,8 +177,58 @@ class _Runtime:
         return 1
 
 
+class Graph:
+    """A recorded list of launches (CuPy's cupy.cuda.graph.Graph)."""
+
+    def __init__(self, launches: list) -> None:
+        self.launches = launches
+
+    def launch(self, stream: Stream | None = None) -> None:
+        for launch in self.launches:
+            launch()
+
+
+class Stream:
+    """CuPy's Stream: `with stream:` makes it current; capture records launches."""
+
+    _current: list[Stream] = []  # CuPy's current-stream stack (the null stream when empty)
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        self.recording: list | None = None
+
+    def __enter__(self) -> Stream:
+        Stream._current.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        Stream._current.pop()
+
+    def begin_capture(self) -> None:
+        if self.recording is not None:
+            raise CudasimError("begin_capture: this stream is already capturing")
+        self.recording = []
+
+    def end_capture(self) -> Graph:
+        if self.recording is None:
+            raise CudasimError("end_capture: this stream is not capturing")
+        graph, self.recording = Graph(self.recording), None
+        return graph
+
+    def synchronize(self) -> None:
+        pass
+
+
+_NULL_STREAM = Stream()
+
+
+def get_current_stream() -> Stream:
+    return Stream._current[-1] if Stream._current else _NULL_STREAM
+
+
 class cuda:  # noqa: N801 - CuPy's name
     runtime = _Runtime
+    Stream = Stream
+    get_current_stream = staticmethod(get_current_stream)
 
 
 @dataclass
@@ -177,29 +274,37 @@ class Function:
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
         grid3, block3 = _dims(grid), _dims(block)
         self._check_limits(grid3, block3, shared_mem)
+        self._pack(args)  # refuse mistyped arguments now, also when recording
+        recording = get_current_stream().recording
+        if recording is not None:  # stream capture: run when the graph is launched
+            recording.append(lambda: self._run(grid3, block3, shared_mem, args))
+            return
+        self._run(grid3, block3, shared_mem, args)
+
+    def _run(self, grid3, block3, shared_mem: int, args: tuple) -> None:
         values, _alive = self._pack(args)  # the ctypes objects `values` points into
         arrays = [a for a in args if isinstance(a, ndarray)]
         orders = 1 if os.environ.get("KERN_CUDASIM_ORDERS") == "1" else 2
         if orders == 1:
             self._launch(grid3, block3, shared_mem, values, reverse=False, args=args)
             return
-        before = [a.host.copy() for a in arrays]
+        spans = [a.span() for a in arrays]
+        before = [span.copy() for span in spans]
         self._launch(grid3, block3, shared_mem, values, reverse=False, args=args)
-        forward = [a.host.copy() for a in arrays]
-        for array, saved in zip(arrays, before):
-            array.host[...] = saved
+        forward = [span.copy() for span in spans]
+        for span, saved in zip(spans, before):
+            span[...] = saved
         self._launch(grid3, block3, shared_mem, values, reverse=True, args=args)
-        for array, first in zip(arrays, forward):
-            now, then = array.host.reshape(-1).view(np.uint8), first.reshape(-1).view(np.uint8)
-            if not np.array_equal(now, then):
-                differ = np.flatnonzero(now != then)
-                element = int(differ[0]) // array.dtype.itemsize
+        for array, span, first in zip(arrays, spans, forward):
+            if not np.array_equal(span, first):
+                element = int(np.flatnonzero(span != first)[0]) // array.dtype.itemsize
+                now, then = span.view(array.dtype)[element], first.view(array.dtype)[element]
                 position = [i for i, a in enumerate(args) if a is array][0]
                 raise CudasimError(
                     f"{self.kernel.name} ({self.source}): a race: argument {position} "
                     f"({self.kernel.params[position].name}) differs at element {element} between "
-                    f"threads run in forward and in reverse order ({first.reshape(-1)[element]} vs "
-                    f"{array.host.reshape(-1)[element]}): a missing __syncthreads?"
+                    f"threads run in forward and in reverse order ({then} vs {now}): a missing "
+                    "__syncthreads?"
                 )
 
     def _check_limits(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int) -> None:
