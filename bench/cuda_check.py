@@ -5,8 +5,10 @@
 1. correctness: pytest on tests/test_cuda_sources.py, tests/test_ops.py (every op on cuda
    against the float64 reference) and tests/test_cuda.py (18 cfgs vs cpu, tiny's top-5);
 2. per-op: every convolution shape of darknet19, resnet50 and resnext50 (batch 1 and 64),
-   kern's CUDA kernels vs PyTorch + cuDNN (TF32 off), CUDA events, warm-up, median;
-3. networks: batch-1 latency and batch-64 throughput, kern vs PyTorch eager;
+   kern's CUDA kernels (and kernel 3 with cp.async, checked against them) vs PyTorch +
+   cuDNN (TF32 off), CUDA events, warm-up, median;
+3. networks: batch-1 latency and batch-64 throughput, kern with and without CUDA graphs
+   (planned memory either way) vs PyTorch eager;
 then prints the tables last. Needs cupy, torch with CUDA and a GPU.
 """
 
@@ -41,7 +43,7 @@ def median_ms(run, repeat: int = 20, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def conv_rows(kern, torch_backend, batches) -> list[str]:
+def conv_rows(kern, kern_async, torch_backend, batches) -> list[str]:
     import nets
     from nets.layers import Convolutional
 
@@ -60,17 +62,20 @@ def conv_rows(kern, torch_backend, batches) -> list[str]:
                            activation=layer.activation)
             for batch in batches:
                 x = rng.random((batch, *layer.in_shape), dtype=np.float32)
-                times = []
-                for backend in (kern, torch_backend):
+                times, outputs = [], []
+                for backend in (kern, kern_async, torch_backend):
                     conv, xd = backend.prepare_conv(w, b, None, **options), backend.asarray(x)
                     times.append(median_ms(lambda on=backend, xd=xd, conv=conv: on.conv2d(xd, conv)))
+                    outputs.append(backend.to_numpy(backend.conv2d(xd, conv)))
+                same = "yes" if np.array_equal(outputs[0], outputs[1]) else "DIFFERS"
                 gflops = layer.flops * batch / times[0] / 1e6
                 rows.append(f"{name:<10} {layer.describe()[:62]:<62} {batch:>3} {times[0]:>8.3f} "
-                            f"{times[1]:>8.3f} {gflops:>8.0f} {times[1] / times[0]:>6.2f}")
+                            f"{times[1]:>8.3f} {same:>7} {times[2]:>8.3f} {gflops:>8.0f} "
+                            f"{times[2] / times[0]:>6.2f}")
     return rows
 
 
-def network_rows(kern, torch_backend, quick: bool) -> list[str]:
+def network_rows(kern, kern_no_graphs, torch_backend, quick: bool) -> list[str]:
     import nets
     from nets.network import Network
     from nets.weights import random_weights
@@ -79,14 +84,15 @@ def network_rows(kern, torch_backend, quick: bool) -> list[str]:
     for name in NETWORKS[:2] if quick else NETWORKS:
         spec = nets.load_spec(REPO / "cfg" / f"{name}.cfg")
         values = random_weights(spec.layers, seed=0)
-        ours, theirs = Network(spec, values, kern), Network(spec, values, torch_backend)
+        nets_ = [Network(spec, values, backend) for backend in (kern, kern_no_graphs, torch_backend)]
         for batch in (1, 64):
             images = np.random.default_rng(0).random((batch, *spec.input_shape), dtype=np.float32)
-            xk, xt = kern.asarray(images), torch_backend.asarray(images)
-            times = [median_ms(lambda net=net, x=x: net.run(x)) for net, x in ((ours, xk), (theirs, xt))]
-            rows.append(f"{name:<12} {batch:>5} {times[0]:>9.2f} {times[1]:>9.2f} "
-                        f"{batch * 1000 / times[0]:>9.0f} {batch * 1000 / times[1]:>9.0f} "
-                        f"{times[1] / times[0]:>6.2f}")
+            xs = [net.backend.asarray(images) for net in nets_]
+            times = [median_ms(lambda net=net, x=x: net.run(x)) for net, x in zip(nets_, xs)]
+            same = np.array_equal(nets_[0].forward(images), nets_[1].forward(images))
+            rows.append(f"{name:<12} {batch:>5} {times[0]:>9.2f} {times[1]:>9.2f} {times[2]:>9.2f} "
+                        f"{batch * 1000 / times[0]:>9.0f} {batch * 1000 / times[2]:>9.0f} "
+                        f"{times[2] / times[0]:>6.2f} {'yes' if same else 'DIFFERS':>7}")
     return rows
 
 
@@ -102,14 +108,18 @@ def main() -> None:
     from kern import get_backend
 
     kern, torch_backend = get_backend("cuda"), TorchBackend(device="cuda")
-    convs = conv_rows(kern, torch_backend, (1,) if args.quick else (1, 64))
-    networks = network_rows(kern, torch_backend, args.quick)
-    print("\n# convolutions: kern CUDA vs PyTorch cuDNN (TF32 off), median ms by CUDA events")
-    print(f"{'network':<10} {'layer':<62} {'N':>3} {'kern ms':>8} {'cuDNN ms':>8} {'GFLOP/s':>8} {'ratio':>6}")
+    kern_async, kern_no_graphs = get_backend("cuda", cp_async=True), get_backend("cuda", graphs=False)
+    convs = conv_rows(kern, kern_async, torch_backend, (1,) if args.quick else (1, 64))
+    networks = network_rows(kern, kern_no_graphs, torch_backend, args.quick)
+    print("\n# convolutions: kern CUDA vs PyTorch cuDNN (TF32 off), median ms by CUDA events;")
+    print("# cp.async: kernel 3 built with KERN_CP_ASYNC (same = bit for bit the same output)")
+    header = ("network", "layer", "N", "kern ms", "cp.async", "same", "cuDNN ms", "GFLOP/s", "ratio")
+    print("{:<10} {:<62} {:>3} {:>8} {:>8} {:>7} {:>8} {:>8} {:>6}".format(*header))
     print("\n".join(convs))
-    print("\n# networks: ratio = PyTorch time / kern time (> 1: kern faster)")
-    header = ("network", "batch", "kern ms", "torch ms", "kern im/s", "torch im/s", "ratio")
-    print("{:<12} {:>5} {:>9} {:>9} {:>9} {:>9} {:>6}".format(*header))
+    print("\n# networks: ratio = PyTorch time / kern time with graphs (> 1: kern faster);")
+    print("# same: graphs and no graphs give bit for bit the same output")
+    header = ("network", "batch", "kern ms", "no graph", "torch ms", "kern im/s", "torch im/s", "ratio", "same")
+    print("{:<12} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7}".format(*header))
     print("\n".join(networks))
     print(f"\ncorrectness tests: {'passed' if check.returncode == 0 else 'FAILED'}")
 

@@ -16,9 +16,10 @@ def test_every_cu_file_is_listed():
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("cp_async", [False, True], ids=["plain", "cp.async"])
 @pytest.mark.parametrize("source", SOURCES)
-def test_compiles_for_sm90(tmp_path, source):
-    command = [NVCC, "-arch=sm_90", "--cubin", "-Werror=all-warnings", *compile_options(),
+def test_compiles_for_sm90(tmp_path, source, cp_async):
+    command = [NVCC, "-arch=sm_90", "--cubin", "-Werror=all-warnings", *compile_options(cp_async),
                "-o", str(tmp_path / "out.cubin"), str(FOLDER / source)]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -72,10 +72,11 @@ class CudaBackend:
     name = "cuda"
     planned_memory = True
 
-    def __init__(self, graphs: bool = True) -> None:
+    def __init__(self, graphs: bool = True, cp_async: bool = False) -> None:
         self.graphs = graphs  # capture() records CUDA graphs; False: it runs as it is
-        # Compiled once per backend (and cached on disk by CuPy across runs).
-        options = compile_options()
+        # Compiled once per backend (and cached on disk by CuPy across runs). cp_async: kernel
+        # 3's tiles by cp.async (sm_80+; not yet measured on a GPU, so off by default).
+        options = compile_options(cp_async)
         self._modules = {
             name: cupy.RawModule(code=(FOLDER / name).read_text(), options=options)
             for name in SOURCES

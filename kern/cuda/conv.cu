@@ -145,6 +145,14 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
 //   tap_table, made on the host: channel << 16 | ky << 8 | kx.
 // Thread (ty, tx) of the 16 x 16 grid owns rows ty*4 + {0..3} and 64 + ty*4 + {0..3}, and the
 // same columns with tx.
+// With KERN_CP_ASYNC (sm_80 and later; CudaBackend(cp_async=True)) the next step's operands go
+// from global to shared memory by cp.async, without passing through registers; cudasim, and
+// the default build, run the register path.
+#if defined(KERN_CP_ASYNC) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define BIG_ASYNC 1
+#else
+#define BIG_ASYNC 0
+#endif
 #define BIG_M 128
 #define BIG_N 128
 #define BIG_K 8
@@ -179,6 +187,43 @@ __device__ __forceinline__ void big_gather(float* r, const float* __restrict__ i
     }
 }
 
+#if BIG_ASYNC
+// One float from global to shared memory, asynchronously; 0 where !ok (nothing is read).
+__device__ __forceinline__ void async_float(float* dst, const float* src, bool ok)
+{
+    const unsigned to = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(to), "l"(src), "r"(ok ? 4 : 0));
+}
+
+// The same operands as big_load_weights and big_gather, straight into the shared tiles.
+__device__ __forceinline__ void big_async_tiles(
+    float (*a)[BIG_M], float (*b)[BIG_N], const float* __restrict__ row, bool a_ok, int ak, int am,
+    const float* __restrict__ image, bool b_ok, int iy0, int ix0, int bk, int bp, int k0, int taps,
+    const int* __restrict__ tap_table, int h, int wd)
+{
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int tap = k0 + ak + i;
+        const bool ok = a_ok && tap < taps;
+        async_float(&a[ak + i][am], ok ? row + tap : row, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int t = k0 + bk + 2 * i;
+        bool ok = b_ok && t < taps;
+        const float* src = image;
+        if (ok) {
+            const int code = tap_table[t];
+            const int iy = iy0 + ((code >> 8) & 255), ix = ix0 + (code & 255);
+            ok = iy >= 0 && iy < h && ix >= 0 && ix < wd;
+            if (ok) src = image + ((long long)(code >> 16) * h + iy) * wd + ix;
+        }
+        async_float(&b[bk + 2 * i][bp], src, ok);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
     float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
@@ -203,6 +248,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
     const int iy0 = (q / ow) * stride - pad, ix0 = (q % ow) * stride - pad;
     const float* image = x + image_index * x_image + (long long)g * cg * h * wd;
 
+#if BIG_ASYNC
+    (void)vector;  // cp.async moves single floats
+    big_async_tiles(a_tile[0], b_tile[0], row, a_ok, ak, am, image, b_ok, iy0, ix0, bk, bp, 0, taps, tap_table, h, wd);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+#else
     float a_next[4], b_next[4];
     big_load_weights(a_next, row, a_ok, vector, ak, taps);
     big_gather(b_next, image, b_ok, iy0, ix0, bk, taps, tap_table, h, wd);
@@ -211,14 +261,20 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
         a_tile[0][ak + i][am] = a_next[i];
         b_tile[0][bk + 2 * i][bp] = b_next[i];
     }
+#endif
     __syncthreads();
     float acc[8][8] = {{0.f}};
     int buffer = 0;
     for (int k0 = 0; k0 < taps; k0 += BIG_K) {
         const bool more = k0 + BIG_K < taps;
         if (more) {  // the next step's operands, on their way while this step computes
+#if BIG_ASYNC  // into the other buffer: everyone has finished reading it a step ago
+            big_async_tiles(a_tile[buffer ^ 1], b_tile[buffer ^ 1], row, a_ok, ak, am, image, b_ok, iy0, ix0,
+                            bk, bp, k0 + BIG_K, taps, tap_table, h, wd);
+#else
             big_load_weights(a_next, row, a_ok, vector, k0 + BIG_K + ak, taps);
             big_gather(b_next, image, b_ok, iy0, ix0, k0 + BIG_K + bk, taps, tap_table, h, wd);
+#endif
         }
 #pragma unroll
         for (int kk = 0; kk < BIG_K; ++kk) {
@@ -233,6 +289,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
 #pragma unroll
                 for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
         }
+#if BIG_ASYNC
+        if (more) asm volatile("cp.async.wait_group 0;\n" ::);
+#else
         if (more) {  // into the other buffer: everyone has finished reading it a step ago
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -240,6 +299,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
                 b_tile[buffer ^ 1][bk + 2 * i][bp] = b_next[i];
             }
         }
+#endif
         __syncthreads();
         buffer ^= 1;
     }

@@ -9,6 +9,8 @@ SOURCES = ("conv.cu", "pool.cu", "elementwise.cu")
 DEFINES = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16}
 
 
-def compile_options() -> tuple[str, ...]:
-    """Options for NVRTC (cupy.RawModule) and nvcc alike; never TF32 or fast-math."""
-    return (f"-I{FOLDER}", "-std=c++17", *(f"-D{k}={v}" for k, v in DEFINES.items()))
+def compile_options(cp_async: bool = False) -> tuple[str, ...]:
+    """Options for NVRTC (cupy.RawModule) and nvcc alike; never TF32 or fast-math. cp_async:
+    kernel 3 moves its tiles with cp.async (sm_80 and later; not run on cudasim)."""
+    defines = {**DEFINES, **({"KERN_CP_ASYNC": 1} if cp_async else {})}
+    return (f"-I{FOLDER}", "-std=c++17", *(f"-D{k}={v}" for k, v in defines.items()))
