@@ -10,6 +10,14 @@ Optional: `link_convs(first, second) -> (first', second') | None`, offered each 
 consecutive convolutions where nothing else reads the first's output, lets a backend pass that
 output in a layout of its own; `unlinked_output(x, first')` then turns it back into what
 conv2d would have returned, for a caller that stops there (the CPU backend: kern/cpu).
+
+Optional: planned memory (`planned_memory = True`, the CUDA backend). Every op then takes
+`out=`, where to write; `arena(floats)` allocates the one buffer a network's outputs live in,
+`arena_view(arena, start, (N, C, H, W), first, channels)` is channels first..first+channels of
+the buffer at `start` (a convolution's or max pool's output may be such a slice, and a
+convolution's input), `copy_into(out, x)` copies a host or backend array in, and
+`capture(run) -> replay` records what `run` launches so that `replay()` repeats it (CUDA
+graphs). nets/memory.py plans the places, nets/network.py uses them.
 """
 
 from __future__ import annotations
