@@ -125,7 +125,7 @@ pad=1
 activation=leaky
 {blocks}
 [convolutional]
-filters=24
+filters=20
 size=1
 stride=1
 pad=1
@@ -179,9 +179,7 @@ layers=-1,-3
 def small_densenet(tmp_path, size: int = 12, blocks: int = 3):
     """densenet201's dense block (three times), a transition, a fused residual and the head."""
     path = tmp_path / "dense.cfg"
-    text = DENSE.format(size=size, blocks="".join([DENSE_BLOCK] * blocks))
-    # The residual: a 20-channel conv added to the maxpool's output needs 20 channels there.
-    path.write_text(text.replace("filters=24", "filters=20"))
+    path.write_text(DENSE.format(size=size, blocks="".join([DENSE_BLOCK] * blocks)))
     return nets.load_spec(path)
 
 
