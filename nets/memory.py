@@ -7,10 +7,11 @@ output is written into its place in one arena of `MemoryPlan.floats_per_image * 
   reads it (the next layer, or a later route or shortcut); places of outputs that are never
   alive at the same time may overlap. Greedy: biggest buffer first, at the lowest offset that
   overlaps no buffer alive at the same time.
-- Routes without copies: an input of a route whose readers can all read a channel slice (a
-  convolution or another route) and that a convolution, a max pool or a route writes is placed in its
-  channel slice of the route's output, so the route has nothing left to copy (densenet201's
-  98 routes). Nested routes nest their slices: a slice's place is inside its route's place.
+- Routes without copies: an input of a route is placed in its channel slice of the route's
+  output where a convolution, a max pool or a route writes it and only convolutions and
+  routes read it (the kernels that take the distance between images), so the route has
+  nothing left to copy (densenet201's 98 routes). Nested routes nest their slices: a slice's
+  place is inside its route's place.
 - Layers that pass their input through (dropout, cost, a route of one layer) share their
   input's place; a convolution fused with the shortcut after it writes the shortcut's place.
 
@@ -47,9 +48,6 @@ class MemoryPlan:
     floats_per_image: int
     value_of: tuple[int, ...]  # layer index -> the producer whose output it returns
     copies_saved: int  # route inputs written straight into their slice
-
-    def output_place(self, index: int) -> Place:
-        return self.places[self.value_of[index]]
 
 
 def passes_through(layer: Layer) -> bool:

@@ -253,3 +253,18 @@ def test_conv_reads_and_writes_channel_slices(cudasim, ref64, rng, filters, shap
 
     got, expected = conv_into_slices(cudasim, ref64, rng, filters, shape)
     assert_close(got, expected)
+
+
+def test_a_failed_capture_falls_back_to_launch_by_launch(cudasim, tmp_path, monkeypatch):
+    from kern.cudasim import device
+
+    def refuse(stream):
+        raise device._Runtime.CUDARuntimeError("cudaErrorStreamCaptureUnsupported")
+
+    spec = small_densenet(tmp_path, size=9, blocks=1)
+    net = Network(spec, random_weights(spec.layers, seed=2), cudasim)
+    images = np.random.default_rng(3).random((1, *spec.input_shape), dtype=np.float32)
+    monkeypatch.setattr(device.Stream, "begin_capture", refuse)
+    with pytest.warns(UserWarning, match="capture failed .*cudaErrorStreamCaptureUnsupported"):
+        first = net.forward(images)
+    assert np.array_equal(net.forward(images), first)

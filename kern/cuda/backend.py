@@ -12,6 +12,7 @@ forward pass as one CUDA graph, replayed with one launch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -114,12 +115,17 @@ class CudaBackend:
         if not self.graphs:
             return run
         stream = cupy.cuda.Stream(non_blocking=True)
-        with stream:
-            stream.begin_capture()
-            try:
-                run()
-            finally:
-                graph = stream.end_capture()
+        try:
+            with stream:
+                stream.begin_capture()
+                try:
+                    run()
+                finally:
+                    graph = stream.end_capture()
+        except (RuntimeError, cupy.cuda.runtime.CUDARuntimeError) as error:
+            # Not yet run on a GPU: where capture fails, say so once and go on without graphs.
+            warnings.warn(f"CUDA graph capture failed ({error}); running launch by launch", stacklevel=2)
+            return run
         return lambda: graph.launch(cupy.cuda.get_current_stream())
 
     @staticmethod
