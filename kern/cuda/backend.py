@@ -43,6 +43,24 @@ BIG_MIN_FILTERS, BIG_MIN_PIXELS = 64, 128
 SPLITK_TILE = (16, 32)  # pixels x filters of conv2d_implicit_gemm_splitk's tile
 
 
+# The implicit GEMMs' block tiles: (pixels, filters).
+CONV_TILES = {
+    "conv2d_implicit_gemm": (DEFINES["TILE_N"], DEFINES["TILE_M"]),
+    "conv2d_implicit_gemm_128": (128, 128),
+    "conv2d_implicit_gemm_splitk": SPLITK_TILE,
+}
+CONV_KERNELS = ("conv2d_direct", *CONV_TILES)
+
+
+def choose_conv_kernel(pixels: int, group_filters: int) -> str:
+    """conv.cu's kernel for a layer: pixels over the whole batch, filters per group."""
+    if group_filters < GEMM_MIN_FILTERS:
+        return "conv2d_direct"
+    if pixels < BIG_MIN_PIXELS:
+        return "conv2d_implicit_gemm_splitk"
+    return "conv2d_implicit_gemm_128" if group_filters >= BIG_MIN_FILTERS else "conv2d_implicit_gemm"
+
+
 def _grid(count: int) -> tuple[int]:
     return ((count + BLOCK - 1) // BLOCK,)
 
@@ -141,11 +159,14 @@ class CudaBackend:
         act = activation_code(activation)
         return CudaConv(cupy.asarray(w), cupy.asarray(b), stride, padding, groups, act, _tap_table(w))
 
-    def conv2d(self, x: cupy.ndarray, conv: CudaConv, *, out: cupy.ndarray | None = None) -> cupy.ndarray:
-        return self._conv(x, conv, None, -1, out)
+    def conv2d(self, x: cupy.ndarray, conv: CudaConv, *, out: cupy.ndarray | None = None,
+               kernel: str | None = None) -> cupy.ndarray:
+        """kernel: one of CONV_KERNELS to run instead of the one chosen for the shape (the
+        lessons run each kernel on one layer)."""
+        return self._conv(x, conv, None, -1, out, kernel)
 
     def _conv(self, x: cupy.ndarray, conv: CudaConv, residual: cupy.ndarray | None, res_act: int,
-              out: cupy.ndarray | None):
+              out: cupy.ndarray | None, kernel: str | None = None):
         n, c, h, w = x.shape
         f, _, k, _ = conv.weights.shape
         oh = conv_output_size(h, k, conv.stride, conv.padding)
@@ -155,21 +176,14 @@ class CudaBackend:
                 conv.padding, conv.groups, oh, ow)), _image_stride(x), _image_stride(y),
                 np.int32(conv.act), y if residual is None else residual, np.int32(res_act))
         pixels, group_filters = n * oh * ow, f // conv.groups
-        if group_filters >= GEMM_MIN_FILTERS and pixels < BIG_MIN_PIXELS:
-            grid = (-(-pixels // SPLITK_TILE[0]), -(-group_filters // SPLITK_TILE[1]), conv.groups)
-            self._kernel("conv.cu", "conv2d_implicit_gemm_splitk")(grid, (256,), (*args, conv.tap_table))
-        elif group_filters >= BIG_MIN_FILTERS:
-            grid = (-(-pixels // 128), -(-group_filters // 128), conv.groups)
-            self._kernel("conv.cu", "conv2d_implicit_gemm_128")(grid, (256,), (*args, conv.tap_table))
-        elif group_filters >= GEMM_MIN_FILTERS:
-            grid = (
-                -(-n * oh * ow // DEFINES["TILE_N"]),
-                -(-(f // conv.groups) // DEFINES["TILE_M"]),
-                conv.groups,
-            )
-            self._kernel("conv.cu", "conv2d_implicit_gemm")(grid, (256,), args)
-        else:
-            self._kernel("conv.cu", "conv2d_direct")(_grid(y.size), (BLOCK,), args)
+        kernel = kernel or choose_conv_kernel(pixels, group_filters)
+        if kernel == "conv2d_direct":
+            self._kernel("conv.cu", kernel)(_grid(y.size), (BLOCK,), args)
+            return y
+        pixel_tile, filter_tile = CONV_TILES[kernel]
+        grid = (-(-pixels // pixel_tile), -(-group_filters // filter_tile), conv.groups)
+        table = () if kernel == "conv2d_implicit_gemm" else (conv.tap_table,)
+        self._kernel("conv.cu", kernel)(grid, (256,), (*args, *table))
         return y
 
     def conv2d_residual(self, x, conv: CudaConv, residual, *, activation, out=None):

@@ -1,0 +1,74 @@
+"""python -m kern.lessons: every step of the ladder runs and is checked (--quick, as in CI),
+the figures are written, and a step that computes wrong is reported and fails the run."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kern.lessons import __main__ as lessons
+from kern.lessons import steps
+
+REPO = Path(__file__).resolve().parent.parent
+FIGURES = {"ladder.png", "roofline.png", "im2col.png", "winograd.png", "lanes.png"}
+
+
+def test_quick_ladder_runs_and_checks_every_step(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "kern.lessons", "--quick", "--out", str(tmp_path), "--repeat", "1"],
+                            capture_output=True, text=True, cwd="/", timeout=600)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "ladder.json").read_text())
+    rows = {row["step"]: row for row in record["rows"]}
+    expected = set(range(1, 14)) if shutil.which("g++") else set(range(1, 10))
+    assert set(rows) == expected
+    for row in rows.values():
+        assert row["max_error"] <= lessons.TOLERANCE, row
+        assert row["ms"] is None or row["ms"] > 0
+    assert all(rows[n]["gflops"] > 0 for n in range(1, 10))
+    assert FIGURES <= {p.name for p in tmp_path.iterdir()}
+    assert "max error" in result.stdout and "register tiles and SIMD" in result.stdout
+
+
+def test_a_wrong_step_is_reported_and_fails_the_run(monkeypatch, capsys):
+    wrong = steps.gemm_plain
+
+    def off_by_one_filter(rows, weights_t):
+        out = wrong(rows, weights_t)
+        out[:, 0] += 1.0  # the first filter's sums, all wrong
+        return out
+
+    monkeypatch.setattr(steps, "gemm_plain", off_by_one_filter)
+    assert lessons.main(["--quick", "--only", "3,4,5", "--repeat", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "error: step 4 (im2row + a plain GEMM): max error" in err
+    assert "step 3" not in err.split("error:")[1] and "step 5" not in err.split("error:")[-1]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--only", "14"], "steps are 1 to 13"),
+    (["--only", "x"], "expected step numbers"),
+    (["--layer", "darknet19:1"], "is [max], not a convolution"),
+    (["--layer", "darknet19:999"], "expected CFG:INDEX"),
+])
+def test_bad_arguments_get_one_line(argv, message):
+    result = subprocess.run([sys.executable, "-m", "kern.lessons", "--quick", *argv], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_winograd_matches_the_definition_on_odd_sizes(rng):
+    import numpy as np
+
+    from kern.ref import conv2d_loops
+
+    x = rng.standard_normal((2, 3, 7, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    p = steps.Problem("odd", x, w, 1, 1, 1)
+    run, to_nchw = steps.conv_winograd(p)
+    got = to_nchw(run())
+    expected = conv2d_loops(x.astype(np.float64), w.astype(np.float64), 1, 1, 1)
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
