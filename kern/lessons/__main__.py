@@ -297,6 +297,7 @@ def run_cpu_steps(
         if step.layer == "main" and step.number != 9:
             previous_ms = ms
         gflops = 2 * p.macs / ms / 1e6
+        note = "; ".join(filter(None, (note, f"inner loop: {step.inner_loop}")))
         rows.append(
             Row(
                 step.number,
@@ -345,8 +346,8 @@ def run_cuda_steps(p: Problem, only: set[int], limits: dict, quick: bool) -> lis
     taps = p.weights.shape[1] * p.weights.shape[2] ** 2
     traffic = {
         10: f"global loads per output: {2 * taps}",
-        11: f"global loads per output: {taps / 32:.0f}",
-        12: f"global loads per output: {taps / 64:.0f}",
+        11: f"global loads per output: {taps / 32:.1f}",
+        12: f"global loads per output: {taps / 64:.1f}",
     }
     previous_ms = None
     for step in wanted:
@@ -361,7 +362,7 @@ def run_cuda_steps(p: Problem, only: set[int], limits: dict, quick: bool) -> lis
 
         got = backend.to_numpy(run())
         ms = gflops = percent = speedup = None
-        note = traffic[step.number]
+        note = f"{traffic[step.number]}; inner loop: {step.inner_loop}"
         if on_gpu:
             ms = gpu_median_ms(run)
             gflops = 2 * p.macs / ms / 1e6

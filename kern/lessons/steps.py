@@ -226,7 +226,7 @@ class Step:
     device: str  # "cpu" or "cuda"
     prepare: Callable[[Problem], Prepared] | None  # CPU steps; CUDA steps run in __main__
     code: str  # the function it runs
-    fmas_per_load: str  # at the innermost loop, the arithmetic per value loaded
+    inner_loop: str  # the innermost loop's arithmetic per value loaded
     extra_bytes: Callable[[Problem], int] = lambda p: 0  # memory traffic beyond x, w and y
     layer: str = "main"  # "main": the chosen layer; "grouped": ResNeXt's grouped layer
 
@@ -289,7 +289,7 @@ CPU_STEPS = (
         "cpu",
         definition,
         "kern/ref/conv.py: conv2d_loops",
-        "1 multiply-add per 2 loads (Python)",
+        "per multiply-add: 2 loads of Python objects",
     ),
     Step(
         2,
@@ -298,7 +298,7 @@ CPU_STEPS = (
         "cpu",
         conv_im2col_loops,
         "kern/ref/conv.py: im2col; kern/lessons/steps.py: matmul_loops",
-        "1 per 2 loads (compiled)",
+        "per multiply-add: 2 loads, one 64 KB past the last",
         _im2col_bytes,
     ),
     Step(
@@ -308,7 +308,7 @@ CPU_STEPS = (
         "cpu",
         cpu_direct,
         "kern/cpu/conv.py: conv2d_direct",
-        "1 per 2 loads, on every core",
+        "per multiply-add: 2 scalar loads, on every core",
     ),
     Step(
         4,
@@ -317,7 +317,7 @@ CPU_STEPS = (
         "cpu",
         conv_im2row_plain,
         "kern/lessons/steps.py: im2row, gemm_plain",
-        "8 per 9 loads (vectorized by LLVM)",
+        "per 8 multiply-adds (one vector): 2 loads and a store",
         _im2col_bytes,
     ),
     Step(
@@ -327,7 +327,7 @@ CPU_STEPS = (
         "cpu",
         conv_im2row_microkernel,
         "kern/cpu/gemm.py: conv_gemm, on im2row's rows",
-        "96 per 8 loads (6x16 tile)",
+        "per 96 multiply-adds (12 vector FMAs): 2 vector loads, 6 broadcasts",
         _im2col_bytes,
     ),
     Step(
@@ -337,7 +337,7 @@ CPU_STEPS = (
         "cpu",
         cpu_gemm,
         "kern/cpu/conv.py: conv2d_gemm",
-        "96 per 8 loads",
+        "as step 5, with the taps read where they lie",
     ),
     Step(
         7,
@@ -346,7 +346,7 @@ CPU_STEPS = (
         "cpu",
         conv_winograd,
         "kern/lessons/steps.py: conv_winograd (kern/cpu/winograd.py: in vector lanes)",
-        "2.25x fewer multiplies",
+        "16 multiplies per 4 outputs and channel instead of 36",
         _winograd_bytes,
     ),
     Step(
@@ -356,7 +356,7 @@ CPU_STEPS = (
         "cpu",
         cpu_gemm,
         "kern/cpu/grouped.py: conv2d_lane_groups",
-        "96 per 7 loads (3x4 tile x 8 groups)",
+        "per 96 multiply-adds: 3 input and 4 weight vector loads",
         layer="grouped",
     ),
     Step(
@@ -379,7 +379,7 @@ CUDA_STEPS = (
         "cuda",
         None,
         "kern/cuda/conv.cu: conv2d_direct",
-        "1 per 2 loads (global memory, cached)",
+        "per multiply-add: 2 loads (global memory, through the caches)",
     ),
     Step(
         11,
@@ -388,7 +388,7 @@ CUDA_STEPS = (
         "cuda",
         None,
         "kern/cuda/conv.cu: conv2d_implicit_gemm",
-        "16 per 8 shared loads; global: taps/32 per output",
+        "per 16 multiply-adds: 8 shared-memory loads",
     ),
     Step(
         12,
@@ -397,7 +397,7 @@ CUDA_STEPS = (
         "cuda",
         None,
         "kern/cuda/conv.cu: conv2d_implicit_gemm_128",
-        "64 per 16 shared loads; global: taps/64 per output",
+        "per 64 multiply-adds: 16 shared-memory loads",
     ),
     Step(
         13,
@@ -406,7 +406,7 @@ CUDA_STEPS = (
         "cuda",
         None,
         "nets/memory.py, kern/cuda/backend.py: capture",
-        "fused epilogues, planned memory, graphs",
+        "fused epilogues, planned memory, one graph launch",
     ),
 )
 CUDA_KERNELS = {10: "conv2d_direct", 11: "conv2d_implicit_gemm", 12: "conv2d_implicit_gemm_128"}
