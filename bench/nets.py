@@ -205,9 +205,11 @@ def main() -> None:
             print(f"# {peer}: skipped, {reason}")
     peers = [p for p in peers if available(p) is None]
     rounds = f", median of {args.rounds} rounds taken in turn" if args.rounds > 1 else ""
+    from kern.cpu.simd import choose_simd
+
     print(
         f"# {args.threads} threads, median of {args.repeat} after a warm-up{rounds}; "
-        "ratio = peer time / kern time"
+        f"ratio = peer time / kern time; kern's CPU path: {choose_simd()} (KERN_SIMD)"
     )
     limit = None
     if "torch" in peers:

@@ -4,7 +4,9 @@ Its arrays are channels-last, (N, H, W, C) float32: `asarray` takes NCHW and `to
 NCHW back, as every backend does; in between, each pixel's channels are contiguous, which is
 what the GEMM's vector stores and the vectorized pooling want (see gemm.py).
 Weights are prepared once: batchnorm folded in, conv weights packed to whole tiles.
-`threads` caps Numba's worker threads for this backend's calls (None: all cores).
+`threads` caps Numba's worker threads for this backend's calls (None: all cores). `simd` picks
+the GEMM's vector width (simd.choose_simd: KERN_SIMD, else the host's; "avx512" runs the
+16-lane GEMM, the others the 8-lane one; grouped and Winograd kernels are 8-lane on every path).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from kern.cpu import conv, elementwise, grouped, pool, winograd
 from kern.cpu.connected import connected, pack_connected
+from kern.cpu.simd import choose_simd
 from kern.errors import KernError
 from kern.params import activation_code, fold_batchnorm
 
@@ -71,11 +74,13 @@ class CpuConnected:
 class CpuBackend:
     name = "cpu"
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, simd: str | None = None) -> None:
         available = numba.config.NUMBA_NUM_THREADS
         if threads is not None and not 1 <= threads <= available:
             raise KernError(f"--threads {threads}: expected 1..{available} on this machine")
         self.threads = threads or available
+        self.simd = choose_simd(simd)
+        self.lanes = 16 if self.simd == "avx512" else 8
 
     def _use_threads(self) -> None:
         # Numba's thread count is per calling thread; set it for each call of this backend.
@@ -111,7 +116,7 @@ class CpuBackend:
             )
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act,
-            out_planes=c.out_planes, out_padding=c.out_padding,
+            out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes,
         )
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
@@ -120,7 +125,7 @@ class CpuBackend:
         self._use_threads()  # the add and its activation are fused into the GEMM's store
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual,
-            activation_code(activation), out_planes=c.out_planes, out_padding=c.out_padding,
+            activation_code(activation), out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes,
         )
 
     def link_convs(self, producer: CpuConv, consumer: CpuConv) -> tuple[CpuConv, CpuConv] | None:

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate_scalar
-from kern.cpu.gemm import TILE_M, conv_gemm, pack_panels
+from kern.cpu.gemm import TILE_M, conv_gemm, conv_gemm16, pack_panels
 from kern.cpu.simd import aligned_empty
 from kern.params import conv_output_size
 
@@ -86,13 +86,16 @@ def conv2d_gemm(
     residual_act: int = -1,
     out_planes: int = 1,
     out_padding: int = 0,
+    lanes: int = 8,
 ) -> np.ndarray:
     """x (N, H, W, C) float32, packed from pack_weights -> (N, OH, OW, filters); with a
     residual (N, OH, OW, filters): residual_act(that + residual), fused into the store.
 
     For a next layer that wants it (grouped.conv2d_lane_groups), out_planes and out_padding
     q give (N * out_planes, OH + 2q, OW + 2q, filters / out_planes) instead: each run of
-    filters / out_planes channels as an image of its own inside a zero border of q."""
+    filters / out_planes channels as an image of its own inside a zero border of q.
+
+    lanes: 8 (gemm.conv_gemm) or 16 (gemm.conv_gemm16, AVX-512); the same result either way."""
     n_images, height, width, channels = x.shape
     out_h = conv_output_size(height, ksize, stride, padding) + 2 * out_padding
     out_w = conv_output_size(width, ksize, stride, padding) + 2 * out_padding
@@ -106,7 +109,8 @@ def conv2d_gemm(
         images[:, padding : padding + height, padding : padding + width] = x
     if residual is None:
         residual, residual_act = out, -1  # not read
-    conv_gemm(images, packed, bias, act, ksize, stride, out, out_planes, out_padding, residual, residual_act)
+    kernel = conv_gemm16 if lanes == 16 else conv_gemm
+    kernel(images, packed, bias, act, ksize, stride, out, out_planes, out_padding, residual, residual_act)
     return out
 
 

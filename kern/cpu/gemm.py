@@ -35,7 +35,21 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate8, activate_scalar
-from kern.cpu.simd import add8, broadcast8, fma8, lane8, load8, splat8, store8
+from kern.cpu.simd import (
+    add8,
+    broadcast8,
+    broadcast16,
+    fma8,
+    fma16,
+    lane8,
+    lane16,
+    load8,
+    load16,
+    splat8,
+    splat16,
+    store8,
+    store16,
+)
 
 TILE_P, TILE_M = 6, 16  # the register tile: pixels x filters (two float32x8 per pixel)
 CHUNK_TILES = 4  # pixel tiles one job runs against one weight panel (the panel stays in L1)
@@ -89,6 +103,31 @@ def finish_tile(out_at, residual, p, n_pixels, column, o, count, bias, act, resi
                 row[column + j] = v
 
 
+@njit(cache=True)
+def gemm_tables(image_shape, ksize, stride, depth, groups, out_shape, planes, out_padding):
+    """conv_gemm's index tables: where tap k (ky, kx, c) lies relative to a pixel's first
+    input (the GEMM's column index, `taps`), where each output pixel's receptive field starts
+    (its row index, `starts`), and its row of out (of plane 0, `out_row`)."""
+    n_images, height, width, channels = image_shape
+    _, padded_h, padded_w, _ = out_shape
+    out_h, out_w = padded_h - 2 * out_padding, padded_w - 2 * out_padding
+    group_channels = channels // groups
+    taps = np.empty(depth, dtype=np.int64)
+    for k in range(depth):
+        ky, kx, c = k // (ksize * group_channels), k // group_channels % ksize, k % group_channels
+        taps[k] = (ky * width + kx) * channels + c
+    per_image = out_h * out_w
+    starts = np.empty(n_images * per_image, dtype=np.int64)
+    out_row = np.empty(n_images * per_image, dtype=np.int64)
+    for n in range(n_images):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                p = n * per_image + oy * out_w + ox
+                starts[p] = ((n * height + oy * stride) * width + ox * stride) * channels
+                out_row[p] = (n * planes * padded_h + oy + out_padding) * padded_w + ox + out_padding
+    return taps, starts, out_row
+
+
 @njit(parallel=True, cache=True)
 def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding, residual, residual_act):
     """images (N, H, W, C), zero-padded already; panels (G, M/16, K*K*C/G, 16) from
@@ -103,31 +142,15 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding
     the images where it lies, images.flat[starts[p] + taps[k]]. The rows are the pixels of
     all N images: a batch shares each weight panel it reads.
     """
-    n_images, height, width, channels = images.shape
     _, padded_h, padded_w, plane_filters = out.shape
-    out_h, out_w = padded_h - 2 * out_padding, padded_w - 2 * out_padding
     filters = planes * plane_filters
     groups, m_blocks, depth, _ = panels.shape
-    per_image = out_h * out_w
-    pixels = n_images * per_image
     rows = filters // groups
-    group_channels = channels // groups
+    group_channels = images.shape[3] // groups
     flat = images.reshape(-1)
-    # Where tap k (ky, kx, c) lies relative to a pixel's first input: the GEMM's column index.
-    taps = np.empty(depth, dtype=np.int64)
-    for k in range(depth):
-        ky, kx, c = k // (ksize * group_channels), k // group_channels % ksize, k % group_channels
-        taps[k] = (ky * width + kx) * channels + c
-    # Where each output pixel's receptive field starts (the GEMM's row index), and its row of
-    # out (of plane 0).
-    starts = np.empty(pixels, dtype=np.int64)
-    out_row = np.empty(pixels, dtype=np.int64)
-    for n in range(n_images):
-        for oy in range(out_h):
-            for ox in range(out_w):
-                p = n * per_image + oy * out_w + ox
-                starts[p] = ((n * height + oy * stride) * width + ox * stride) * channels
-                out_row[p] = (n * planes * padded_h + oy + out_padding) * padded_w + ox + out_padding
+    tables = gemm_tables(images.shape, ksize, stride, depth, groups, out.shape, planes, out_padding)
+    taps, starts, out_row = tables
+    pixels = starts.size
     out_rows = out.reshape(-1, plane_filters)
     residual_rows = residual.reshape(-1, filters)
     p_tiles = (pixels + TILE_P - 1) // TILE_P
@@ -193,5 +216,101 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding
             if p + 5 < pixels:
                 store_sums(out_rows, out_row[p + 5] + plane_rows, column, count, c50, c51)
             n_tile = min(TILE_P, pixels - p)
+            out_at = out_rows, out_row, plane_rows
+            finish_tile(out_at, residual_rows, p, n_tile, column, o, count, bias, act, residual_act)
+
+
+# ---- sixteen lanes (AVX-512) ------------------------------------------------------------------
+# The same GEMM with one 16-lane vector per pixel: a tile of 12 pixels x 16 filters in 12 zmm
+# accumulators (AVX-512 has 32). Per step of k it loads the panel's 16 weights as one vector,
+# broadcasts 12 inputs, and does 12 fused multiply-adds of 16 lanes: 192 multiply-adds for 13
+# loads, where the 8-lane kernel does 96 for 8. The panels are the same (16 filters, 64 bytes
+# per tap: one zmm load). kern.cpu.simd_choice picks it where the CPU has AVX-512F; on an
+# AVX2 CPU (KERN_SIMD=avx512) LLVM splits each vector in two and the 24 halves spill: correct,
+# slower, which is how the tests check it on any machine.
+TILE_P16 = 12
+CHUNK_TILES16 = 2  # 24 pixels per job, as the 8-lane kernel's 4 tiles of 6
+
+
+@njit(inline="always", cache=True)
+def store_sums16(out, p, o, count, c):
+    """out[p, o : o + count] = a pixel's accumulator (count <= 16)."""
+    row = out[p]
+    if count == TILE_M:
+        store16(row, o, c)
+    else:
+        for j in range(count):
+            row[o + j] = lane16(c, j)
+
+
+@njit(parallel=True, cache=True)
+def conv_gemm16(images, panels, bias, act, ksize, stride, out, planes, out_padding, residual, residual_act):
+    """conv_gemm with 16-lane vectors, the same arguments. Every output is the same sum in the
+    same order (k ascending, one fused multiply-add per tap, then the same store), so the
+    result is conv_gemm's, bit for bit (tests/test_simd_paths.py)."""
+    _, padded_h, padded_w, plane_filters = out.shape
+    filters = planes * plane_filters
+    groups, m_blocks, depth, _ = panels.shape
+    rows = filters // groups
+    group_channels = images.shape[3] // groups
+    flat = images.reshape(-1)
+    tables = gemm_tables(images.shape, ksize, stride, depth, groups, out.shape, planes, out_padding)
+    taps, starts, out_row = tables
+    pixels = starts.size
+    out_rows = out.reshape(-1, plane_filters)
+    residual_rows = residual.reshape(-1, filters)
+    p_tiles = (pixels + TILE_P16 - 1) // TILE_P16
+    chunk = CHUNK_TILES16
+    if p_tiles <= WHOLE_COLUMN_TILES // 2 and groups * m_blocks >= WHOLE_COLUMN_TILES:
+        chunk = p_tiles
+    chunks = (p_tiles + chunk - 1) // chunk
+    last = pixels - 1
+    for job in prange(groups * chunks * m_blocks):
+        m_block = job % m_blocks
+        g = job // m_blocks % groups
+        first_tile = job // (m_blocks * groups) * chunk
+        panel = panels[g, m_block]
+        base = g * group_channels
+        o = g * rows + m_block * TILE_M
+        plane_rows = o // plane_filters * padded_h * padded_w
+        column = o % plane_filters
+        count = min(TILE_M, rows - m_block * TILE_M)
+        for tile in range(first_tile, min(p_tiles, first_tile + chunk)):
+            p = tile * TILE_P16
+            s0 = starts[p] + base
+            s1 = starts[min(p + 1, last)] + base
+            s2 = starts[min(p + 2, last)] + base
+            s3 = starts[min(p + 3, last)] + base
+            s4 = starts[min(p + 4, last)] + base
+            s5 = starts[min(p + 5, last)] + base
+            s6 = starts[min(p + 6, last)] + base
+            s7 = starts[min(p + 7, last)] + base
+            s8 = starts[min(p + 8, last)] + base
+            s9 = starts[min(p + 9, last)] + base
+            s10 = starts[min(p + 10, last)] + base
+            s11 = starts[min(p + 11, last)] + base
+            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = c10 = c11 = splat16(0.0)
+            for k in range(depth):
+                w = load16(panel, TILE_M * k)  # the panel's 16 filters, tap k
+                tap = taps[k]
+                c0 = fma16(broadcast16(flat, s0 + tap), w, c0)
+                c1 = fma16(broadcast16(flat, s1 + tap), w, c1)
+                c2 = fma16(broadcast16(flat, s2 + tap), w, c2)
+                c3 = fma16(broadcast16(flat, s3 + tap), w, c3)
+                c4 = fma16(broadcast16(flat, s4 + tap), w, c4)
+                c5 = fma16(broadcast16(flat, s5 + tap), w, c5)
+                c6 = fma16(broadcast16(flat, s6 + tap), w, c6)
+                c7 = fma16(broadcast16(flat, s7 + tap), w, c7)
+                c8 = fma16(broadcast16(flat, s8 + tap), w, c8)
+                c9 = fma16(broadcast16(flat, s9 + tap), w, c9)
+                c10 = fma16(broadcast16(flat, s10 + tap), w, c10)
+                c11 = fma16(broadcast16(flat, s11 + tap), w, c11)
+            at = out_row[p] + plane_rows
+            store_sums16(out_rows, at, column, count, c0)
+            for q, c in ((1, c1), (2, c2), (3, c3), (4, c4), (5, c5), (6, c6), (7, c7), (8, c8), (9, c9),
+                         (10, c10), (11, c11)):
+                if p + q < pixels:
+                    store_sums16(out_rows, out_row[p + q] + plane_rows, column, count, c)
+            n_tile = min(TILE_P16, pixels - p)
             out_at = out_rows, out_row, plane_rows
             finish_tile(out_at, residual_rows, p, n_tile, column, o, count, bias, act, residual_act)

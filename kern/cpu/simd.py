@@ -1,4 +1,5 @@
-"""Eight float32 lanes as one Numba value: what `__m256` and `_mm256_fmadd_ps` are in C.
+"""Eight (or sixteen) float32 lanes as one Numba value: what `__m256` and `_mm256_fmadd_ps`
+(`__m512`, `_mm512_fmadd_ps`) are in C.
 
 Numba has no vector type, and LLVM does not turn a tile of scalar accumulators into vector
 registers by itself (docs/numba.md: a 6x16 tile of scalars or a small local array ran at
@@ -15,27 +16,25 @@ the array. For transposes (grouped.py) there are lane shuffles with a fixed patt
 `store_halves`: 4 floats each from or to two places).
 """
 
+import os
+
 import numpy as np
-from llvmlite import ir
+from llvmlite import binding, ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 
-class Float32x8(types.Type):
-    def __init__(self) -> None:
-        super().__init__(name="float32x8")
+class Float32xN(types.Type):
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+        super().__init__(name=f"float32x{lanes}")
 
 
-float32x8 = Float32x8()
-_VECTOR = ir.VectorType(ir.FloatType(), 8)
-_QUARTER = ir.VectorType(ir.FloatType(), 4)  # half a vector: one 128-bit xmm register
-
-
-@register_model(Float32x8)
-class _Float32x8Model(models.PrimitiveModel):
+@register_model(Float32xN)
+class _Float32xNModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _VECTOR)
+        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.lanes))
 
 
 def _contiguous_float32(arr) -> bool:
@@ -48,135 +47,147 @@ def _scalar_pointer(context, builder, array_type, array, index_type, index):
     return builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
 
 
-def _element_pointer(context, builder, array_type, array, index_type, index):
-    """The same as a pointer to eight floats."""
-    pointer = _scalar_pointer(context, builder, array_type, array, index_type, index)
-    return builder.bitcast(pointer, _VECTOR.as_pointer())
-
-
 def _lanes(indices) -> ir.Constant:
     """A shufflevector mask."""
     return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices))
 
 
-def _splat(builder, scalar):
-    """A float32 value in every lane: insert into lane 0, shuffle lane 0 everywhere."""
-    one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, one, _lanes([0] * 8))
-
-
-@intrinsic
-def load8(typingctx, arr, index):
-    """arr[index : index + 8] as one vector (unaligned load)."""
-    if not (_contiguous_float32(arr) and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return builder.load(pointer, align=4)
-
-    return float32x8(arr, index), codegen
-
-
-@intrinsic
-def store8(typingctx, arr, index, value):
-    """arr[index : index + 8] = value (unaligned store)."""
-    if not (_contiguous_float32(arr) and isinstance(index, types.Integer) and value == float32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        pointer = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        builder.store(args[2], pointer, align=4)
-        return context.get_dummy_value()
-
-    return types.none(arr, index, value), codegen
-
-
-@intrinsic
-def splat8(typingctx, value):
-    """A vector with `value` (cast to float32) in every lane: a broadcast."""
-    if not isinstance(value, (types.Float, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32))
-
-    return float32x8(value), codegen
-
-
-@intrinsic
-def broadcast8(typingctx, arr, index):
-    """arr[index] in every lane (a broadcast load, no bounds or negative-index test)."""
-    if not (_contiguous_float32(arr) and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        pointer = _scalar_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return _splat(builder, builder.load(pointer, align=4))
-
-    return float32x8(arr, index), codegen
-
-
-@intrinsic
-def lane8(typingctx, vector, index):
-    """One lane of a vector, as a float32 scalar."""
-    if not (vector == float32x8 and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.extract_element(args[0], context.cast(builder, args[1], sig.args[1], types.intp))
-
-    return types.float32(vector, index), codegen
-
-
 def _llvm_intrinsic(builder, name: str, args):
-    function_type = ir.FunctionType(_VECTOR, [_VECTOR] * len(args))
+    function_type = ir.FunctionType(args[0].type, [args[0].type] * len(args))
     return builder.call(cgutils.get_or_insert_function(builder.module, function_type, name), args)
 
 
-@intrinsic
-def fma8(typingctx, a, b, c):
-    """a * b + c in every lane, rounded once (one vfmadd instruction)."""
-    if not a == b == c == float32x8:
-        return None
+class VectorOps:
+    """One vector width's type and the operations of a GEMM micro-kernel on it: load, store,
+    splat, broadcast, lane, fma, add, sub, mul, div, max, exp (all as documented for the
+    8-lane names below; a width of 16 is AVX-512's zmm register, which an AVX2 CPU runs as two
+    halves)."""
 
-    def codegen(context, builder, sig, args):
-        return _llvm_intrinsic(builder, "llvm.fma.v8f32", args)
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+        self.type = vector_type = Float32xN(lanes)
+        llvm_vector = ir.VectorType(ir.FloatType(), lanes)
+        suffix = f"v{lanes}f32"
 
-    return float32x8(a, b, c), codegen
+        def splat(builder, scalar):
+            undefined, first = ir.Constant(llvm_vector, ir.Undefined), ir.Constant(ir.IntType(32), 0)
+            one = builder.insert_element(undefined, scalar, first)
+            return builder.shuffle_vector(one, one, _lanes([0] * lanes))
+
+        def vector_pointer(context, builder, array_type, array, index_type, index):
+            pointer = _scalar_pointer(context, builder, array_type, array, index_type, index)
+            return builder.bitcast(pointer, llvm_vector.as_pointer())
+
+        @intrinsic
+        def load(typingctx, arr, index):
+            if not (_contiguous_float32(arr) and isinstance(index, types.Integer)):
+                return None
+
+            def codegen(context, builder, sig, args):
+                pointer = vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+                return builder.load(pointer, align=4)
+
+            return vector_type(arr, index), codegen
+
+        @intrinsic
+        def store(typingctx, arr, index, value):
+            if not (_contiguous_float32(arr) and isinstance(index, types.Integer) and value == vector_type):
+                return None
+
+            def codegen(context, builder, sig, args):
+                pointer = vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+                builder.store(args[2], pointer, align=4)
+                return context.get_dummy_value()
+
+            return types.none(arr, index, value), codegen
+
+        @intrinsic
+        def splat_value(typingctx, value):
+            if not isinstance(value, (types.Float, types.Integer)):
+                return None
+
+            def codegen(context, builder, sig, args):
+                return splat(builder, context.cast(builder, args[0], sig.args[0], types.float32))
+
+            return vector_type(value), codegen
+
+        @intrinsic
+        def broadcast(typingctx, arr, index):
+            if not (_contiguous_float32(arr) and isinstance(index, types.Integer)):
+                return None
+
+            def codegen(context, builder, sig, args):
+                pointer = _scalar_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+                return splat(builder, builder.load(pointer, align=4))
+
+            return vector_type(arr, index), codegen
+
+        @intrinsic
+        def lane(typingctx, vector, index):
+            if not (vector == vector_type and isinstance(index, types.Integer)):
+                return None
+
+            def codegen(context, builder, sig, args):
+                return builder.extract_element(args[0], context.cast(builder, args[1], sig.args[1], types.intp))
+
+            return types.float32(vector, index), codegen
+
+        def unary(build):
+            @intrinsic
+            def vector_op(typingctx, a):
+                if a != vector_type:
+                    return None
+                return vector_type(a), lambda context, builder, sig, args: build(builder, *args)
+
+            return vector_op
+
+        def binary(build):
+            @intrinsic
+            def vector_op(typingctx, a, b):
+                if not a == b == vector_type:
+                    return None
+                return vector_type(a, b), lambda context, builder, sig, args: build(builder, *args)
+
+            return vector_op
+
+        @intrinsic
+        def fma(typingctx, a, b, c):
+            if not a == b == c == vector_type:
+                return None
+
+            def codegen(context, builder, sig, args):
+                return _llvm_intrinsic(builder, f"llvm.fma.{suffix}", args)
+
+            return vector_type(a, b, c), codegen
+
+        self.load, self.store, self.splat, self.broadcast, self.lane = load, store, splat_value, broadcast, lane
+        self.fma = fma
+        self.add = binary(lambda b, x, y: b.fadd(x, y))
+        self.sub = binary(lambda b, x, y: b.fsub(x, y))
+        self.mul = binary(lambda b, x, y: b.fmul(x, y))
+        self.div = binary(lambda b, x, y: b.fdiv(x, y))
+        self.max = binary(lambda b, x, y: _llvm_intrinsic(b, f"llvm.maxnum.{suffix}", [x, y]))
+        self.exp = unary(lambda b, x: _llvm_intrinsic(b, f"llvm.exp.{suffix}", [x]))
 
 
-def _binary(operation):
-    @intrinsic
-    def vector_op(typingctx, a, b):
-        if not a == b == float32x8:
-            return None
-
-        def codegen(context, builder, sig, args):
-            return operation(builder, *args)
-
-        return float32x8(a, b), codegen
-
-    return vector_op
-
-
-add8 = _binary(lambda builder, a, b: builder.fadd(a, b))
-sub8 = _binary(lambda builder, a, b: builder.fsub(a, b))
-mul8 = _binary(lambda builder, a, b: builder.fmul(a, b))
-div8 = _binary(lambda builder, a, b: builder.fdiv(a, b))
-max8 = _binary(lambda builder, a, b: _llvm_intrinsic(builder, "llvm.maxnum.v8f32", [a, b]))
-
-
-@intrinsic
-def exp8(typingctx, vector):
-    """e ** x in every lane (LLVM calls expf once per lane: used only by the logistic)."""
-    if vector != float32x8:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _llvm_intrinsic(builder, "llvm.exp.v8f32", args)
-
-    return float32x8(vector), codegen
+# Eight lanes: AVX2's ymm register, what every kernel here is written for.
+EIGHT = VectorOps(8)
+float32x8 = EIGHT.type
+load8 = EIGHT.load  # arr[index : index + 8] as one vector (unaligned load)
+store8 = EIGHT.store  # arr[index : index + 8] = value (unaligned store)
+splat8 = EIGHT.splat  # `value` (cast to float32) in every lane
+broadcast8 = EIGHT.broadcast  # arr[index] in every lane (a broadcast load)
+lane8 = EIGHT.lane  # one lane, as a float32 scalar
+fma8 = EIGHT.fma  # a * b + c in every lane, rounded once (one vfmadd instruction)
+add8, sub8, mul8, div8, max8 = EIGHT.add, EIGHT.sub, EIGHT.mul, EIGHT.div, EIGHT.max
+exp8 = EIGHT.exp  # e ** x in every lane (LLVM calls expf once per lane: only the logistic uses it)
+# Sixteen lanes: AVX-512's zmm register (gemm.conv_gemm16).
+SIXTEEN = VectorOps(16)
+float32x16 = SIXTEEN.type
+load16, store16, broadcast16, splat16, lane16, fma16 = (
+    SIXTEEN.load, SIXTEEN.store, SIXTEEN.broadcast, SIXTEEN.splat, SIXTEEN.lane, SIXTEEN.fma,
+)
+_QUARTER = ir.VectorType(ir.FloatType(), 4)  # half of an 8-lane vector: one 128-bit xmm register
 
 
 def shuffle8(mask: tuple[int, ...]):
@@ -249,3 +260,30 @@ def aligned_empty(size):
     raw = np.empty(size + ALIGN_FLOATS, dtype=np.float32)
     shift = -(raw.ctypes.data // 4) % ALIGN_FLOATS
     return raw[shift : shift + size]
+
+
+# ---- which vector width the kernels use --------------------------------------------------------
+SIMD_PATHS = ("avx512", "avx2", "generic")
+
+
+def host_simd() -> str:
+    """The widest path this CPU runs natively, from the features LLVM (so Numba) compiles for:
+    "avx512" (AVX-512F: 16-lane GEMM), "avx2" (AVX2 and FMA: the 8-lane kernels), else
+    "generic" (the same 8-lane kernels, which LLVM splits into what the CPU has)."""
+    features = binding.get_host_cpu_features()
+    if features.get("avx512f", False):
+        return "avx512"
+    if features.get("avx2", False) and features.get("fma", False):
+        return "avx2"
+    return "generic"
+
+
+def choose_simd(requested: str | None = None) -> str:
+    """The path asked for (or KERN_SIMD, else the host's); any path runs on any x86 CPU
+    Numba supports: a wider one than the CPU has is split by LLVM, correct and slower."""
+    choice = requested or os.environ.get("KERN_SIMD") or host_simd()
+    if choice not in SIMD_PATHS:
+        from kern.errors import KernError
+
+        raise KernError(f"KERN_SIMD={choice}: expected one of {', '.join(SIMD_PATHS)}")
+    return choice

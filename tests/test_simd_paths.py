@@ -1,0 +1,78 @@
+"""The CPU's vector-width paths (kern.cpu.simd.choose_simd, KERN_SIMD): the 16-lane GEMM
+(AVX-512) gives the 8-lane GEMM's result bit for bit, on every awkward shape, with a fused
+residual, at any thread count, and writes every output and nothing else. It runs on any x86
+CPU: where there is no AVX-512, LLVM splits its vectors in two (slower, the same values)."""
+
+import numpy as np
+import pytest
+
+from kern import KernError, get_backend
+from kern.cpu.gemm import conv_gemm16, pack_panels
+from kern.cpu.simd import SIMD_PATHS, choose_simd, host_simd
+from kern.params import ACTIVATIONS
+from kern.ref.elementwise import activate as ref_activate
+from tests.conftest import assert_close
+from tests.test_ops import CONV_SHAPES, random_conv
+
+
+@pytest.fixture(scope="module")
+def paths():
+    return {name: get_backend("cpu", simd=name) for name in ("avx2", "avx512")}
+
+
+@pytest.mark.parametrize("activation", ["leaky", "logistic"])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_sixteen_lanes_equal_eight_bit_for_bit(rng, ref64, paths, shape, activation):
+    x, weights, bias, bn, options = random_conv(rng, shape, activation)
+    out = {}
+    for name, backend in paths.items():
+        conv = backend.prepare_conv(weights, bias, bn, **options)
+        out[name] = backend.to_numpy(backend.conv2d(backend.asarray(x), conv))
+    assert np.array_equal(out["avx512"], out["avx2"])
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))
+    assert_close(out["avx512"], expected)
+
+
+@pytest.mark.parametrize("shape", [CONV_SHAPES[i] for i in (0, 2, 12, 20, 22)], ids=str)
+def test_sixteen_lanes_with_fused_residual_and_one_thread(rng, paths, shape):
+    x, weights, bias, bn, options = random_conv(rng, shape, "linear")
+    one = get_backend("cpu", threads=1, simd="avx512")
+    results = []
+    for backend in (paths["avx2"], paths["avx512"], one):
+        conv = backend.prepare_conv(weights, bias, bn, **options)
+        plain = backend.conv2d(backend.asarray(x), conv)
+        residual = np.random.default_rng(1).standard_normal(plain.shape).astype(np.float32)
+        results.append(backend.to_numpy(backend.conv2d_residual(backend.asarray(x), conv, residual, activation="leaky")))
+    assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
+
+
+@pytest.mark.parametrize("pixels", [1, 11, 13, 200])
+@pytest.mark.parametrize("activation", ["linear", "leaky", "logistic"])
+def test_gemm16_writes_every_output_and_nothing_else(rng, pixels, activation):
+    # As test_ops' test for the 8-lane GEMM: pixels not multiples of the 12-pixel tile,
+    # 21 rows (a partial 16-filter panel), NaN-poisoned output with margins either side.
+    groups, rows, depth = 2, 21, 37
+    a = rng.standard_normal((groups, rows, depth)).astype(np.float32)
+    b = rng.standard_normal((pixels, groups * depth)).astype(np.float32)
+    bias = rng.standard_normal(groups * rows).astype(np.float32)
+    size, margin = pixels * groups * rows, 17
+    buffer = np.full(size + 2 * margin, np.nan, np.float32)
+    out = buffer[margin : margin + size].reshape(1, 1, pixels, groups * rows)
+    conv_gemm16(b.reshape(1, 1, pixels, -1), pack_panels(a), bias, ACTIVATIONS.index(activation), 1, 1, out, 1, 0,
+                out, -1)
+    b64 = b.astype(np.float64).reshape(pixels, groups, depth)
+    linear = np.einsum("gmk,pgk->pgm", a.astype(np.float64), b64).reshape(pixels, groups * rows) + bias
+    assert_close(out[0, 0], ref_activate(linear, activation))
+    assert np.isnan(buffer[:margin]).all() and np.isnan(buffer[-margin:]).all()
+
+
+def test_the_path_comes_from_the_host_or_kern_simd(monkeypatch):
+    assert host_simd() in SIMD_PATHS
+    monkeypatch.delenv("KERN_SIMD", raising=False)
+    assert choose_simd() == host_simd()
+    monkeypatch.setenv("KERN_SIMD", "avx512")
+    assert choose_simd() == "avx512" and get_backend("cpu").lanes == 16
+    assert choose_simd("generic") == "generic" and get_backend("cpu", simd="avx2").lanes == 8
+    monkeypatch.setenv("KERN_SIMD", "sse9")
+    with pytest.raises(KernError, match="KERN_SIMD=sse9: expected one of avx512, avx2, generic"):
+        get_backend("cpu")
