@@ -15,32 +15,16 @@ then prints the tables last. Needs cupy, torch with CUDA and a GPU.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from kern.timing import gpu_median_ms
+
 REPO = Path(__file__).resolve().parent.parent
 NETWORKS = ("darknet19", "resnet50", "resnext50", "darknet53", "densenet201")
-
-
-def median_ms(run, repeat: int = 20, warmup: int = 3) -> float:
-    import cupy
-
-    for _ in range(warmup):
-        run()
-    cupy.cuda.Device().synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return statistics.median(times)
 
 
 def conv_rows(kern, kern_async, torch_backend, batches) -> list[str]:
@@ -65,7 +49,7 @@ def conv_rows(kern, kern_async, torch_backend, batches) -> list[str]:
                 times, outputs = [], []
                 for backend in (kern, kern_async, torch_backend):
                     conv, xd = backend.prepare_conv(w, b, None, **options), backend.asarray(x)
-                    times.append(median_ms(lambda on=backend, xd=xd, conv=conv: on.conv2d(xd, conv)))
+                    times.append(gpu_median_ms(lambda on=backend, xd=xd, conv=conv: on.conv2d(xd, conv)))
                     outputs.append(backend.to_numpy(backend.conv2d(xd, conv)))
                 same = "yes" if np.array_equal(outputs[0], outputs[1]) else "DIFFERS"
                 gflops = layer.flops * batch / times[0] / 1e6
@@ -88,7 +72,7 @@ def network_rows(kern, kern_no_graphs, torch_backend, quick: bool) -> list[str]:
         for batch in (1, 64):
             images = np.random.default_rng(0).random((batch, *spec.input_shape), dtype=np.float32)
             xs = [net.backend.asarray(images) for net in nets_]
-            times = [median_ms(lambda net=net, x=x: net.run(x)) for net, x in zip(nets_, xs)]
+            times = [gpu_median_ms(lambda net=net, x=x: net.run(x)) for net, x in zip(nets_, xs)]
             same = np.array_equal(nets_[0].forward(images), nets_[1].forward(images))
             rows.append(f"{name:<12} {batch:>5} {times[0]:>9.2f} {times[1]:>9.2f} {times[2]:>9.2f} "
                         f"{batch * 1000 / times[0]:>9.0f} {batch * 1000 / times[2]:>9.0f} "

@@ -9,24 +9,12 @@ of --repeat passes. Prints ms and GFLOP/s per network and thread count.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 import nets
 from bench.progress import Progress
-
-
-def median_seconds(run, repeat: int) -> float:
-    """One untimed call, then the median wall time of `repeat` calls."""
-    run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from kern.timing import median_seconds
 
 
 def time_forward(cfg: str, threads: int, batch: int, repeat: int) -> float:

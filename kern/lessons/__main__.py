@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from kern.lessons.steps import (
     cpu_gemm_merged_groups,
 )
 from kern.ref import conv2d_im2col
+from kern.timing import gpu_median_ms, median_seconds
 
 DEFAULT_LAYER = "darknet19:2"
 TOLERANCE = 1e-4  # max error, relative to the largest output, that a float32 step may have
@@ -195,16 +194,6 @@ def describe_host(limits: dict) -> str:
         f"{limits['cpu']}, {limits['threads']} threads; sgemm {limits['sgemm_gflops']:.0f} GFLOP/s, "
         f"memory (copy) {limits['memory_gbs']:.1f} GB/s; {cache}"
     )
-
-
-def median_seconds(run, repeat: int) -> float:
-    run()  # warm: compiled (Numba) or cached, pages touched
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # ---- the steps -----------------------------------------------------------------------------
@@ -386,21 +375,6 @@ def run_cuda_steps(p: Problem, only: set[int], limits: dict, quick: bool) -> lis
             )
         )
     return rows
-
-
-def gpu_median_ms(run, repeat: int = 20) -> float:
-    import cupy
-
-    run()
-    times = []
-    for _ in range(repeat):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return statistics.median(times)
 
 
 def network_step(step: Step, backend, on_gpu: bool, quick: bool) -> Row:
