@@ -25,16 +25,21 @@ from kern.timing import gpu_median_ms
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORKS = ("darknet19", "resnet50", "resnext50", "darknet53", "densenet201")
+CONV_NETWORKS = ("darknet19", "resnet50", "resnext50")  # whose convolution shapes are timed
 
 
-def conv_rows(kern, kern_async, torch_backend, batches) -> list[str]:
+def cfg_path(name: str) -> Path:
+    return REPO / "cfg" / f"{name}.cfg" if "/" not in name else Path(name)
+
+
+def conv_rows(kern, kern_async, torch_backend, batches, names=CONV_NETWORKS) -> list[str]:
     import nets
     from nets.layers import Convolutional
 
     rows, seen = [], set()
     rng = np.random.default_rng(0)
-    for name in ("darknet19", "resnet50", "resnext50"):
-        for layer in nets.load_spec(REPO / "cfg" / f"{name}.cfg").layers:
+    for name in names:
+        for layer in nets.load_spec(cfg_path(name)).layers:
             key = (layer.in_shape, layer.describe())
             if not isinstance(layer, Convolutional) or key in seen:
                 continue
@@ -53,28 +58,28 @@ def conv_rows(kern, kern_async, torch_backend, batches) -> list[str]:
                     outputs.append(backend.to_numpy(backend.conv2d(xd, conv)))
                 same = "yes" if np.array_equal(outputs[0], outputs[1]) else "DIFFERS"
                 gflops = layer.flops * batch / times[0] / 1e6
-                rows.append(f"{name:<10} {layer.describe()[:62]:<62} {batch:>3} {times[0]:>8.3f} "
+                rows.append(f"{Path(name).stem:<10} {layer.describe()[:62]:<62} {batch:>3} {times[0]:>8.3f} "
                             f"{times[1]:>8.3f} {same:>7} {times[2]:>8.3f} {gflops:>8.0f} "
                             f"{times[2] / times[0]:>6.2f}")
     return rows
 
 
-def network_rows(kern, kern_no_graphs, torch_backend, quick: bool) -> list[str]:
+def network_rows(kern, kern_no_graphs, torch_backend, names=NETWORKS, batches=(1, 64)) -> list[str]:
     import nets
     from nets.network import Network
     from nets.weights import random_weights
 
     rows = []
-    for name in NETWORKS[:2] if quick else NETWORKS:
-        spec = nets.load_spec(REPO / "cfg" / f"{name}.cfg")
+    for name in names:
+        spec = nets.load_spec(cfg_path(name))
         values = random_weights(spec.layers, seed=0)
         nets_ = [Network(spec, values, backend) for backend in (kern, kern_no_graphs, torch_backend)]
-        for batch in (1, 64):
+        for batch in batches:
             images = np.random.default_rng(0).random((batch, *spec.input_shape), dtype=np.float32)
             xs = [net.backend.asarray(images) for net in nets_]
             times = [gpu_median_ms(lambda net=net, x=x: net.run(x)) for net, x in zip(nets_, xs)]
             same = np.array_equal(nets_[0].forward(images), nets_[1].forward(images))
-            rows.append(f"{name:<12} {batch:>5} {times[0]:>9.2f} {times[1]:>9.2f} {times[2]:>9.2f} "
+            rows.append(f"{Path(name).stem:<12} {batch:>5} {times[0]:>9.2f} {times[1]:>9.2f} {times[2]:>9.2f} "
                         f"{batch * 1000 / times[0]:>9.0f} {batch * 1000 / times[2]:>9.0f} "
                         f"{times[2] / times[0]:>6.2f} {'yes' if same else 'DIFFERS':>7}")
     return rows
@@ -94,7 +99,7 @@ def main() -> None:
     kern, torch_backend = get_backend("cuda"), TorchBackend(device="cuda")
     kern_async, kern_no_graphs = get_backend("cuda", cp_async=True), get_backend("cuda", graphs=False)
     convs = conv_rows(kern, kern_async, torch_backend, (1,) if args.quick else (1, 64))
-    networks = network_rows(kern, kern_no_graphs, torch_backend, args.quick)
+    networks = network_rows(kern, kern_no_graphs, torch_backend, NETWORKS[:2] if args.quick else NETWORKS)
     print("\n# convolutions: kern CUDA vs PyTorch cuDNN (TF32 off), median ms by CUDA events;")
     print("# cp.async: kernel 3 built with KERN_CP_ASYNC (same = bit for bit the same output)")
     header = ("network", "layer", "N", "kern ms", "cp.async", "same", "cuDNN ms", "GFLOP/s", "ratio")

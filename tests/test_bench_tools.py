@@ -1,6 +1,8 @@
 """The benchmark tools' own arithmetic and output (their timings are not tested: they are
 measurements)."""
 
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from bench.progress import Progress
 from bench.scaling import amdahl_serial_fraction, measure
 from nets.layers import Convolutional
 from nets.weights import random_weights
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_amdahl_fit_recovers_a_known_serial_fraction():
@@ -103,3 +107,23 @@ def test_op_benchmarks_run_grouped_convolutions_linked_as_the_network_does():
         assert (timed.input_ready, timed.out_order is not None) == (linked, linked)
         assert (timed_x is x) != linked
         assert backend.conv2d(timed_x, timed).shape == (1, 16, 16, 128)
+
+
+def test_cuda_check_runs_its_rows_on_cudasim(cudasim, monkeypatch, tmp_path):
+    """bench.cuda_check is run only on a lent GPU (15 minutes): its code is exercised here,
+    on cudasim with PyTorch on the CPU and a stand-in for the CUDA-event timer, so that a
+    mistake costs no GPU time."""
+    from bench import cuda_check
+    from bench.torch_backend import TorchBackend
+
+    text = (REPO / "cfg" / "tiny.cfg").read_text().replace("width=224", "width=32").replace("height=224", "height=32")
+    (tmp_path / "tiny32.cfg").write_text(text)
+    monkeypatch.setattr(cuda_check, "gpu_median_ms", lambda run, **_: (run(), 1.0)[1])
+    kern, torch = type(cudasim)(), TorchBackend()
+    cfg = str(tmp_path / "tiny32.cfg")
+    convs = cuda_check.conv_rows(kern, type(cudasim)(cp_async=True), torch, (1,), names=(cfg,))
+    layers = nets.load_spec(cfg).layers
+    distinct = {(layer.in_shape, layer.describe()) for layer in layers if isinstance(layer, Convolutional)}
+    assert len(convs) == len(distinct) and all(row.split()[-4] == "yes" for row in convs), convs
+    networks = cuda_check.network_rows(kern, type(cudasim)(graphs=False), torch, names=(cfg,), batches=(1, 2))
+    assert len(networks) == 2 and all(row.rstrip().endswith("yes") for row in networks)

@@ -72,3 +72,14 @@ def test_winograd_matches_the_definition_on_odd_sizes(rng):
     got = to_nchw(run())
     expected = conv2d_loops(x.astype(np.float64), w.astype(np.float64), 1, 1, 1)
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_the_gpu_branch_times_the_cuda_steps(cudasim, monkeypatch, tmp_path):
+    """On a GPU the CUDA steps are timed: that code runs here on cudasim with a stand-in for
+    the CUDA-event timer, so that a mistake in it costs no GPU time."""
+    monkeypatch.setattr(lessons, "cuda_backend", lambda: (cudasim, True))
+    monkeypatch.setattr(lessons, "gpu_median_ms", lambda run, **_: (run(), 2.0)[1])
+    assert lessons.main(["--quick", "--only", "10,11,12,13", "--out", str(tmp_path)]) == 0
+    rows = {row["step"]: row for row in json.loads((tmp_path / "ladder.json").read_text())["rows"]}
+    assert all(rows[n]["ms"] == 2.0 and rows[n]["gflops"] > 0 for n in (10, 11, 12))
+    assert rows[11]["speedup"] == 1.0 and rows[13]["ms"] == 2.0
