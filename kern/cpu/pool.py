@@ -40,16 +40,28 @@ def maxpool(x, size, stride, padding):
     return out
 
 
+AVG_BLOCK = 64  # channels per job of avgpool
+
+
 @njit(parallel=True, cache=True)
 def avgpool(x):
-    """Global average: (N, H, W, C) -> (N, 1, 1, C); sums in float64, then one division."""
+    """Global average: (N, H, W, C) -> (N, 1, 1, C); sums in float64, then one division.
+    Jobs are (image, block of 64 channels): the innermost loop runs along a pixel's
+    contiguous channels. A job per channel, reading one float per 64-byte line, was 4-8x
+    slower at batch 8 (8 x 14 x 14 x 1000: 1.40-1.68 ms against 0.36-0.38; 8 x 7 x 7 x 2048:
+    1.33-1.46 against 0.17-0.19, AMD EPYC, 2 threads, alternating); the sums are the same."""
     n_images, height, width, channels = x.shape
     out = np.empty((n_images, 1, 1, channels), dtype=np.float32)
-    for job in prange(n_images * channels):
-        n, c = job // channels, job % channels
-        total = 0.0
+    blocks = (channels + AVG_BLOCK - 1) // AVG_BLOCK
+    for job in prange(n_images * blocks):
+        n, first = job // blocks, job % blocks * AVG_BLOCK
+        count = min(AVG_BLOCK, channels - first)
+        total = np.zeros(AVG_BLOCK, dtype=np.float64)
         for y in range(height):
             for xx in range(width):
-                total += x[n, y, xx, c]
-        out[n, 0, 0, c] = total / (height * width)
+                cell = x[n, y, xx]
+                for c in range(count):
+                    total[c] += cell[first + c]
+        for c in range(count):
+            out[n, 0, 0, first + c] = total[c] / (height * width)
     return out
