@@ -206,10 +206,15 @@ def main() -> None:
     peers = [p for p in peers if available(p) is None]
     rounds = f", median of {args.rounds} rounds taken in turn" if args.rounds > 1 else ""
     from kern.cpu.simd import choose_simd
+    from kern.errors import KernError
 
+    try:
+        simd = choose_simd()
+    except KernError as error:
+        parser.exit(2, f"error: {error}\n")
     print(
         f"# {args.threads} threads, median of {args.repeat} after a warm-up{rounds}; "
-        f"ratio = peer time / kern time; kern's CPU path: {choose_simd()} (KERN_SIMD)"
+        f"ratio = peer time / kern time; kern's CPU path: {simd} (KERN_SIMD)"
     )
     limit = None
     if "torch" in peers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -146,7 +146,7 @@ class Placed:
 
     arena: Any
     views: dict[int, Any]  # producer (nets.memory) -> its place in the arena
-    replay: Callable[[], None] | None = field(default=None)
+    replay: Callable[[], None] | None = None
 
 
 class Network:

@@ -2,6 +2,7 @@
 the figures are written, and a step that computes wrong is reported and fails the run."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,13 @@ def test_bad_arguments_get_one_line(argv, message):
                             cwd=REPO, timeout=120)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_kern_simd_gets_one_line_before_any_step():
+    result = subprocess.run([sys.executable, "-m", "kern.lessons", "--quick"], capture_output=True, text=True,
+                            cwd=REPO, timeout=120, env={**os.environ, "KERN_SIMD": "sse9"})
+    assert result.returncode == 2 and result.stderr.strip().endswith("expected one of avx512, avx2, generic")
+    assert "Traceback" not in result.stderr and "step 1" not in result.stderr
 
 
 def test_winograd_matches_the_definition_on_odd_sizes(rng):

@@ -10,7 +10,7 @@ import pytest
 from kern.cpu import conv as cpu_conv
 from kern.cpu import grouped as cpu_grouped
 from kern.cpu import winograd as cpu_winograd
-from kern.cpu.gemm import TILE_M, conv_gemm, pack_panels
+from kern.cpu.gemm import TILE_M, conv_gemm, conv_gemm16, pack_panels
 from kern.params import ACTIVATIONS, BatchNorm
 from kern.ref import conv2d_im2col, conv2d_loops
 from kern.ref.elementwise import activate as ref_activate
@@ -97,11 +97,12 @@ def test_cpu_direct_conv_matches_ref(rng, ref64, shape):
     assert_close(got, expected)
 
 
-@pytest.mark.parametrize("pixels", [1, 7, 25, 200])
+@pytest.mark.parametrize("kernel", [conv_gemm, conv_gemm16], ids=["8 lanes", "16 lanes"])
+@pytest.mark.parametrize("pixels", [1, 7, 11, 13, 25, 200])
 @pytest.mark.parametrize("activation", ["linear", "leaky", "logistic"])
-def test_gemm_writes_every_output_and_nothing_else(rng, pixels, activation):
-    # conv_gemm as a plain GEMM: a 1x1 convolution of a 1 x pixels image.
-    # rows and pixels not multiples of the 6 x 16 tile; 200 pixels > WHOLE_COLUMN_TILES tiles
+def test_gemm_writes_every_output_and_nothing_else(rng, kernel, pixels, activation):
+    # conv_gemm (6 x 16 tile) and conv_gemm16 (12 x 16) as a plain GEMM: a 1x1 convolution of a
+    # 1 x pixels image. Rows and pixels not multiples of the tiles; 200 pixels > WHOLE_COLUMN_TILES tiles
     groups, rows, depth = 2, 21, 37
     a = rng.standard_normal((groups, rows, depth)).astype(np.float32)
     b = rng.standard_normal((pixels, groups * depth)).astype(np.float32)
@@ -110,7 +111,7 @@ def test_gemm_writes_every_output_and_nothing_else(rng, pixels, activation):
     buffer = np.full(size + 2 * margin, np.nan, np.float32)  # poisoned, with margins either side
     out = buffer[margin : margin + size].reshape(1, 1, pixels, groups * rows)
     act = ACTIVATIONS.index(activation)
-    conv_gemm(b.reshape(1, 1, pixels, -1), pack_panels(a), bias, act, 1, 1, out, 1, 0, out, -1)
+    kernel(b.reshape(1, 1, pixels, -1), pack_panels(a), bias, act, 1, 1, out, 1, 0, out, -1)
     b64 = b.astype(np.float64).reshape(pixels, groups, depth)
     linear = np.einsum("gmk,pgk->pgm", a.astype(np.float64), b64).reshape(pixels, groups * rows) + bias
     expected = ref_activate(linear, activation)

@@ -1,16 +1,14 @@
 """The CPU's vector-width paths (kern.cpu.simd.choose_simd, KERN_SIMD): the 16-lane GEMM
 (AVX-512) gives the 8-lane GEMM's result bit for bit, on every awkward shape, with a fused
 residual, at any thread count, and writes every output and nothing else. It runs on any x86
-CPU: where there is no AVX-512, LLVM splits its vectors in two (slower, the same values)."""
+CPU: where there is no AVX-512, LLVM splits its vectors in two (slower, the same values).
+tests/test_ops.py checks that conv_gemm16 writes every output and nothing else."""
 
 import numpy as np
 import pytest
 
 from kern import KernError, get_backend
-from kern.cpu.gemm import conv_gemm16, pack_panels
 from kern.cpu.simd import SIMD_PATHS, choose_simd, host_simd
-from kern.params import ACTIVATIONS
-from kern.ref.elementwise import activate as ref_activate
 from tests.conftest import assert_close
 from tests.test_ops import CONV_SHAPES, random_conv
 
@@ -44,26 +42,6 @@ def test_sixteen_lanes_with_fused_residual_and_one_thread(rng, paths, shape):
         residual = np.random.default_rng(1).standard_normal(plain.shape).astype(np.float32)
         results.append(backend.to_numpy(backend.conv2d_residual(backend.asarray(x), conv, residual, activation="leaky")))
     assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
-
-
-@pytest.mark.parametrize("pixels", [1, 11, 13, 200])
-@pytest.mark.parametrize("activation", ["linear", "leaky", "logistic"])
-def test_gemm16_writes_every_output_and_nothing_else(rng, pixels, activation):
-    # As test_ops' test for the 8-lane GEMM: pixels not multiples of the 12-pixel tile,
-    # 21 rows (a partial 16-filter panel), NaN-poisoned output with margins either side.
-    groups, rows, depth = 2, 21, 37
-    a = rng.standard_normal((groups, rows, depth)).astype(np.float32)
-    b = rng.standard_normal((pixels, groups * depth)).astype(np.float32)
-    bias = rng.standard_normal(groups * rows).astype(np.float32)
-    size, margin = pixels * groups * rows, 17
-    buffer = np.full(size + 2 * margin, np.nan, np.float32)
-    out = buffer[margin : margin + size].reshape(1, 1, pixels, groups * rows)
-    conv_gemm16(b.reshape(1, 1, pixels, -1), pack_panels(a), bias, ACTIVATIONS.index(activation), 1, 1, out, 1, 0,
-                out, -1)
-    b64 = b.astype(np.float64).reshape(pixels, groups, depth)
-    linear = np.einsum("gmk,pgk->pgm", a.astype(np.float64), b64).reshape(pixels, groups * rows) + bias
-    assert_close(out[0, 0], ref_activate(linear, activation))
-    assert np.isnan(buffer[:margin]).all() and np.isnan(buffer[-margin:]).all()
 
 
 def test_the_path_comes_from_the_host_or_kern_simd(monkeypatch):

@@ -274,15 +274,15 @@ class Function:
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
         grid3, block3 = _dims(grid), _dims(block)
         self._check_limits(grid3, block3, shared_mem)
-        self._pack(args)  # refuse mistyped arguments now, also when recording
+        packed = self._pack(args)  # mistyped arguments are refused now, also when recording
         recording = get_current_stream().recording
         if recording is not None:  # stream capture: run when the graph is launched
-            recording.append(lambda: self._run(grid3, block3, shared_mem, args))
+            recording.append(lambda: self._run(grid3, block3, shared_mem, args, packed))
             return
-        self._run(grid3, block3, shared_mem, args)
+        self._run(grid3, block3, shared_mem, args, packed)
 
-    def _run(self, grid3, block3, shared_mem: int, args: tuple) -> None:
-        values, _alive = self._pack(args)  # the ctypes objects `values` points into
+    def _run(self, grid3, block3, shared_mem: int, args: tuple, packed: tuple[Any, list]) -> None:
+        values, _alive = packed  # _alive: the ctypes objects `values` points into
         arrays = [a for a in args if isinstance(a, ndarray)]
         orders = 1 if os.environ.get("KERN_CUDASIM_ORDERS") == "1" else 2
         if orders == 1:

@@ -24,6 +24,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from kern.cpu.simd import choose_simd
+from kern.errors import KernError
 from kern.lessons.steps import (
     CPU_STEPS,
     CUDA_KERNELS,
@@ -79,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         main_problem = problem_for(args.layer, args.quick, grouped=False)
         grouped_problem = problem_for(GROUPED_LAYER, args.quick, grouped=True)
-    except ValueError as error:
+        choose_simd()  # a bad KERN_SIMD is said now, not after the first steps
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+    except (ValueError, KernError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
     limits = host_limits(args.quick)
     print(describe_host(limits), file=sys.stderr)
     rows = run_cpu_steps(main_problem, grouped_problem, only, limits, args.repeat, args.quick)
@@ -114,7 +117,6 @@ def problem_for(layer: str, quick: bool, grouped: bool) -> Problem:
     """The layer CFG:INDEX with random input and weights (scaled so outputs stay near 1);
     --quick: a small layer of the same kind (the layer named is still checked)."""
     import nets
-    from kern.errors import KernError
     from nets.data import find_cfg
     from nets.layers import Convolutional
 
@@ -350,7 +352,7 @@ def run_cuda_steps(p: Problem, only: set[int], limits: dict, quick: bool) -> lis
             return backend.conv2d(x, prepared, kernel=kernel)
 
         got = backend.to_numpy(run())
-        ms = gflops = percent = speedup = None
+        ms = gflops = speedup = None
         note = f"{traffic[step.number]}; inner loop: {step.inner_loop}"
         if on_gpu:
             ms = gpu_median_ms(run)
@@ -367,7 +369,7 @@ def run_cuda_steps(p: Problem, only: set[int], limits: dict, quick: bool) -> lis
                 p.name,
                 ms,
                 gflops,
-                percent,
+                None,  # no % of the CPU's sgemm for a GPU
                 speedup,
                 max_error(got, expected),
                 note,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ def write_all(folder: Path, rows: list, limits: dict, main: Problem, grouped: Pr
     try:
         import matplotlib
     except ImportError:
-        print("figures skipped: matplotlib is not installed (pip install matplotlib)")
+        print("figures skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
