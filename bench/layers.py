@@ -1,6 +1,6 @@
 """Per-layer profile: where a network's time goes, kern next to PyTorch, layer by layer.
 
-    python -m bench.layers resnext50 resnet50 [--threads 2] [--repeat 10] [--rounds 3] [--again]
+    python -m bench.layers resnext50 resnet50 [--threads 2] [--batch 1] [--repeat 10] [--rounds 3] [--again]
 
 Both run the same graph with the same random weights (PyTorch through bench/torch_backend.py;
 without torch, kern alone). Each layer's median time over --repeat passes after a warm-up,
@@ -116,8 +116,8 @@ def peers_for(spec: nets.NetworkSpec, threads: int, again: bool = False) -> dict
     }
 
 
-def print_profile(spec: nets.NetworkSpec, times: dict[str, np.ndarray]) -> None:
-    """The per-layer table, then ms and GFLOP/s by kind of layer."""
+def print_profile(spec: nets.NetworkSpec, times: dict[str, np.ndarray], batch: int = 1) -> None:
+    """The per-layer table, then ms and GFLOP/s by kind of layer (`batch` images a pass)."""
     print(f"{'layer':>5}  {'kind':13s}" + "".join(f"{name:>10s}" for name in times) + "  description")
     for i, layer in enumerate(spec.layers):
         cells = "".join(f"{t[i]:10.2f}" for t in times.values())
@@ -127,7 +127,7 @@ def print_profile(spec: nets.NetworkSpec, times: dict[str, np.ndarray]) -> None:
     kinds = sorted({layer_kind(layer) for layer in spec.layers})
     for kind in kinds:
         chosen = [i for i, layer in enumerate(spec.layers) if layer_kind(layer) == kind]
-        gflop = sum(spec.layers[i].flops for i in chosen) / 1e9
+        gflop = batch * sum(spec.layers[i].flops for i in chosen) / 1e9
         cells = ""
         for t in times.values():
             ms = t[chosen].sum()
@@ -135,7 +135,9 @@ def print_profile(spec: nets.NetworkSpec, times: dict[str, np.ndarray]) -> None:
         print(f"{'':5s}  {kind:13s}{cells}")
 
 
-def profile(cfgs: list[str], threads: int, repeat: int, rounds: int, again: bool = False) -> None:
+def profile(
+    cfgs: list[str], threads: int, repeat: int, rounds: int, again: bool = False, batch: int = 1
+) -> None:
     """Every cfg and peer in turn, `rounds` times, `repeat` passes each: a busy spell on a
     shared machine falls on all of them, so the ratios between cfgs hold. With `again`,
     each peer also gets a "2nd" column: its ops run again at once (AgainBackend)."""
@@ -143,7 +145,7 @@ def profile(cfgs: list[str], threads: int, repeat: int, rounds: int, again: bool
     print(f"preparing {', '.join(cfgs)} (random weights; kern's first pass compiles)...", file=sys.stderr)
     peers = {cfg: peers_for(spec, threads, again) for cfg, spec in specs.items()}
     rng = np.random.default_rng(0)
-    images = {cfg: rng.random((1, *spec.input_shape), dtype=np.float32) for cfg, spec in specs.items()}
+    images = {cfg: rng.random((batch, *spec.input_shape), dtype=np.float32) for cfg, spec in specs.items()}
     runs: dict[tuple[str, str], list[np.ndarray]] = {}
     progress = Progress(rounds * sum(len(peers[cfg]) for cfg in cfgs))
     for round_ in range(rounds):
@@ -155,21 +157,22 @@ def profile(cfgs: list[str], threads: int, repeat: int, rounds: int, again: bool
                 if second is not None:
                     runs.setdefault((cfg, f"{name} 2nd"), []).append(second)
     for cfg, spec in specs.items():
-        print(f"# {cfg}: {threads} threads, batch 1, median of {repeat} x {rounds} rounds; ms per layer")
+        print(f"# {cfg}: {threads} threads, batch {batch}, median of {repeat} x {rounds} rounds; ms per layer")
         columns = [name for (c, name) in runs if c == cfg]
         medians = {name: np.median(np.concatenate(runs[cfg, name]), axis=0) * 1e3 for name in columns}
-        print_profile(spec, medians)
+        print_profile(spec, medians, batch)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.layers", description=__doc__.splitlines()[0])
     parser.add_argument("cfgs", nargs="+", help="cfg paths or shipped cfg names")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="images per pass")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1, help="cfgs and peers measured in turn this many times")
     parser.add_argument("--again", action="store_true", help="also time each op run again at once (warm)")
     args = parser.parse_args()
-    profile(args.cfgs, args.threads, args.repeat, args.rounds, args.again)
+    profile(args.cfgs, args.threads, args.repeat, args.rounds, args.again, args.batch)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def as_linked(on, conv, x, rng):
     1x1 before writes for it; as it is elsewhere."""
     link = getattr(on, "link_convs", None)
     before = link(one_by_one(on, x.shape[-1], rng), conv) if link else None
-    if before is None:
+    if before is None or not before[1].input_ready:  # not grouped (a 3x3 after a pool runs unlinked)
         return conv, x
     producer, conv = before
     after = link(conv, one_by_one(on, conv.filters, rng))

@@ -75,3 +75,43 @@ def test_linked_convolutions_give_what_unlinked_ones_do(cpu, ref64):
     image = np.random.default_rng(7).random((1, *spec.input_shape), dtype=np.float32)
     for until in (grouped[0] - 1, grouped[0], grouped[0] + 1, grouped[-1] - 1, grouped[-1]):
         assert_close(net.forward(image, until=until), truth.forward(image, until=until), 1e-4)
+
+
+def conv_section(filters: int, size: int, stride: int = 1, groups: int = 1) -> str:
+    return (
+        f"[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size}\nstride={stride}\n"
+        f"pad=1\ngroups={groups}\nactivation=leaky\n"
+    )
+
+
+PADDED_LINKS = (  # layer: what links it
+    "[net]\nwidth=23\nheight=19\nchannels=3\n"
+    + conv_section(8, 3)  # 0: reads the input (not a conv's output)
+    + conv_section(12, 1)  # 1: no padding to write for
+    + conv_section(16, 3, stride=2)  # 2: 1 writes its border
+    + conv_section(8, 1)  # 3: 2 is also read by the shortcut: not linked
+    + conv_section(16, 3)  # 4: 3 writes its border; 4 runs fused with 5
+    + "[shortcut]\nfrom=2\nactivation=linear\n"  # 5
+    + conv_section(10, 5)  # 6: after a shortcut: unlinked, padding 2
+    + conv_section(10, 3, groups=2)  # 7: 6 writes a border of 1 for merged groups
+    + conv_section(6, 3, stride=2)  # 8: 7 too; 8 is linked at both ends
+    + "[avgpool]\n"
+)
+
+
+def test_a_convolution_writes_the_border_the_next_one_pads_with(tmp_path, cpu, ref64):
+    """Where nothing else reads a convolution's output and the next convolution pads its
+    input, the first writes its output inside that zero border and the next reads it as it
+    is (no padded copy): at batch 2, odd sizes, stride 2, groups, fused into a shortcut, and
+    stopping at every layer gives what the float64 reference gives."""
+    path = tmp_path / "padded.cfg"
+    path.write_text(PADDED_LINKS)
+    spec = nets.load_spec(path)
+    weights = random_weights(spec.layers, seed=8)
+    net, truth = Network(spec, weights, cpu), Network(spec, weights, ref64)
+    assert sorted(net.linked) == [1, 3, 6, 7]
+    assert [net.prepared[i].input_padded for i in (2, 4, 7, 8)] == [True] * 4
+    assert not any(net.prepared[i].input_padded for i in (0, 1, 3, 6))
+    images = np.random.default_rng(9).random((2, *spec.input_shape), dtype=np.float32)
+    for until in range(len(spec.layers)):
+        assert_close(net.forward(images, until=until), truth.forward(images, until=until), 1e-4)

@@ -119,6 +119,18 @@ def test_gemm_writes_every_output_and_nothing_else(rng, kernel, pixels, activati
     assert np.isnan(buffer[:margin]).all() and np.isnan(buffer[-margin:]).all()
 
 
+@pytest.mark.parametrize("shape,padding", [((2, 7, 5, 3), 1), ((1, 3, 4, 9), 2), ((3, 40, 41, 64), 1)])
+def test_padding_puts_the_images_inside_a_zero_border(rng, shape, padding):
+    """The NumPy copy (small) and the parallel pass (the last shape: over 1 MB) alike, into
+    NaN-poisoned memory."""
+    x = rng.standard_normal(shape, dtype=np.float32)
+    expected = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    assert np.array_equal(cpu_conv.pad(x, padding), expected)
+    out = np.full(expected.shape, np.nan, dtype=np.float32)
+    cpu_conv.pad_images(x, padding, out)
+    assert np.array_equal(out, expected)
+
+
 def test_pack_panels_puts_16_filters_side_by_side(rng):
     weights = rng.standard_normal((3, 20, 5)).astype(np.float32)
     panels = pack_panels(weights)

@@ -60,6 +60,7 @@ class CpuConv:
     out_planes: int = 1
     out_padding: int = 0
     input_ready: bool = False  # its input comes as conv_lane_groups' `interleaved` (linked)
+    input_padded: bool = False  # its input comes with its zero border of `padding` (linked)
     winograd: np.ndarray | None = None  # linked and 3x3 stride 1: winograd.pack_winograd_weights
 
 
@@ -116,7 +117,7 @@ class CpuBackend:
             )
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act,
-            out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes,
+            out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes, input_padded=c.input_padded,
         )
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
@@ -126,19 +127,24 @@ class CpuBackend:
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual,
             activation_code(activation), out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes,
+            input_padded=c.input_padded,
         )
 
     def link_convs(self, producer: CpuConv, consumer: CpuConv) -> tuple[CpuConv, CpuConv] | None:
         """For a convolution read only by the next one, where one of the two runs its groups
         in vector lanes and the other has one group: the first writes its output in the
         grouped one's lane order (grouped.lane_order), and the weights of the plain one are
-        permuted at load time to match. None where that does not apply."""
+        permuted at load time to match. Where neither is grouped and the second pads its
+        input, the first writes that zero border around its output. None where nothing
+        applies."""
         if producer.out_order is not None:
             return None
         if consumer.groups_in_lanes and not producer.groups_in_lanes:
             return self._link_into_lanes(producer, consumer)
         if producer.groups_in_lanes and not consumer.groups_in_lanes:
             return self._link_out_of_lanes(producer, consumer)
+        if not producer.groups_in_lanes and consumer.padding and not consumer.input_padded:
+            return replace(producer, out_padding=consumer.padding), replace(consumer, input_padded=True)
         return None
 
     @staticmethod
@@ -178,7 +184,8 @@ class CpuBackend:
         q = c.out_padding
         images = x.reshape(planes // c.out_planes, c.out_planes, padded_h, padded_w, plane_channels)
         nhwc = images.transpose(0, 2, 3, 1, 4).reshape(-1, padded_h, padded_w, c.filters)
-        return np.ascontiguousarray(nhwc[:, q : padded_h - q, q : padded_w - q, np.argsort(c.out_order)])
+        channels = slice(None) if c.out_order is None else np.argsort(c.out_order)
+        return np.ascontiguousarray(nhwc[:, q : padded_h - q, q : padded_w - q, channels])
 
     def prepare_connected(self, weights, bias, bn, *, activation) -> CpuConnected:
         w, b = fold_batchnorm(weights, bias, bn)

@@ -87,9 +87,12 @@ def conv2d_gemm(
     out_planes: int = 1,
     out_padding: int = 0,
     lanes: int = 8,
+    input_padded: bool = False,
 ) -> np.ndarray:
     """x (N, H, W, C) float32, packed from pack_weights -> (N, OH, OW, filters); with a
     residual (N, OH, OW, filters): residual_act(that + residual), fused into the store.
+    With input_padded, x is (N, H + 2p, W + 2p, C), its border of p = padding already zero
+    (written so by the convolution before: out_padding below), and is read as it is.
 
     For a next layer that wants it (grouped.conv2d_lane_groups), out_planes and out_padding
     q give (N * out_planes, OH + 2q, OW + 2q, filters / out_planes) instead: each run of
@@ -97,6 +100,8 @@ def conv2d_gemm(
 
     lanes: 8 (gemm.conv_gemm) or 16 (gemm.conv_gemm16, AVX-512); the same result either way."""
     n_images, height, width, channels = x.shape
+    if input_padded:
+        height, width = height - 2 * padding, width - 2 * padding
     out_h = conv_output_size(height, ksize, stride, padding) + 2 * out_padding
     out_w = conv_output_size(width, ksize, stride, padding) + 2 * out_padding
     out_shape = (n_images * out_planes, out_h, out_w, filters // out_planes)
@@ -104,14 +109,47 @@ def conv2d_gemm(
     if out_padding:
         zero_border(out, out_padding)
     images = x
-    if padding:  # a zero border once, so that the kernel reads every tap without a test
-        images = np.zeros((n_images, height + 2 * padding, width + 2 * padding, channels), dtype=np.float32)
-        images[:, padding : padding + height, padding : padding + width] = x
+    if padding and not input_padded:  # a zero border once: the kernel reads every tap without a test
+        images = pad(x, padding)
     if residual is None:
         residual, residual_act = out, -1  # not read
     kernel = conv_gemm16 if lanes == 16 else conv_gemm
     kernel(images, packed, bias, act, ksize, stride, out, out_planes, out_padding, residual, residual_act)
     return out
+
+
+PARALLEL_PAD_BYTES = 1 << 20  # below, NumPy's copy beats a parallel launch (0.13 vs 0.17 ms at 0.8 MB)
+
+
+def pad(x: np.ndarray, padding: int) -> np.ndarray:
+    """NHWC images inside a zero border of `padding`."""
+    n_images, height, width, channels = x.shape
+    if x.nbytes >= PARALLEL_PAD_BYTES:
+        images = np.empty((n_images, height + 2 * padding, width + 2 * padding, channels), dtype=np.float32)
+        pad_images(x, padding, images)
+        return images
+    images = np.zeros((n_images, height + 2 * padding, width + 2 * padding, channels), dtype=np.float32)
+    images[:, padding : padding + height, padding : padding + width] = x
+    return images
+
+
+@njit(parallel=True, cache=True)
+def pad_images(x, padding, out):
+    """out (N, H + 2p, W + 2p, C) = x (N, H, W, C) inside a zero border of p, in one pass
+    over out, rows in parallel. NumPy's zeros-then-copy is two passes on one thread: 3.2 ms
+    against 1.9 for 8x64x64x128 (2 threads, AMD EPYC)."""
+    n_images, height, width, _ = x.shape
+    padded_h = height + 2 * padding
+    for job in prange(n_images * padded_h):
+        n, row = job // padded_h, job % padded_h
+        iy = row - padding
+        target = out[n, row]
+        if 0 <= iy < height:
+            target[:padding] = 0.0
+            target[padding : padding + width] = x[n, iy]
+            target[padding + width :] = 0.0
+        else:
+            target[:] = 0.0
 
 
 def zero_border(images: np.ndarray, padding: int) -> None:
