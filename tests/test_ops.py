@@ -207,8 +207,9 @@ def test_shortcut_matches_ref(rng, fast, ref64, x_shape, source_shape, activatio
     assert_close(got, expected, 1e-6)
 
 
-def test_route_matches_ref(rng, fast, ref64):
-    xs = [rng.standard_normal((3, c, 5, 7)).astype(np.float32) for c in (2, 5, 1)]
+@pytest.mark.parametrize("channels", [(2, 5, 1), (7,), (16, 32), (3, 1, 4, 1)], ids=str)
+def test_route_matches_ref(rng, fast, ref64, channels):
+    xs = [rng.standard_normal((3, c, 5, 7)).astype(np.float32) for c in channels]
     got = fast.to_numpy(fast.route([fast.asarray(x) for x in xs]))
     assert_close(got, ref64.route([ref64.asarray(x) for x in xs]), 0)
 

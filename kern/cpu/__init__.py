@@ -217,12 +217,8 @@ class CpuBackend:
 
     def route(self, xs: Sequence[np.ndarray]) -> np.ndarray:
         self._use_threads()
-        first = xs[0]
-        out = np.empty(first.shape[:3] + (sum(x.shape[3] for x in xs),), dtype=np.float32)
-        channel = 0
-        for x in xs:
-            elementwise.copy_channels(x, out, channel)
-            channel += x.shape[3]
+        out = np.empty(xs[0].shape[:3] + (sum(x.shape[3] for x in xs),), dtype=np.float32)
+        elementwise.concat_channels(tuple(np.ascontiguousarray(x) for x in xs), out)
         return out
 
     def crop(self, x, *, height, width, scale, shift):

@@ -1,5 +1,5 @@
 """Element-wise and data-movement ops, channels-last (NHWC): activation, softmax, shortcut,
-route (concat), crop."""
+route (concatenation), crop."""
 
 import numpy as np
 from numba import njit, prange
@@ -65,14 +65,22 @@ def shortcut(x, source, alpha, beta, act):
 
 
 @njit(parallel=True, cache=True)
-def copy_channels(src, dst, first_channel):
-    """dst[..., first_channel : first_channel + C] = src (NHWC), parallel over image rows."""
-    n_images, height, width, channels = src.shape
+def concat_channels(xs, out):
+    """out = the arrays of the tuple xs side by side along channels (NHWC, same N, H, W), in
+    one launch and one pass over out, parallel over image rows: each pixel's channels are
+    written in order, input after input. A launch and a pass per input, each writing a part
+    of every pixel, took 2-3x as long (densenet201's 8x64x64x(224 + 32): 15.8 -> 7.4 ms)."""
+    n_images, height, width, _ = out.shape
     for job in prange(n_images * height):
         n, i = job // height, job % height
         for j in range(width):
-            for c in range(channels):
-                dst[n, i, j, first_channel + c] = src[n, i, j, c]
+            row = out[n, i, j]
+            first = 0
+            for x in xs:
+                source = x[n, i, j]
+                for c in range(source.size):
+                    row[first + c] = source[c]
+                first += source.size
 
 
 @njit(parallel=True, fastmath=True, cache=True)
