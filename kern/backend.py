@@ -11,13 +11,16 @@ consecutive convolutions where nothing else reads the first's output, lets a bac
 output in a layout of its own; `unlinked_output(x, first')` then turns it back into what
 conv2d would have returned, for a caller that stops there (the CPU backend: kern/cpu).
 
-Optional: planned memory (`planned_memory = True`, the CUDA backend). Every op then takes
-`out=`, where to write; `arena(floats)` allocates the one buffer a network's outputs live in,
-`arena_view(arena, start, (N, C, H, W), first, channels)` is channels first..first+channels of
-the buffer at `start` (a convolution's or max pool's output may be such a slice, and a
-convolution's input), `copy_into(out, x)` copies a host or backend array in, and
-`capture(run) -> replay` records what `run` launches so that `replay()` repeats it (CUDA
-graphs). nets/memory.py plans the places, nets/network.py uses them.
+Optional: planned memory (`planned_memory = True`: the CPU and CUDA backends). Every op then
+takes `out=`, where to write; `arena(floats)` allocates the one buffer a network's outputs
+live in, `arena_view(arena, start, (N, C, H, W), first, channels)` is channels
+first..first+channels of the buffer at `start` (on CUDA a convolution's or max pool's output
+may be such a slice, and a convolution's input; `route_slices = False` where a backend places
+none), `asarray(x, out=view)` copies host images in, `copy_into(out, x)` one of the
+backend's own arrays, `capture(run) -> replay | None` records what `run` launches so that
+`replay()` repeats it (CUDA graphs; None: nothing to record), and `planned_shape(prepared,
+(C, H, W))`, where present, is the shape a linked convolution really writes.
+nets/memory.py plans the places, nets/network.py uses them.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from kern.params import BatchNorm
 class Backend(Protocol):
     name: str
 
-    def asarray(self, x: np.ndarray) -> Any:
-        """Host NCHW array -> this backend's array (a copy on the GPU for cuda)."""
+    def asarray(self, x: np.ndarray, out: Any = None) -> Any:
+        """Host NCHW array -> this backend's array (a copy on the GPU for cuda), written into
+        `out` where given (planned memory)."""
 
     def to_numpy(self, x: Any) -> np.ndarray:
         """This backend's array -> a host NumPy array."""

@@ -1,7 +1,7 @@
 """Planned activation memory: where every layer's output lives in one arena, decided at load.
 
-A backend with `planned_memory` (the CUDA backend) runs a network without allocating: each
-output is written into its place in one arena of `MemoryPlan.floats_per_image * batch` floats.
+A backend with `planned_memory` (CPU, CUDA) runs a network without allocating its outputs:
+each is written into its place in one arena of `MemoryPlan.floats_per_image * batch` floats.
 
 - Liveness: an output occupies its place from the step that writes it to the last step that
   reads it (the next layer, or a later route or shortcut); places of outputs that are never
@@ -55,10 +55,15 @@ def passes_through(layer: Layer) -> bool:
 
 
 def plan_memory(
-    layers: tuple[Layer, ...], input_shape: tuple[int, int, int], fused: dict[int, Shortcut]
+    layers: tuple[Layer, ...], input_shape: tuple[int, int, int], fused: dict[int, Shortcut],
+    route_slices: bool = True, shapes: dict[int, tuple[int, int, int]] | None = None,
 ) -> MemoryPlan:
     """The plan for these layers (shapes checked by build_network); `fused`: conv index -> the
-    shortcut it runs with (nets.network.fusable_shortcuts)."""
+    shortcut it runs with (nets.network.fusable_shortcuts). Without `route_slices`, no output
+    lives in a slice of a route's (every route copies). `shapes`: outputs that take another
+    (C, H, W) per image in the backend's memory than their layer's out_shape (the CPU's
+    linked convolutions, which write a zero border for the next)."""
+    planned = shapes or {}
     shapes = {INPUT: input_shape}
     value_of: list[int] = []  # layer -> producer of its output
     step_of: dict[int, int] = {INPUT: -1}  # producer -> the step that writes it
@@ -87,7 +92,7 @@ def plan_memory(
             read(value_of[shortcut.source], i, shortcut)
             value_of.append(shortcut.index)
         else:
-            write(i, i, layer.out_shape)
+            write(i, i, planned.get(i, layer.out_shape))
             read(previous, i, layer)
             for source in layer.sources():
                 read(value_of[source], i, layer)
@@ -96,7 +101,7 @@ def plan_memory(
 
     parent: dict[int, tuple[int, int]] = {}  # producer -> (route producer, first channel)
     for layer in layers:
-        if isinstance(layer, Route) and len(layer.layers) > 1:
+        if route_slices and isinstance(layer, Route) and len(layer.layers) > 1:
             first = 0
             for source in layer.layers:
                 producer = value_of[source]

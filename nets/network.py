@@ -152,9 +152,10 @@ class Placed:
 class Network:
     """A network ready to run: its layers' parameters prepared on its own backend.
 
-    On a backend with planned memory (CUDA), outputs live in one arena per batch size whose
-    layout nets/memory.py chose at load (nothing is allocated while the network runs), and
-    from the second pass at a batch size on, the whole pass is one recorded CUDA graph.
+    On a backend with planned memory (CPU, CUDA), outputs live in one arena per batch size
+    whose layout nets/memory.py chose at load (no output is allocated while the network
+    runs), and on CUDA, from the second pass at a batch size on, the whole pass is one
+    recorded CUDA graph.
     """
 
     def __init__(
@@ -168,11 +169,14 @@ class Network:
         # Outputs read again later (route, shortcut) are kept; all others are dropped at once.
         self.kept = spec.kept
         self.fused = fusable_shortcuts(spec.layers, self.kept)
+        self.linked = self._link_convs()
         self.memory: MemoryPlan | None = None
         if getattr(backend, "planned_memory", False):
-            self.memory = plan_memory(spec.layers, spec.input_shape, self.fused)
+            self.memory = plan_memory(
+                spec.layers, spec.input_shape, self.fused,
+                route_slices=getattr(backend, "route_slices", True), shapes=self._planned_shapes(),
+            )
         self._placed: dict[int, Placed] = {}  # batch size -> its arena
-        self.linked = self._link_convs() if self.memory is None else frozenset()
 
     def _link_convs(self) -> frozenset[int]:
         """Let the backend pair a convolution with the next one where nothing else reads the
@@ -190,6 +194,14 @@ class Network:
                     self.prepared[first.index], self.prepared[second.index] = pair
                     linked.add(first.index)
         return frozenset(linked)
+
+    def _planned_shapes(self) -> dict[int, Shape]:
+        """Outputs that take another shape than their layer's in the backend's memory (a
+        linked convolution writing a border for the next: backend.planned_shape)."""
+        planned_shape = getattr(self.backend, "planned_shape", None)
+        if planned_shape is None:
+            return {}
+        return {i: planned_shape(self.prepared[i], self.spec.layers[i].out_shape) for i in self.linked}
 
     @property
     def input_shape(self) -> Shape:
@@ -212,7 +224,7 @@ class Network:
                 f"got {images.shape}"
             )
         if self.memory is not None and until is None:  # copied straight into the arena
-            return self.backend.to_numpy(self._run_planned(images, layer_seconds))
+            return self.backend.to_numpy(self._run_planned(images, layer_seconds, from_host=True))
         return self.backend.to_numpy(self.run(self.backend.asarray(images), until, layer_seconds))
 
     def run(self, x: Any, until: int | None = None, layer_seconds: list[float] | None = None) -> Any:
@@ -222,9 +234,12 @@ class Network:
             return self._run_planned(x, layer_seconds)
         return self._run_layers(x, until, layer_seconds, None)
 
-    def _run_planned(self, x: Any, layer_seconds: list[float] | None) -> Any:
+    def _run_planned(self, x: Any, layer_seconds: list[float] | None, from_host: bool = False) -> Any:
         placed = self._placed_at(x.shape[0])
-        self.backend.copy_into(placed.views[INPUT], x)
+        if from_host:  # host NCHW images
+            self.backend.asarray(x, out=placed.views[INPUT])
+        else:
+            self.backend.copy_into(placed.views[INPUT], x)
         if placed.replay is not None and layer_seconds is None:
             placed.replay()
             return placed.views[self.memory.value_of[-1]]

@@ -67,7 +67,7 @@ def test_again_runs_each_op_twice_and_times_the_second_apart():
     backend = nets.make_backend("cpu", threads=1)
     calls = []
     conv2d = backend.conv2d
-    backend.conv2d = lambda x, c: calls.append(c) or conv2d(x, c)
+    backend.conv2d = lambda x, c, **options: calls.append(c) or conv2d(x, c, **options)
     images = np.random.default_rng(1).random((1, *spec.input_shape), dtype=np.float32)
     expected = nets.Network(spec, weights, backend).forward(images)
     convs = len(calls)

@@ -27,11 +27,12 @@ def plan_of(spec) -> tuple[MemoryPlan, dict]:
     return plan_memory(spec.layers, spec.input_shape, fused), fused
 
 
-def check_plan(layers, input_shape, plan: MemoryPlan, fused: dict) -> None:
+def check_plan(layers, input_shape, plan: MemoryPlan, fused: dict, planned_shapes: dict | None = None) -> None:
     """Run the network on a model of the arena (one image): each float holds a tag saying
     whose data it is. A layer writes its tag over its place (a route: its inputs' contents
     over theirs); every read must find exactly the contents it expects, also after the
-    reading layer's own write."""
+    reading layer's own write. planned_shapes: outputs the backend writes in another shape
+    (plan_memory's `shapes`)."""
     arena = np.full(plan.floats_per_image, -2, np.int64)  # -2: nobody's
 
     def value(i: int) -> int:  # who made what layer i returns (independent of the plan)
@@ -42,7 +43,7 @@ def check_plan(layers, input_shape, plan: MemoryPlan, fused: dict) -> None:
             return value(layer.layers[0])
         return i + 1 if i in fused else i
 
-    shapes = {INPUT: input_shape, **{layer.index: layer.out_shape for layer in layers}}
+    shapes = {INPUT: input_shape, **{layer.index: layer.out_shape for layer in layers}, **(planned_shapes or {})}
 
     def region(producer: int) -> slice:
         place = plan.places[producer]
@@ -91,6 +92,20 @@ def test_plan_never_overwrites_what_is_still_read(cfg):
     check_plan(spec.layers, spec.input_shape, plan, fused)
     whole = sum(int(np.prod(layer.out_shape)) for layer in spec.layers) + int(np.prod(spec.input_shape))
     assert plan.floats_per_image < whole  # outputs share memory
+
+
+@pytest.mark.parametrize("name", ["tiny", "darknet19", "darknet53", "densenet201", "resnet50", "resnext50"])
+def test_cpu_plan_with_linked_layouts_never_overwrites_what_is_still_read(name, cpu):
+    """The CPU's plan: no route slices (every route copies) and linked convolutions' outputs
+    in the shape they are written (with the next one's zero border)."""
+    spec = nets.load_spec(REPO / "cfg" / f"{name}.cfg")
+    net = Network(spec, random_weights(spec.layers, seed=0), cpu)
+    plan = net.memory
+    assert plan is not None and plan.copies_saved == 0
+    assert all(place.root == producer for producer, place in plan.places.items())
+    shapes = net._planned_shapes()
+    assert any(shapes[i] != spec.layers[i].out_shape for i in shapes)  # some write a border
+    check_plan(spec.layers, spec.input_shape, plan, net.fused, shapes)
 
 
 def test_the_checker_catches_a_bad_plan():
@@ -268,3 +283,31 @@ def test_a_failed_capture_falls_back_to_launch_by_launch(cudasim, tmp_path, monk
     with pytest.warns(UserWarning, match="capture failed .*cudaErrorStreamCaptureUnsupported"):
         first = net.forward(images)
     assert np.array_equal(net.forward(images), first)
+
+
+@pytest.mark.parametrize("name", ["tiny", "resnext50"])
+def test_cpu_pass_writes_its_outputs_into_the_arena(name, cpu, ref64, monkeypatch):
+    """From the first pass at a batch size on, every output of a CPU pass goes to its planned
+    place: no op allocates one (resnext50: linked lane layouts, Winograd, grouped layers);
+    the result matches the float64 reference and run() returns a view into the arena."""
+    from kern.cpu import simd
+
+    spec = nets.load_spec(REPO / "cfg" / f"{name}.cfg")
+    weights = random_weights(spec.layers, seed=3)
+    net = Network(spec, weights, cpu)
+    images = np.random.default_rng(4).random((2, *spec.input_shape), dtype=np.float32)
+    first = net.forward(images)
+    allocated = []
+    real = simd.aligned_empty
+    monkeypatch.setattr(simd, "aligned_empty", lambda size: allocated.append(size) or real(size))
+    again = net.forward(images)
+    assert allocated == [] and np.array_equal(first, again)
+    assert_close(again, Network(spec, weights, ref64).forward(images), 1e-4)
+    arena = net._placed_at(2).arena
+    assert np.shares_memory(net.run(cpu.asarray(images)), arena)
+    monkeypatch.setattr(simd, "aligned_empty", real)
+    unplanned = Network(spec, weights, cpu)
+    unplanned.memory = None  # the same layers, each output a new array: the count is not empty
+    monkeypatch.setattr(simd, "aligned_empty", lambda size: allocated.append(size) or real(size))
+    unplanned.forward(images)
+    assert len(allocated) > 0

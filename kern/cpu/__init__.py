@@ -12,7 +12,7 @@ the GEMM's vector width (simd.choose_simd: KERN_SIMD, else the host's; "avx512" 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numba
@@ -20,7 +20,7 @@ import numpy as np
 
 from kern.cpu import conv, elementwise, grouped, pool, winograd
 from kern.cpu.connected import connected, pack_connected
-from kern.cpu.simd import choose_simd
+from kern.cpu.simd import aligned_empty, choose_simd, output_array
 from kern.errors import KernError
 from kern.params import activation_code, fold_batchnorm
 
@@ -87,9 +87,13 @@ class CpuBackend:
         # Numba's thread count is per calling thread; set it for each call of this backend.
         numba.set_num_threads(self.threads)
 
-    def asarray(self, x: np.ndarray) -> np.ndarray:
-        """NCHW -> this backend's NHWC."""
-        return np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))
+    def asarray(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """NCHW -> this backend's NHWC (into `out` where given)."""
+        nhwc = np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1)
+        if out is None:
+            return np.ascontiguousarray(nhwc)
+        np.copyto(out, nhwc)
+        return out
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
         """NHWC -> NCHW."""
@@ -106,28 +110,30 @@ class CpuBackend:
             packed = conv.pack_weights(w, groups)
         return CpuConv(packed, b, in_lanes, filters, ksize, stride, padding, activation_code(activation))
 
-    def conv2d(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
+    def conv2d(self, x: np.ndarray, c: CpuConv, *, out: np.ndarray | None = None) -> np.ndarray:
         self._use_threads()
         lanes_out = c.out_order is not None
         if c.winograd is not None and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:  # even outputs
-            return winograd.conv2d_lane_winograd(x, c.winograd, c.bias, c.filters, c.act, lanes_out)
+            return winograd.conv2d_lane_winograd(x, c.winograd, c.bias, c.filters, c.act, lanes_out, out)
         if c.groups_in_lanes:
             return grouped.conv2d_lane_groups(
-                x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act, c.input_ready, lanes_out
+                x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act, c.input_ready, lanes_out, out
             )
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act,
             out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes, input_padded=c.input_padded,
+            out=out,
         )
 
-    def conv2d_residual(self, x, c: CpuConv, residual, *, activation):
+    def conv2d_residual(self, x, c: CpuConv, residual, *, activation, out=None):
         if c.groups_in_lanes:  # not fused there: no network has a shortcut after a grouped layer
-            return self.shortcut(self.conv2d(x, c), residual, alpha=1.0, beta=1.0, activation=activation)
+            summed = self.conv2d(x, c)
+            return self.shortcut(summed, residual, alpha=1.0, beta=1.0, activation=activation, out=out)
         self._use_threads()  # the add and its activation are fused into the GEMM's store
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual,
             activation_code(activation), out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes,
-            input_padded=c.input_padded,
+            input_padded=c.input_padded, out=out,
         )
 
     def link_convs(self, producer: CpuConv, consumer: CpuConv) -> tuple[CpuConv, CpuConv] | None:
@@ -191,40 +197,88 @@ class CpuBackend:
         w, b = fold_batchnorm(weights, bias, bn)
         return CpuConnected(pack_connected(w), b, w.shape[0], activation_code(activation))
 
-    def connected(self, x: np.ndarray, fc: CpuConnected) -> np.ndarray:
+    def connected(self, x: np.ndarray, fc: CpuConnected, *, out: np.ndarray | None = None) -> np.ndarray:
         self._use_threads()
-        return connected(x, fc.packed, fc.bias, fc.outputs, fc.act)
+        return _written(connected(x, fc.packed, fc.bias, fc.outputs, fc.act), out)
 
-    def maxpool(self, x, *, size, stride, padding):
+    def maxpool(self, x, *, size, stride, padding, out=None):
         _check_window(size, stride, padding)
         self._use_threads()
-        return pool.maxpool(x, size, stride, padding)
+        n_images, height, width, channels = x.shape
+        out_h = pool.maxpool_output_size(height, size, stride, padding)
+        out_w = pool.maxpool_output_size(width, size, stride, padding)
+        out = output_array((n_images, out_h, out_w, channels), out)
+        pool.maxpool(x, size, stride, padding, out)
+        return out
 
-    def avgpool(self, x):
+    def avgpool(self, x, *, out=None):
         self._use_threads()
-        return pool.avgpool(x)
+        return _written(pool.avgpool(x), out)
 
-    def softmax(self, x, *, groups, temperature):
+    def softmax(self, x, *, groups, temperature, out=None):
         self._use_threads()
         # Darknet's slices run over the C, H, W order: the same as NHWC when H = W = 1.
         nchw = x if x.shape[1] == x.shape[2] == 1 else self.to_numpy(x)
         flat = elementwise.softmax_rows(nchw.reshape(x.shape[0], -1), groups, float(temperature))
-        return flat.reshape(x.shape) if nchw is x else self.asarray(flat.reshape(nchw.shape))
+        return _written(flat.reshape(x.shape) if nchw is x else self.asarray(flat.reshape(nchw.shape)), out)
 
-    def shortcut(self, x, source, *, alpha, beta, activation):
+    def shortcut(self, x, source, *, alpha, beta, activation, out=None):
         self._use_threads()
-        return elementwise.shortcut(x, source, float(alpha), float(beta), activation_code(activation))
+        out = output_array(x.shape, out)
+        elementwise.shortcut(x, source, float(alpha), float(beta), activation_code(activation), out)
+        return out
 
-    def route(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+    def route(self, xs: Sequence[np.ndarray], *, out: np.ndarray | None = None) -> np.ndarray:
         self._use_threads()
-        out = np.empty(xs[0].shape[:3] + (sum(x.shape[3] for x in xs),), dtype=np.float32)
+        out = output_array(xs[0].shape[:3] + (sum(x.shape[3] for x in xs),), out)
         elementwise.concat_channels(tuple(np.ascontiguousarray(x) for x in xs), out)
         return out
 
-    def crop(self, x, *, height, width, scale, shift):
+    def crop(self, x, *, height, width, scale, shift, out=None):
         self._use_threads()
-        return elementwise.crop(x, height, width, float(scale), float(shift))
+        return _written(elementwise.crop(x, height, width, float(scale), float(shift)), out)
 
-    def activate(self, x, activation):
+    def activate(self, x, activation, *, out=None):
         self._use_threads()
-        return elementwise.activate(x, activation_code(activation))
+        out = output_array(x.shape, out)
+        elementwise.activate(np.ascontiguousarray(x), activation_code(activation), out)
+        return out
+
+    # ---- planned memory (kern/backend.py): a network's outputs in one arena per batch size
+    planned_memory = True
+    route_slices = False  # NHWC slices are strided: convolutions reading them ran slower (docs/benchmarks.md)
+
+    def arena(self, floats: int) -> np.ndarray:
+        return aligned_empty(max(floats, 1))
+
+    def arena_view(self, arena: np.ndarray, start: int, shape: tuple[int, int, int, int], first: int,
+                   channels: int) -> np.ndarray:
+        """The (N, C, H, W) buffer at `start` floats, as this backend's NHWC (whole: no slices)."""
+        n_images, depth, height, width = shape
+        if first != 0 or channels != depth:
+            raise KernError(f"the CPU backend places no channel slices (asked for {first}..{first + channels})")
+        return arena[start : start + n_images * depth * height * width].reshape(n_images, height, width, depth)
+
+    def copy_into(self, out: np.ndarray, x: np.ndarray) -> None:
+        """One of this backend's arrays into out (same shape)."""
+        np.copyto(out, x)
+
+    def capture(self, run: Callable[[], None]) -> None:
+        """Nothing to record on the CPU: every pass runs op by op."""
+        return None
+
+    def planned_shape(self, c: CpuConv, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The (C, H, W) per image that conv2d writes for this prepared convolution: with the
+        zero border a linked one writes for the next (as many floats as its planes)."""
+        channels, height, width = shape
+        q = c.out_padding
+        return channels, height + 2 * q, width + 2 * q
+
+
+def _written(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """A small op's result, copied into its planned place where it has one."""
+    if out is None:
+        return result
+    out = output_array(result.shape, out)
+    out[...] = result
+    return out

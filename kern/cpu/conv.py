@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from kern.cpu.activation import activate_scalar
 from kern.cpu.gemm import TILE_M, conv_gemm, conv_gemm16, pack_panels
-from kern.cpu.simd import aligned_empty
+from kern.cpu.simd import output_array
 from kern.params import conv_output_size
 
 
@@ -88,6 +88,7 @@ def conv2d_gemm(
     out_padding: int = 0,
     lanes: int = 8,
     input_padded: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """x (N, H, W, C) float32, packed from pack_weights -> (N, OH, OW, filters); with a
     residual (N, OH, OW, filters): residual_act(that + residual), fused into the store.
@@ -98,14 +99,15 @@ def conv2d_gemm(
     q give (N * out_planes, OH + 2q, OW + 2q, filters / out_planes) instead: each run of
     filters / out_planes channels as an image of its own inside a zero border of q.
 
-    lanes: 8 (gemm.conv_gemm) or 16 (gemm.conv_gemm16, AVX-512); the same result either way."""
+    lanes: 8 (gemm.conv_gemm) or 16 (gemm.conv_gemm16, AVX-512); the same result either way.
+    out: where to write (a planned place: C-contiguous, as many floats), else a new array."""
     n_images, height, width, channels = x.shape
     if input_padded:
         height, width = height - 2 * padding, width - 2 * padding
     out_h = conv_output_size(height, ksize, stride, padding) + 2 * out_padding
     out_w = conv_output_size(width, ksize, stride, padding) + 2 * out_padding
     out_shape = (n_images * out_planes, out_h, out_w, filters // out_planes)
-    out = aligned_empty(int(np.prod(out_shape))).reshape(out_shape)
+    out = output_array(out_shape, out)
     if out_padding:
         zero_border(out, out_padding)
     images = x

@@ -8,13 +8,11 @@ from kern.cpu.activation import activate_scalar
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def activate(x, act):
-    """A new array: activation applied to every element of x (any shape, C-contiguous)."""
-    flat = x.ravel()
-    out = np.empty_like(flat)
+def activate(x, act, out):
+    """out = activation applied to every element of x (same shape, C-contiguous)."""
+    flat, target = x.reshape(-1), out.reshape(-1)
     for i in prange(flat.size):
-        out[i] = activate_scalar(flat[i], act)
-    return out.reshape(x.shape)
+        target[i] = activate_scalar(flat[i], act)
 
 
 @njit(parallel=True, cache=True)
@@ -39,15 +37,15 @@ def softmax_rows(x, groups, temperature):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def shortcut(x, source, alpha, beta, act):
-    """Darknet's residual add (NHWC); see kern/ref/elementwise.py for the shape rules."""
+def shortcut(x, source, alpha, beta, act, out):
+    """out = Darknet's residual add (NHWC, x's shape); see kern/ref/elementwise.py for the
+    shape rules."""
     n_images, h_out, w_out, c_out = x.shape
     _, h_src, w_src, c_src = source.shape
     stride = max(w_src // w_out, 1)
     sample = max(w_out // w_src, 1)
     channels, height, width = min(c_out, c_src), min(h_out, h_src), min(w_out, w_src)
     a, b = np.float32(alpha), np.float32(beta)
-    out = np.empty_like(x)
     for job in prange(n_images * h_out):
         n, i = job // h_out, job % h_out
         added_row = i % sample == 0 and i // sample < height
@@ -61,7 +59,6 @@ def shortcut(x, source, alpha, beta, act):
             else:
                 for c in range(c_out):
                     out[n, i, j, c] = activate_scalar(x[n, i, j, c], act)
-    return out
 
 
 @njit(parallel=True, cache=True)

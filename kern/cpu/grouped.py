@@ -51,6 +51,7 @@ from kern.cpu.simd import (
     load_halves,
     max8,
     mul8,
+    output_array,
     shuffle8,
     splat8,
     store8,
@@ -337,10 +338,12 @@ def conv2d_lane_groups(
     act: int,
     interleaved: bool = False,
     lanes_out: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """x (N, H, W, C) float32 -> (N, OH, OW, F), with weights and bias from pack_lane_weights.
     With `interleaved`, x is (N * G/8, H + 2p, W + 2p, 8C') as conv_lane_groups takes it;
-    with `lanes_out`, the output channels are in lane_order(F, G/8)."""
+    with `lanes_out`, the output channels are in lane_order(F, G/8). Written into `out`
+    where given (C-contiguous)."""
     blocks, quads = weights.shape[:2]
     n_images, height, width, channels = x.shape
     if interleaved:  # a padded image per block
@@ -348,7 +351,7 @@ def conv2d_lane_groups(
         height, width = height - 2 * padding, width - 2 * padding
     out_h = conv_output_size(height, ksize, stride, padding)
     out_w = conv_output_size(width, ksize, stride, padding)
-    out = np.empty((n_images, out_h, out_w, blocks * LANES * quads * TILE_F), dtype=np.float32)
+    out = output_array((n_images, out_h, out_w, blocks * LANES * quads * TILE_F), out)
     threads = numba.get_num_threads()
     padded_w = width + 2 * padding
     x_bytes = x.nbytes

@@ -10,19 +10,21 @@ from numba import njit, prange
 LOWEST = np.float32(np.finfo(np.float32).min)  # C's -FLT_MAX
 
 
+def maxpool_output_size(size: int, window: int, stride: int, padding: int) -> int:
+    return (size + padding - window) // stride + 1
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def maxpool(x, size, stride, padding):
-    """x (N, H, W, C) -> (N, OH, OW, C), OH = (H + padding - size)//stride + 1.
+def maxpool(x, size, stride, padding, out):
+    """x (N, H, W, C) -> out (N, OH, OW, C), OH = (H + padding - size)//stride + 1.
 
     The window of output (i, j) starts at (i*stride - padding//2, j*stride - padding//2);
     cells outside the image count as -FLT_MAX, as in Darknet: never winning, and giving
     -FLT_MAX (finite) where a window lies wholly in the padding.
     """
     n_images, height, width, channels = x.shape
-    out_h = (height + padding - size) // stride + 1
-    out_w = (width + padding - size) // stride + 1
+    _, out_h, out_w, _ = out.shape
     offset = padding // 2
-    out = np.empty((n_images, out_h, out_w, channels), dtype=np.float32)
     for job in prange(n_images * out_h):
         n, i = job // out_h, job % out_h
         y0 = max(i * stride - offset, 0)
@@ -37,7 +39,6 @@ def maxpool(x, size, stride, padding):
                     cell = x[n, y, xx]
                     for c in range(channels):
                         best[c] = max(best[c], cell[c])
-    return out
 
 
 AVG_BLOCK = 64  # channels per job of avgpool

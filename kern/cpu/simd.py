@@ -262,6 +262,16 @@ def aligned_empty(size):
     return raw[shift : shift + size]
 
 
+def output_array(shape: tuple[int, ...], out: np.ndarray | None) -> np.ndarray:
+    """An op's output: `out` (a planned place, C-contiguous, as many floats) seen as `shape`,
+    or a new aligned array where there is none."""
+    if out is None:
+        return aligned_empty(int(np.prod(shape))).reshape(shape)
+    if out.size != int(np.prod(shape)) or not out.flags.c_contiguous:
+        raise ValueError(f"out {out.shape}: expected {int(np.prod(shape))} contiguous floats for {shape}")
+    return out.reshape(shape)
+
+
 # ---- which vector width the kernels use --------------------------------------------------------
 SIMD_PATHS = ("avx512", "avx2", "generic")
 

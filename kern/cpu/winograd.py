@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from kern.cpu.activation import LEAK, LEAKY, LOGISTIC, RELU
 from kern.cpu.grouped import LANES, TILE_F, activate_columns, fma_tile, store_tile_row
-from kern.cpu.simd import add8, aligned_empty, load8, splat8, store8, sub8
+from kern.cpu.simd import add8, aligned_empty, load8, output_array, splat8, store8, sub8
 
 BAND_ROWS = 4  # output rows per job (even): 4 ran faster than 2 or 8 on ResNeXt's layers
 # G of F(2x2, 3x3): U = G g G^T, 4x4 from 3x3.
@@ -187,12 +187,13 @@ def conv_lane_winograd(x, u, bias, act, lanes_out, band_rows, out):
 
 
 def conv2d_lane_winograd(
-    x: np.ndarray, u: np.ndarray, bias: np.ndarray, filters: int, act: int, lanes_out: bool = False
+    x: np.ndarray, u: np.ndarray, bias: np.ndarray, filters: int, act: int, lanes_out: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """x as linked (N * G/8, H + 2, W + 2, 8C'), H and W even -> (N, H, W, filters), in
-    grouped.lane_order with `lanes_out`."""
+    grouped.lane_order with `lanes_out`; written into `out` where given (C-contiguous)."""
     blocks = u.shape[0]
     planes, padded_h, padded_w, _ = x.shape
-    out = np.empty((planes // blocks, padded_h - 2, padded_w - 2, filters), dtype=np.float32)
+    out = output_array((planes // blocks, padded_h - 2, padded_w - 2, filters), out)
     conv_lane_winograd(x, u, bias, act, lanes_out, BAND_ROWS, out)
     return out

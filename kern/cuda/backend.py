@@ -104,7 +104,10 @@ class CudaBackend:
     def _kernel(self, source: str, name: str):
         return self._modules[source].get_function(name)
 
-    def asarray(self, x: np.ndarray) -> cupy.ndarray:
+    def asarray(self, x: np.ndarray, out: cupy.ndarray | None = None) -> cupy.ndarray:
+        if out is not None:  # a planned place
+            self.copy_into(out, x)
+            return out
         return cupy.ascontiguousarray(cupy.asarray(x, dtype=cupy.float32))
 
     def to_numpy(self, x: cupy.ndarray) -> np.ndarray:
