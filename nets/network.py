@@ -229,7 +229,7 @@ class Network:
 
     def run(self, x: Any, until: int | None = None, layer_seconds: list[float] | None = None) -> Any:
         """forward() on this backend's arrays: no checks, no copies to the host. With planned
-        memory the result is a view into the arena, valid until the next run at this batch."""
+        memory the result is a view into the arena, valid until the next run."""
         if self.memory is not None and until is None:
             return self._run_planned(x, layer_seconds)
         return self._run_layers(x, until, layer_seconds, None)
@@ -253,9 +253,17 @@ class Network:
         return out
 
     def _placed_at(self, batch: int) -> Placed:
+        """The views for this batch size. One arena serves them all, sized for the largest
+        batch so far (a smaller batch uses its beginning): a caller that varies the batch
+        size does not collect an arena per size. A larger batch replaces it, and the views
+        and recorded passes of the old one go with it."""
         if batch not in self._placed:
             plan = self.memory
-            arena = self.backend.arena(plan.floats_per_image * batch)
+            floats = plan.floats_per_image * batch
+            arena = next(iter(self._placed.values())).arena if self._placed else None
+            if arena is None or arena.size < floats:
+                self._placed.clear()
+                arena = self.backend.arena(floats)
             views = {
                 producer: self.backend.arena_view(
                     arena, plan.offsets[place.root] * batch, (batch, *place.root_shape),

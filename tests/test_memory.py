@@ -251,14 +251,22 @@ def test_graph_replay_equals_the_pass_it_recorded_and_allocates_nothing(cudasim,
         assert np.array_equal(without.forward(x), expected)
 
 
-def test_a_batch_size_gets_its_own_arena(cudasim, cpu, tmp_path):
+@pytest.mark.parametrize("on", ["cudasim", "cpu"])
+def test_batch_sizes_share_one_arena_sized_for_the_largest(on, request, ref64, tmp_path):
+    """Batch sizes 1, 3, 1, 2, 5, 2: each pass right; one arena at any time, replaced only by
+    a larger batch (then the views of the old one go), and used from its start by smaller."""
+    backend = request.getfixturevalue(on)
     spec = small_densenet(tmp_path, size=9, blocks=1)
     values = random_weights(spec.layers, seed=11)
-    net, truth = Network(spec, values, cudasim), Network(spec, values, cpu)
-    for batch in (1, 3, 1):
+    net, truth = Network(spec, values, backend), Network(spec, values, ref64)
+    arenas = []
+    for batch in (1, 3, 1, 2, 5, 2):
         images = np.random.default_rng(batch).random((batch, *spec.input_shape), dtype=np.float32)
         assert_close(net.forward(images), truth.forward(images), 1e-4)
-    assert sorted(net._placed) == [1, 3]
+        arena = net._placed[batch].arena
+        assert all(placed.arena is arena for placed in net._placed.values())
+        arenas.append(arena.size // net.memory.floats_per_image)
+    assert arenas == [1, 3, 3, 3, 5, 5] and sorted(net._placed) == [2, 5]
 
 
 @pytest.mark.parametrize("filters,shape", [(40, (2, 16, 13, 11)), (72, (2, 25, 13, 12)), (45, (2, 30, 3, 4)), (5, (2, 4, 6, 7))],
