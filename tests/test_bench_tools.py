@@ -127,3 +127,22 @@ def test_cuda_check_runs_its_rows_on_cudasim(cudasim, monkeypatch, tmp_path):
     assert len(convs) == len(distinct) and all(row.split()[-4] == "yes" for row in convs), convs
     networks = cuda_check.network_rows(kern, type(cudasim)(graphs=False), torch, names=(cfg,), batches=(1, 2))
     assert len(networks) == 2 and all(row.rstrip().endswith("yes") for row in networks)
+
+
+def test_ab_summary_counts_the_rounds_b_won():
+    from bench.ab import summary
+
+    line = summary("darknet53", [100.0, 120.0, 110.0], [90.0, 125.0, 100.0])
+    assert "A    110.0 ms  B    100.0 ms  B/A 0.909" in line and "B faster in 2 of 3 rounds" in line
+
+
+def test_ab_refuses_an_unknown_revision_in_one_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", "no-such-revision", "tiny", "--rounds", "1"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("bench.ab: no-such-revision:")
+    assert "Traceback" not in done.stderr
