@@ -155,7 +155,8 @@ class Network:
     On a backend with planned memory (CPU, CUDA), outputs live in one arena per batch size
     whose layout nets/memory.py chose at load (no output is allocated while the network
     runs), and on CUDA, from the second pass at a batch size on, the whole pass is one
-    recorded CUDA graph.
+    recorded CUDA graph. The arena is the network's own: one forward pass at a time (use
+    a network per thread to run several at once).
     """
 
     def __init__(

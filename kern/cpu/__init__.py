@@ -4,6 +4,9 @@ Its arrays are channels-last, (N, H, W, C) float32: `asarray` takes NCHW and `to
 NCHW back, as every backend does; in between, each pixel's channels are contiguous, which is
 what the GEMM's vector stores and the vectorized pooling want (see gemm.py).
 Weights are prepared once: batchnorm folded in, conv weights packed to whole tiles.
+Planned memory (kern/backend.py): in a network every op writes its output into its place in
+the network's arena (`out=`), so a pass allocates no output; arrays over 32 MB, allocated per
+op, made the kernel fault their pages in again on every pass (docs/benchmarks.md, batch 8).
 `threads` caps Numba's worker threads for this backend's calls (None: all cores). `simd` picks
 the GEMM's vector width (simd.choose_simd: KERN_SIMD, else the host's; "avx512" runs the
 16-lane GEMM, the others the 8-lane one; grouped and Winograd kernels are 8-lane on every path).
