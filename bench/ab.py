@@ -32,7 +32,8 @@ def forward_ms(tree: Path, cfg: str, batch: int, repeat: int, threads: int) -> f
                "--repeat", str(repeat)]
     done = subprocess.run(command, cwd=tree, capture_output=True, text=True)
     if done.returncode != 0:
-        raise KernError(f"{tree}: bench.forward {cfg} failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise KernError(f"{tree}: bench.forward {cfg} failed: {last}")
     return float(done.stdout.strip().splitlines()[-1].split()[3])  # network threads batch ms GFLOP/s
 
 
@@ -83,4 +84,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from nets.cli import run  # bad input: one line, exit 2
+
+    raise SystemExit(run(lambda argv: main() or 0))

@@ -176,4 +176,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from nets.cli import run  # bad input: one line, exit 2
+
+    raise SystemExit(run(lambda argv: main() or 0))

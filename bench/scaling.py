@@ -164,4 +164,6 @@ def plot(path: Path, name: str, counts: list[int], totals: list[float]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from nets.cli import run  # bad input: one line, exit 2
+
+    raise SystemExit(run(lambda argv: main() or 0))

@@ -129,6 +129,17 @@ def test_cuda_check_runs_its_rows_on_cudasim(cudasim, monkeypatch, tmp_path):
     assert len(networks) == 2 and all(row.rstrip().endswith("yes") for row in networks)
 
 
+@pytest.mark.parametrize("tool", ["forward", "layers", "scaling", "nets"])
+def test_bench_tools_say_a_bad_cfg_in_one_line(tool):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", f"bench.{tool}", "cfg/no-such.cfg"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
 def test_ab_summary_counts_the_rounds_b_won():
     from bench.ab import summary
 
@@ -136,13 +147,19 @@ def test_ab_summary_counts_the_rounds_b_won():
     assert "A    110.0 ms  B    100.0 ms  B/A 0.909" in line and "B faster in 2 of 3 rounds" in line
 
 
-def test_ab_refuses_an_unknown_revision_in_one_line():
+@pytest.mark.parametrize(
+    "revision,cfg,says",
+    [("no-such-revision", "tiny", "bench.ab: no-such-revision:"), ("HEAD", "no-such-cfg", "bench.ab: ")],
+)
+def test_ab_says_a_bad_revision_or_cfg_in_one_line(revision, cfg, says):
     import subprocess
     import sys
 
+    repo = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-m", "bench.ab", "no-such-revision", "tiny", "--rounds", "1"],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+        [sys.executable, "-m", "bench.ab", revision, cfg, "--rounds", "1"], capture_output=True, text=True, cwd=repo
     )
-    assert done.returncode == 2 and done.stderr.startswith("bench.ab: no-such-revision:")
-    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # after bench.ab's progress lines
+    assert done.returncode == 2 and last.startswith(says) and "Traceback" not in done.stderr
+    worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=repo).stdout
+    assert "kern-ab-" not in worktrees  # removed again
