@@ -269,6 +269,21 @@ def test_batch_sizes_share_one_arena_sized_for_the_largest(on, request, ref64, t
     assert arenas == [1, 3, 3, 3, 5, 5] and sorted(net._placed) == [2, 5]
 
 
+@pytest.mark.parametrize("on", ["cudasim", "cpu"])
+def test_a_result_is_the_callers_and_the_next_pass_leaves_it(on, request, tmp_path):
+    """forward() returns a copy, not the arena's place (that the next pass writes again):
+    the CPU once returned (N, 1, 1, C) outputs as views, and a later batch changed them."""
+    backend = request.getfixturevalue(on)
+    spec = small_densenet(tmp_path, size=9, blocks=1)
+    net = Network(spec, random_weights(spec.layers, seed=12), backend)
+    rng = np.random.default_rng(13)
+    first = net.predict(rng.random((3, *spec.input_shape), dtype=np.float32))
+    kept = first.copy()
+    net.predict(rng.random((1, *spec.input_shape), dtype=np.float32))
+    net.predict(rng.random((3, *spec.input_shape), dtype=np.float32))
+    assert np.array_equal(first, kept)
+
+
 @pytest.mark.parametrize("filters,shape", [(40, (2, 16, 13, 11)), (72, (2, 25, 13, 12)), (45, (2, 30, 3, 4)), (5, (2, 4, 6, 7))],
                          ids=["gemm", "gemm 128", "split-K", "direct"])
 def test_conv_reads_and_writes_channel_slices(cudasim, ref64, rng, filters, shape):

@@ -99,8 +99,9 @@ class CpuBackend:
         return out
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
-        """NHWC -> NCHW."""
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        """NHWC -> NCHW, always a copy: x may be a place in a network's arena, which the next
+        pass overwrites (ascontiguousarray returns (N, 1, 1, C) as it is, a view)."""
+        return x.transpose(0, 3, 1, 2).copy()
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
         _check_window(weights.shape[-1], stride, padding)  # the kernels index without bounds checks
