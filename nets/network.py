@@ -152,9 +152,9 @@ class Placed:
 class Network:
     """A network ready to run: its layers' parameters prepared on its own backend.
 
-    On a backend with planned memory (CPU, CUDA), outputs live in one arena per batch size
-    whose layout nets/memory.py chose at load (no output is allocated while the network
-    runs), and on CUDA, from the second pass at a batch size on, the whole pass is one
+    On a backend with planned memory (CPU, CUDA), outputs live in one arena (sized for the
+    largest batch so far) whose layout nets/memory.py chose at load (no output is allocated
+    while the network runs), and on CUDA, from the second pass at a batch size on, the whole pass is one
     recorded CUDA graph. The arena is the network's own: one forward pass at a time (use
     a network per thread to run several at once).
     """
@@ -177,7 +177,7 @@ class Network:
                 spec.layers, spec.input_shape, self.fused,
                 route_slices=getattr(backend, "route_slices", True), shapes=self._planned_shapes(),
             )
-        self._placed: dict[int, Placed] = {}  # batch size -> its arena
+        self._placed: dict[int, Placed] = {}  # batch size -> its views (all in one arena)
 
     def _link_convs(self) -> frozenset[int]:
         """Let the backend pair a convolution with the next one where nothing else reads the
