@@ -54,6 +54,13 @@ from kern.cpu.simd import (
 TILE_P, TILE_M = 6, 16  # the register tile: pixels x filters (two float32x8 per pixel)
 CHUNK_TILES = 4  # pixel tiles one job runs against one weight panel (the panel stays in L1)
 WHOLE_COLUMN_TILES = 16  # up to this many pixel tiles, a job runs them all: each panel read once
+# Weights over 2 MB (more than a core's L2) come again from L3 or memory for every chunk of
+# pixels: then a job takes WHOLE_COLUMN_TILES tiles, so they come 4x less often. Kernel alone,
+# interleaved A/B on a quiet host (AMD EPYC, 2 threads, 4 -> 16 tiles, two runs): 8x8x512 ->
+# 1024 3x3 at batch 8 0.76-0.87x the time, 14x14x512 -> 1024 at batch 1 0.87x, 16x16x256 ->
+# 512 0.75x, 14x14x256 -> 512 0.80x, 7x7x512 -> 2048 1x1 at batch 8 0.83x; 28x28x256 -> 512
+# 0.99-1.06x (the worst seen).
+BIG_WEIGHTS_BYTES = 2 << 20
 
 
 def pack_panels(weights: np.ndarray) -> np.ndarray:
@@ -154,7 +161,7 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding
     out_rows = out.reshape(-1, plane_filters)
     residual_rows = residual.reshape(-1, filters)
     p_tiles = (pixels + TILE_P - 1) // TILE_P
-    chunk = CHUNK_TILES
+    chunk = WHOLE_COLUMN_TILES if panels.size * 4 > BIG_WEIGHTS_BYTES else CHUNK_TILES
     if p_tiles <= WHOLE_COLUMN_TILES and groups * m_blocks >= WHOLE_COLUMN_TILES:
         chunk = p_tiles  # few pixels, many weights (late layers, connected): read weights once
     chunks = (p_tiles + chunk - 1) // chunk
@@ -260,7 +267,7 @@ def conv_gemm16(images, panels, bias, act, ksize, stride, out, planes, out_paddi
     out_rows = out.reshape(-1, plane_filters)
     residual_rows = residual.reshape(-1, filters)
     p_tiles = (pixels + TILE_P16 - 1) // TILE_P16
-    chunk = CHUNK_TILES16
+    chunk = WHOLE_COLUMN_TILES // 2 if panels.size * 4 > BIG_WEIGHTS_BYTES else CHUNK_TILES16
     if p_tiles <= WHOLE_COLUMN_TILES // 2 and groups * m_blocks >= WHOLE_COLUMN_TILES:
         chunk = p_tiles
     chunks = (p_tiles + chunk - 1) // chunk
