@@ -55,7 +55,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cfgs = [cfg if cfg.endswith(".cfg") else f"cfg/{cfg}.cfg" for cfg in args.cfgs]
     with tempfile.TemporaryDirectory(prefix="kern-ab-") as folder:
         tree = Path(folder) / "a"
         made = subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.revision],
@@ -64,12 +63,12 @@ def main() -> None:
             print(f"bench.ab: {args.revision}: {made.stderr.strip()}", file=sys.stderr)
             raise SystemExit(2)
         try:
-            times = {cfg: ([], []) for cfg in cfgs}
-            progress = Progress(args.rounds * len(cfgs))
+            times = {cfg: ([], []) for cfg in args.cfgs}
+            progress = Progress(args.rounds * len(args.cfgs))
             print(f"# A = {args.revision}, B = the working tree; batch {args.batch}, {args.threads} threads, "
                   f"median of {args.repeat} passes per process", flush=True)
             for round_ in range(args.rounds):
-                for cfg in cfgs:
+                for cfg in args.cfgs:
                     progress.step(f"{cfg}, round {round_ + 1} of {args.rounds}")
                     a, b = times[cfg]
                     a.append(forward_ms(tree, cfg, args.batch, args.repeat, args.threads))

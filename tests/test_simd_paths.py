@@ -54,3 +54,17 @@ def test_the_path_comes_from_the_host_or_kern_simd(monkeypatch):
     monkeypatch.setenv("KERN_SIMD", "sse9")
     with pytest.raises(KernError, match="KERN_SIMD=sse9: expected one of avx512, avx2, generic"):
         get_backend("cpu")
+
+
+def test_weights_over_2_mb_take_longer_jobs_on_both_widths_and_agree(rng, ref64, paths):
+    """256 x 256 x 3 x 3 weights (2.4 MB, over gemm.BIG_WEIGHTS_BYTES) on 2 x 9 x 7 images: 126
+    pixels, more than a whole column, so both GEMMs split them into 96-pixel jobs."""
+    x, weights, bias, bn, options = random_conv(rng, (2, 256, 9, 7, 256, 3, 1, 1, 1), "leaky")
+    assert weights.nbytes > 2 << 20
+    out = {}
+    for name, backend in paths.items():
+        conv = backend.prepare_conv(weights, bias, bn, **options)
+        out[name] = backend.to_numpy(backend.conv2d(backend.asarray(x), conv))
+    assert np.array_equal(out["avx512"], out["avx2"])
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))
+    assert_close(out["avx2"], expected)

@@ -25,7 +25,7 @@ from kern.cpu import conv, elementwise, grouped, pool, winograd
 from kern.cpu.connected import connected, pack_connected
 from kern.cpu.simd import aligned_empty, choose_simd, output_array
 from kern.errors import KernError
-from kern.params import activation_code, fold_batchnorm
+from kern.params import activation_code, fold_batchnorm, maxpool_output_size
 
 # Numba tries tbb first when it is installed (PyTorch brings it). Measured here, alternating
 # processes, 2 threads: omp ran tiny in 18-27 ms vs 20-31 with tbb, darknet19 in 70-74 vs
@@ -209,8 +209,8 @@ class CpuBackend:
         _check_window(size, stride, padding)
         self._use_threads()
         n_images, height, width, channels = x.shape
-        out_h = pool.maxpool_output_size(height, size, stride, padding)
-        out_w = pool.maxpool_output_size(width, size, stride, padding)
+        out_h = maxpool_output_size(height, size, stride, padding)
+        out_w = maxpool_output_size(width, size, stride, padding)
         out = output_array((n_images, out_h, out_w, channels), out)
         pool.maxpool(x, size, stride, padding, out)
         return out

@@ -52,11 +52,12 @@ from kern.cpu.simd import (
 )
 
 TILE_P, TILE_M = 6, 16  # the register tile: pixels x filters (two float32x8 per pixel)
-CHUNK_TILES = 4  # pixel tiles one job runs against one weight panel (the panel stays in L1)
-WHOLE_COLUMN_TILES = 16  # up to this many pixel tiles, a job runs them all: each panel read once
+CHUNK_PIXELS = 24  # pixels one job runs against one weight panel (the panel stays in L1)
+WHOLE_COLUMN_PIXELS = 96  # up to this many pixels, a job runs them all: each panel read once
+MANY_PANELS = 16  # ... where there are this many panels or more (else too few jobs)
 # Weights over 2 MB (more than a core's L2) come again from L3 or memory for every chunk of
-# pixels: then a job takes WHOLE_COLUMN_TILES tiles, so they come 4x less often. Kernel alone,
-# interleaved A/B on a quiet host (AMD EPYC, 2 threads, 4 -> 16 tiles, two runs): 8x8x512 ->
+# pixels: then a job takes WHOLE_COLUMN_PIXELS, so they come 4x less often. Kernel alone,
+# interleaved A/B on a quiet host (AMD EPYC, 2 threads, 24 -> 96 pixels, two runs): 8x8x512 ->
 # 1024 3x3 at batch 8 0.76-0.87x the time, 14x14x512 -> 1024 at batch 1 0.87x, 16x16x256 ->
 # 512 0.75x, 14x14x256 -> 512 0.80x, 7x7x512 -> 2048 1x1 at batch 8 0.83x; 28x28x256 -> 512
 # 0.99-1.06x (the worst seen).
@@ -135,6 +136,17 @@ def gemm_tables(image_shape, ksize, stride, depth, groups, out_shape, planes, ou
     return taps, starts, out_row
 
 
+@njit(inline="always", cache=True)
+def chunk_tiles(p_tiles, tile_pixels, panels):
+    """Pixel tiles per job for both GEMMs (tiles of tile_pixels, `panels` as packed): the
+    same pixels per job for every vector width. Only which thread sums what changes."""
+    groups, m_blocks, _, _ = panels.shape
+    if p_tiles * tile_pixels <= WHOLE_COLUMN_PIXELS and groups * m_blocks >= MANY_PANELS:
+        return p_tiles  # few pixels, many weights (late layers, connected): read weights once
+    big = panels.size * 4 > BIG_WEIGHTS_BYTES
+    return (WHOLE_COLUMN_PIXELS if big else CHUNK_PIXELS) // tile_pixels
+
+
 @njit(parallel=True, cache=True)
 def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding, residual, residual_act):
     """images (N, H, W, C), zero-padded already; panels (G, M/16, K*K*C/G, 16) from
@@ -161,9 +173,7 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding
     out_rows = out.reshape(-1, plane_filters)
     residual_rows = residual.reshape(-1, filters)
     p_tiles = (pixels + TILE_P - 1) // TILE_P
-    chunk = WHOLE_COLUMN_TILES if panels.size * 4 > BIG_WEIGHTS_BYTES else CHUNK_TILES
-    if p_tiles <= WHOLE_COLUMN_TILES and groups * m_blocks >= WHOLE_COLUMN_TILES:
-        chunk = p_tiles  # few pixels, many weights (late layers, connected): read weights once
+    chunk = chunk_tiles(p_tiles, TILE_P, panels)
     chunks = (p_tiles + chunk - 1) // chunk
     last = pixels - 1
     # Consecutive jobs share a chunk of pixels and walk the weight panels, group by group: the
@@ -236,7 +246,6 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding
 # AVX2 CPU (KERN_SIMD=avx512) LLVM splits each vector in two and the 24 halves spill: correct,
 # slower, which is how the tests check it on any machine.
 TILE_P16 = 12
-CHUNK_TILES16 = 2  # 24 pixels per job, as the 8-lane kernel's 4 tiles of 6
 
 
 @njit(inline="always", cache=True)
@@ -267,9 +276,7 @@ def conv_gemm16(images, panels, bias, act, ksize, stride, out, planes, out_paddi
     out_rows = out.reshape(-1, plane_filters)
     residual_rows = residual.reshape(-1, filters)
     p_tiles = (pixels + TILE_P16 - 1) // TILE_P16
-    chunk = WHOLE_COLUMN_TILES // 2 if panels.size * 4 > BIG_WEIGHTS_BYTES else CHUNK_TILES16
-    if p_tiles <= WHOLE_COLUMN_TILES // 2 and groups * m_blocks >= WHOLE_COLUMN_TILES:
-        chunk = p_tiles
+    chunk = chunk_tiles(p_tiles, TILE_P16, panels)
     chunks = (p_tiles + chunk - 1) // chunk
     last = pixels - 1
     for job in prange(groups * chunks * m_blocks):

@@ -10,10 +10,6 @@ from numba import njit, prange
 LOWEST = np.float32(np.finfo(np.float32).min)  # C's -FLT_MAX
 
 
-def maxpool_output_size(size: int, window: int, stride: int, padding: int) -> int:
-    return (size + padding - window) // stride + 1
-
-
 @njit(parallel=True, fastmath=True, cache=True)
 def maxpool(x, size, stride, padding, out):
     """x (N, H, W, C) -> out (N, OH, OW, C), OH = (H + padding - size)//stride + 1.
