@@ -97,6 +97,24 @@ class Backend(Protocol):
         """Apply one of kern.params.ACTIVATIONS element-wise."""
 
 
+class TrainingBackend(Protocol):
+    """The ops a network trains with (nets/train_layers.py calls them; kern/ref/training.py
+    states what each computes, in NumPy). Arrays are the backend's own, as for Backend;
+    gradients have the loss's sign; where an op takes `into`, it adds its result into that
+    array (a gradient with other contributions already) and returns it. Parameters are
+    backend arrays too (`parameter`), updated in place by `sgd_update`.
+
+    conv2d / conv2d_backward_input / conv2d_backward_weights, bias_activate,
+    activation_backward (with the bias gradient), batchnorm_forward / batchnorm_backward (Darknet's
+    training batchnorm, kern/ref/batchnorm.py), connected (+ both backwards),
+    maxpool_forward / maxpool_backward, avgpool / avgpool_backward, softmax_cross_entropy,
+    shortcut / shortcut_backward, route / route_backward, dropout / dropout_backward, crop,
+    sgd_update; and asarray, to_numpy, parameter, host, zeros, add, conv_weights.
+    """
+
+    name: str
+
+
 # Explicit registry: backend name -> "module:class". Imported lazily, so that `ref` and `cpu`
 # never import cupy and `ref` never compiles Numba code.
 BACKENDS = {
@@ -107,12 +125,29 @@ BACKENDS = {
 }
 
 
+# The backends that train, so far (CUDA training: a later issue).
+TRAINING_BACKENDS = {
+    "ref": "kern.ref.training:RefTraining",
+    "cpu": "kern.cpu.training:CpuTraining",
+}
+
+
 def get_backend(name: str, **options: Any) -> Backend:
     """Make the backend called `name` ('ref', 'cpu', 'cuda', 'cudasim'); raises KernError if
     unavailable."""
-    if name not in BACKENDS:
-        raise KernError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    module_name, class_name = BACKENDS[name].split(":")
+    return _make(BACKENDS, name, "backend", options)
+
+
+def get_training_backend(name: str, **options: Any) -> TrainingBackend:
+    """Make the training ops of backend `name` ('ref', 'cpu'); raises KernError if that
+    backend does not train (yet) or is unavailable."""
+    return _make(TRAINING_BACKENDS, name, "training backend", options)
+
+
+def _make(registry: dict[str, str], name: str, what: str, options: dict[str, Any]) -> Any:
+    if name not in registry:
+        raise KernError(f"unknown {what} {name!r}; expected one of {', '.join(registry)}")
+    module_name, class_name = registry[name].split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:

@@ -8,6 +8,10 @@ import numpy as np
 
 # Darknet's CPU path divides by (sqrt(variance) + 1e-6): epsilon AFTER the square root.
 DARKNET_BN_EPSILON = 1e-6
+# Darknet's batchnorm backward divides by sqrt(variance + 1e-5) (kern/ref/batchnorm.py).
+BN_BACKWARD_EPSILON = 1e-5
+# Its rolling statistics in training: rolling = 0.99 * rolling + 0.01 * this batch's.
+ROLLING_RATE = 0.01
 
 # The activations the classification cfgs use. Numba kernels take the index as an int code.
 ACTIVATIONS = ("linear", "leaky", "relu", "logistic")

@@ -13,14 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from kern import __version__
-from kern.backend import Backend, get_backend
+from kern.backend import Backend, TrainingBackend, get_backend, get_training_backend
 from nets.cfg import parse_cfg
 from nets.data import DEFAULT_DATA, SAMPLE_IMAGE, find_cfg, load_names
 from nets.network import Network, NetworkSpec, build_network, check_memory
-from nets.weights import random_weights, read_weights
+from nets.solver import read_solver
+from nets.training import TrainingNetwork
+from nets.weights import fresh_weights, random_weights, read_seen, read_weights
 
 __all__ = [
-    "SAMPLE_IMAGE", "Network", "NetworkSpec", "__version__", "load", "load_spec", "make_backend",
+    "SAMPLE_IMAGE", "Network", "NetworkSpec", "TrainingNetwork", "__version__", "load", "load_spec",
+    "make_backend", "make_training_backend",
 ]
 
 
@@ -37,16 +40,26 @@ def load(
     threads: int | None = None,
     random_seed: int | None = None,
     dtype: type = np.float32,
-) -> Network:
+    training: bool = False,
+    seed: int = 0,
+    clear: bool = False,
+) -> Network | TrainingNetwork:
     """A runnable network: weights from a file, seeded random ones (`random_seed`), or, with
     neither, `<cfg name>.weights` found beside the cfg, among the shipped weights, in the
     working directory or in the download cache (nets.fetch).
 
     cfg: a path, or the name of a shipped cfg ("tiny", "darknet19", ...).
-    backend: 'ref' (NumPy; `dtype=np.float64` for ground truth), 'cpu' (Numba) or 'cuda'.
+    backend: 'ref' (NumPy; `dtype=np.float64` for ground truth), 'cpu' (Numba), 'cuda' or
+    'cudasim' (the CUDA kernels on the CPU).
+
+    training=True: a TrainingNetwork (nets/training.py) with the cfg's batch, subdivisions
+    and schedule; without weights it starts from Darknet's initial ones (seeded by `seed`),
+    with them it continues from their `seen` count (0 with `clear`). Backends 'ref' and 'cpu'.
     """
     from nets import fetch
 
+    if training:
+        return _load_training(cfg, weights, backend=backend, threads=threads, dtype=dtype, seed=seed, clear=clear)
     spec = load_spec(cfg)
     check_memory(spec)
     if random_seed is not None:
@@ -57,6 +70,35 @@ def load(
         values = read_weights(weights, spec.layers)
     labels = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else None
     return Network(spec, values, make_backend(backend, threads=threads, dtype=dtype), labels)
+
+
+def _load_training(
+    cfg: str | Path, weights: str | Path | None, *, backend: str, threads: int | None, dtype: type, seed: int,
+    clear: bool,
+) -> TrainingNetwork:
+    sections = parse_cfg(find_cfg(cfg))
+    spec = build_network(sections)
+    solver = read_solver(sections[0])
+    ops = make_training_backend(backend, threads=threads, dtype=dtype)
+    if weights is None:
+        values, seen = fresh_weights(spec.layers, seed), 0
+    else:
+        values = read_weights(weights, spec.layers)
+        seen = 0 if clear else read_seen(weights)
+    labels = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else None
+    inference = make_backend(backend, threads=threads, dtype=dtype)
+    return TrainingNetwork(
+        spec, sections, values, ops, solver, seen=seen, seed=seed, inference_backend=inference, labels=labels
+    )
+
+
+def make_training_backend(name: str, *, threads: int | None = None, dtype: type = np.float32) -> TrainingBackend:
+    """The training ops of a backend by name (threads: cpu; dtype: ref)."""
+    if name == "ref":
+        return get_training_backend("ref", dtype=dtype)
+    if name == "cpu":
+        return get_training_backend("cpu", threads=threads)
+    return get_training_backend(name)
 
 
 def make_backend(name: str, *, threads: int | None = None, dtype: type = np.float32) -> Backend:

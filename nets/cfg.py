@@ -67,11 +67,20 @@ class Section:
     def integer(self, key: str, default: int) -> int:
         return self._integer(key, self.text(key, str(default)), "an integer")
 
-    def number(self, key: str, default: float) -> float:
-        value = self.text(key, str(default))
+    def _number(self, key: str, value: str, expected: str) -> float:
         if not NUMBER.fullmatch(value) or not math.isfinite(float(value)):
-            raise self.error(f"{setting(key, value)}: expected a finite decimal number", key)
+            raise self.error(f"{setting(key, value)}: expected {expected}", key)
         return float(value)
+
+    def number(self, key: str, default: float) -> float:
+        return self._number(key, self.text(key, str(default)), "a finite decimal number")
+
+    def numbers(self, key: str) -> list[float]:
+        """A comma-separated list of decimal numbers (Darknet's `scales=`)."""
+        if key not in self.options:
+            raise self.error(f"needs {key}=")
+        parts = [part.strip() for part in self.text(key, "").split(",") if part.strip()]
+        return [self._number(key, part, "comma-separated decimal numbers") for part in parts]
 
     def integers(self, key: str) -> list[int]:
         if key not in self.options:

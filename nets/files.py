@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from kern.errors import KernError
 
@@ -56,3 +58,23 @@ def read_text(path: str | Path, what: str, limit: int) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise KernError(f"cannot read {what} {path}: not UTF-8 text (byte {error.start})") from None
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: str) -> None:
+    """Write a file whole or not at all: into a temporary file beside `path`, flushed to disk,
+    then renamed over it. A kill at any moment leaves the old file (or none) and at worst a
+    stray temporary, never a truncated `path`."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise KernError(f"cannot write {what} {path}: {error.strerror or error}") from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

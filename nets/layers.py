@@ -450,10 +450,16 @@ BUILDERS: dict[str, Callable[[Section, int, Shape, list[Shape]], Layer]] = {
     "cost": build_cost,
 }
 
-# Training-time options Darknet reads from these sections and inference ignores.
+# Training-time options Darknet reads from these sections and inference ignores (nets/train_layers.py
+# reads them when training); every layer may also carry COMMON_TRAINING_ONLY.
+COMMON_TRAINING_ONLY = frozenset({"stopbackward", "learning_rate"})
 TRAINING_ONLY = {
     "crop": frozenset({"flip", "angle", "saturation", "exposure", "shift"}),
     "cost": frozenset({"type", "scale", "ratio", "noobject_scale", "thresh"}),
     "softmax": frozenset({"noloss", "spatial"}),
-    "convolutional": frozenset({"stopbackward"}),
 }
+
+
+def training_only(builder: str) -> frozenset[str]:
+    """The options that layer kind (its builder's name, "convolutional") may carry for training."""
+    return COMMON_TRAINING_ONLY | TRAINING_ONLY.get(builder, frozenset())

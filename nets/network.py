@@ -12,7 +12,7 @@ import numpy as np
 from kern.backend import Backend
 from kern.errors import KernError
 from nets.cfg import Section
-from nets.layers import BUILDERS, TRAINING_ONLY, Convolutional, Layer, Shape, Shortcut
+from nets.layers import BUILDERS, Convolutional, Layer, Shape, Shortcut, training_only
 from nets.memory import INPUT, MemoryPlan, passes_through, plan_memory
 from nets.weights import expected_bytes
 
@@ -70,7 +70,7 @@ def build_network(sections: list[Section]) -> NetworkSpec:
                 + ", ".join(f"[{name}]" for name in sorted(set(BUILDERS)))
             )
         layer = builder(section, index, shape, shapes)
-        section.check_unknown(TRAINING_ONLY.get(builder.__name__.removeprefix("build_"), frozenset()))
+        section.check_unknown(training_only(builder.__name__.removeprefix("build_")))
         layers.append(layer)
         shapes.append(layer.out_shape)
         shape = layer.out_shape

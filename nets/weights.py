@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kern.errors import KernError
-from nets.files import regular_file_size
+from nets.files import regular_file_size, write_atomically
 from nets.layers import Layer
 
 
@@ -122,8 +122,11 @@ def write_weights(
     path: str | Path, layers: Sequence[Layer], values: Sequence[dict[str, np.ndarray]],
     header: Header = Header(),
 ) -> None:
-    """Write arrays in Darknet's order (the inverse of read_weights)."""
-    with open(path, "wb") as file:
+    """Write arrays in Darknet's order (the inverse of read_weights), whole or not at all
+    (files.write_atomically: a checkpoint being written when training is killed is never
+    left truncated)."""
+
+    def write(file) -> None:
         file.write(struct.pack("<3i", header.major, header.minor, header.revision))
         file.write(struct.pack("<q" if header.seen_is_64bit else "<i", header.seen))
         for layer, arrays in zip(layers, values):
@@ -132,6 +135,8 @@ def write_weights(
                 if spec.transposed_if_flagged and header.transposed:
                     array = array.T
                 file.write(np.ascontiguousarray(array).tobytes())
+
+    write_atomically(path, write, "weights")
 
 
 def random_weights(layers: Sequence[Layer], seed: int) -> list[dict[str, np.ndarray]]:
@@ -154,3 +159,34 @@ def random_weights(layers: Sequence[Layer], seed: int) -> list[dict[str, np.ndar
             arrays[spec.name] = array
         values.append(arrays)
     return values
+
+
+def fresh_weights(layers: Sequence[Layer], seed: int) -> list[dict[str, np.ndarray]]:
+    """A network's parameters before training, as Darknet's make_*_layer sets them (seeded by
+    kern's generator, not glibc's rand()): convolution weights sqrt(2 / fan_in) * N(0, 1),
+    connected weights sqrt(2 / inputs) * U(-1, 1), biases and rolling statistics 0, batchnorm
+    scales 1."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for layer in layers:
+        arrays = {}
+        for spec in layer.params():
+            if spec.name == "weights":
+                fan_in = spec.count // spec.shape[0]
+                scale = np.float32(np.sqrt(2.0 / fan_in))
+                if layer.kind == "connected":
+                    draw = rng.uniform(-1.0, 1.0, spec.shape).astype(np.float32)
+                else:
+                    draw = rng.standard_normal(spec.shape, dtype=np.float32)
+                arrays[spec.name] = scale * draw
+            elif spec.name == "scales":
+                arrays[spec.name] = np.ones(spec.shape, dtype=np.float32)
+            else:  # biases, rolling_mean, rolling_variance
+                arrays[spec.name] = np.zeros(spec.shape, dtype=np.float32)
+        values.append(arrays)
+    return values
+
+
+def read_seen(path: str | Path) -> int:
+    """The `seen` count (images trained on) in a weights file's header."""
+    return read_header(_read_prefix(str(path), 20), str(path)).seen

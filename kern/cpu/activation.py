@@ -34,3 +34,15 @@ def activate8(v, code):
         one = splat8(_ONE)
         return div8(one, add8(one, exp8(mul8(v, splat8(-_ONE)))))
     return v
+
+
+@njit(inline="always", fastmath=True, cache=True)
+def gradient_scalar(y, code):
+    """d activation / dx from the output y, as Darknet's gradient_array (kern/ref/elementwise.py)."""
+    if code == LEAKY:
+        return _ONE if y > _ZERO else LEAK
+    if code == RELU:
+        return _ONE if y > _ZERO else _ZERO
+    if code == LOGISTIC:
+        return (_ONE - y) * y
+    return _ONE

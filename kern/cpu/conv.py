@@ -9,6 +9,8 @@ into its store. Batchnorm was folded into the weights at load time. Groups narro
 (groups of 8 and more, 4 to 32 wide) go to grouped.conv2d_lane_groups instead.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit, prange
 
@@ -176,3 +178,90 @@ def permute_filters(packed: np.ndarray, filters: int, order: np.ndarray) -> np.n
     _, _, depth, _ = packed.shape
     rows = packed[0].transpose(0, 2, 1).reshape(-1, depth)[:filters]  # (filters, taps), unpacked
     return pack_panels(rows[order][np.newaxis])
+
+
+# ---- backward: the input's gradient, a convolution of dL/dz with the turned weights ----------
+# In one dimension, forward y[o] = sum_k W[k] x[o*s - p + k]. So x[i] gets W[k] dy[o] wherever
+# i + p = o*s + k: for the rows i of one phase (i + p) % s = r, only the taps k = r, r + s, ...
+# take part, and x's rows of that phase are a plain stride-1 convolution of dy with those taps
+# in reverse order. Stride 1 is one phase: the whole kernel turned around, padding K - 1 - p.
+# So every case runs on the forward GEMM (conv2d_gemm), the weights turned and packed once per
+# update (transposed_weights).
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase (r_y, r_x) of a strided convolution's input gradient: its turned taps packed
+    for conv2d_gemm as a `size` x `size` kernel (zero taps where it has fewer rows or
+    columns), and the dy rows and columns it reads from `first`."""
+
+    packed: np.ndarray
+    size: int
+    rows: tuple[int, int, int]  # (r, taps along y, first output index b0)
+    cols: tuple[int, int, int]
+
+
+def _phase_taps(ksize: int, stride: int, r: int) -> int:
+    return max(0, -(-(ksize - r) // stride))
+
+
+def transposed_weights(weights: np.ndarray, groups: int, stride: int, padding: int) -> list[Phase]:
+    """The phases of conv2d_backward_input for OIHW weights, each packed once."""
+    filters, group_channels, ksize, _ = weights.shape
+    per_group = filters // groups
+    # (C, F/G, K, K): filter c of the turned convolution reads the F/G gradients of its group.
+    turned = weights.reshape(groups, per_group, group_channels, ksize, ksize).transpose(0, 2, 1, 3, 4)
+    turned = turned.reshape(groups * group_channels, per_group, ksize, ksize)
+    phases = []
+    for ry in range(stride):
+        for rx in range(stride):
+            ty, tx = _phase_taps(ksize, stride, ry), _phase_taps(ksize, stride, rx)
+            if not ty or not tx:
+                continue
+            size = max(ty, tx)
+            taps = np.zeros((groups * group_channels, per_group, size, size), dtype=np.float32)
+            # Tap u of the phase's kernel is W's row r + s (T - 1 - u): the taps reversed.
+            rows = ry + stride * (ty - 1 - np.arange(ty))
+            cols = rx + stride * (tx - 1 - np.arange(tx))
+            taps[:, :, :ty, :tx] = turned[:, :, rows][:, :, :, cols]
+            first_y = -((ry - padding) // stride)  # ceil((p - r) / s)
+            first_x = -((rx - padding) // stride)
+            phases.append(Phase(pack_weights(taps, groups), size, (ry, ty, first_y), (rx, tx, first_x)))
+    return phases
+
+
+def conv2d_backward_input(
+    dz: np.ndarray, phases: list[Phase], in_shape: tuple[int, int, int], stride: int, padding: int,
+    lanes: int = 8, into: np.ndarray | None = None,
+) -> np.ndarray:
+    """dL/dx (N, H, W, C) from dL/dz (N, OH, OW, F) (C, H, W: in_shape), added into `into`
+    where given (the result is then `into`, or a new array holding into + this)."""
+    channels, height, width = in_shape
+    n_images, out_h, out_w, filters = dz.shape
+    bias = np.zeros(channels, dtype=np.float32)
+    if stride == 1 and len(phases) == 1 and padding <= phases[0].size - 1:
+        # One phase, read with the padding K - 1 - p, the residual add fused into the store.
+        turned = phases[0]
+        residual = {} if into is None else {"residual": into, "residual_act": 0}
+        return conv2d_gemm(dz, turned.packed, bias, channels, turned.size, 1, turned.size - 1 - padding, 0,
+                           lanes=lanes, **residual)
+    dx = np.zeros((n_images, height, width, channels), dtype=np.float32) if into is None else into
+    for phase in phases:
+        ry, ty, first_y = phase.rows
+        rx, tx, first_x = phase.cols
+        last_y = (height - 1 + padding - ry) // stride  # the phase's last output row, b1
+        last_x = (width - 1 + padding - rx) // stride
+        if last_y < first_y or last_x < first_x:
+            continue
+        rows_out, cols_out = last_y - first_y + 1, last_x - first_x + 1
+        # dy rows b - T_y + 1 + u for b in [b0, b1], u < size: zero outside dy.
+        window = np.zeros((n_images, rows_out + phase.size - 1, cols_out + phase.size - 1, filters), np.float32)
+        top, left = first_y - ty + 1, first_x - tx + 1
+        y0, y1 = max(top, 0), min(top + window.shape[1], out_h)
+        x0, x1 = max(left, 0), min(left + window.shape[2], out_w)
+        if y0 < y1 and x0 < x1:
+            window[:, y0 - top : y1 - top, x0 - left : x1 - left] = dz[:, y0:y1, x0:x1]
+        part = conv2d_gemm(window, phase.packed, bias, channels, phase.size, 1, 0, 0, lanes=lanes)
+        i0, j0 = stride * first_y + ry - padding, stride * first_x + rx - padding
+        dx[:, i0 : i0 + stride * rows_out : stride, j0 : j0 + stride * cols_out : stride] += part
+    return dx

@@ -4,7 +4,7 @@ route (concatenation), crop."""
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import activate_scalar
+from kern.cpu.activation import activate_scalar, gradient_scalar
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -93,3 +93,61 @@ def crop(x, height, width, scale, shift):
             for c in range(channels):
                 out[n, i, j, c] = x[n, top + i, left + j, c] * s + t
     return out
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def add_into(into, value):
+    """into += value (same shape, C-contiguous), element by element."""
+    target, source = into.reshape(-1), value.reshape(-1)
+    for i in prange(target.size):
+        target[i] += source[i]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def shortcut_backward(dy, y, alpha, beta, act, dx, dsource):
+    """The gradients of shortcut() (NHWC) for its input x and its source, from dL/dy and its
+    output y (kern/ref/elementwise.py: shortcut_backward); dsource must be zeroed."""
+    n_images, h_out, w_out, c_out = dy.shape
+    _, h_src, w_src, c_src = dsource.shape
+    stride = max(w_src // w_out, 1)
+    sample = max(w_out // w_src, 1)
+    channels, height, width = min(c_out, c_src), min(h_out, h_src), min(w_out, w_src)
+    a, b = np.float32(alpha), np.float32(beta)
+    for job in prange(n_images * h_out):
+        n, i = job // h_out, job % h_out
+        added_row = i % sample == 0 and i // sample < height
+        for j in range(w_out):
+            common = added_row and j % sample == 0 and j // sample < width
+            for c in range(c_out):
+                d = dy[n, i, j, c] * gradient_scalar(y[n, i, j, c], act)
+                if common and c < channels:
+                    dx[n, i, j, c] = a * d
+                    dsource[n, (i // sample) * stride, (j // sample) * stride, c] = b * d
+                else:
+                    dx[n, i, j, c] = d
+
+
+@njit(parallel=True, cache=True)
+def dropout(x, keep, scale, out):
+    """out = x * scale where keep, else 0 (NHWC, keep as uint8)."""
+    source, mask, target = x.reshape(-1), keep.reshape(-1), out.reshape(-1)
+    s = np.float32(scale)
+    for i in prange(source.size):
+        target[i] = source[i] * s if mask[i] else np.float32(0.0)
+
+
+@njit(parallel=True, cache=True)
+def sgd_update(param, update, rate, momentum, decay):
+    """Darknet's update, element by element in float32 (no fused multiply-add, as its C):
+    update += decay * param; param -= rate * update; update *= momentum."""
+    p, u = param.reshape(-1), update.reshape(-1)
+    r, m, d = np.float32(rate), np.float32(momentum), np.float32(decay)
+    for i in prange(p.size):
+        v = u[i]
+        if d != 0:
+            v = v + d * p[i]
+        p[i] = p[i] - r * v
+        u[i] = v * m

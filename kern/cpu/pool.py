@@ -62,3 +62,64 @@ def avgpool(x):
         for c in range(count):
             out[n, 0, 0, first + c] = total[c] / (height * width)
     return out
+
+
+@njit(parallel=True, cache=True)
+def maxpool_argmax(x, size, stride, padding, out, where):
+    """maxpool() that also records, per output, the input pixel (y * W + x of its image) whose
+    value won: the first strict maximum in window order (Darknet's), -1 where none beat
+    -FLT_MAX. out and where: (N, OH, OW, C)."""
+    n_images, height, width, channels = x.shape
+    _, out_h, out_w, _ = out.shape
+    offset = padding // 2
+    for job in prange(n_images * out_h):
+        n, i = job // out_h, job % out_h
+        y0 = max(i * stride - offset, 0)
+        y1 = min(i * stride - offset + size, height)
+        for j in range(out_w):
+            x0 = max(j * stride - offset, 0)
+            x1 = min(j * stride - offset + size, width)
+            best, won = out[n, i, j], where[n, i, j]
+            best[:] = LOWEST
+            won[:] = -1
+            for y in range(y0, y1):
+                for xx in range(x0, x1):
+                    cell = x[n, y, xx]
+                    for c in range(channels):
+                        if cell[c] > best[c]:
+                            best[c] = cell[c]
+                            won[c] = y * width + xx
+
+
+@njit(parallel=True, cache=True)
+def maxpool_backward(dy, where, dx):
+    """dx[n, winner] += dy for every output (dx: (N, H, W, C), zeroed or holding other
+    gradients). Jobs over (image, block of 16 channels): windows that overlap add into the
+    same cells, always in output order, by one job."""
+    n_images, out_h, out_w, channels = dy.shape
+    width = dx.shape[2]
+    blocks = (channels + 15) // 16
+    for job in prange(n_images * blocks):
+        n, first = job // blocks, job % blocks * 16
+        last = min(channels, first + 16)
+        for i in range(out_h):
+            for j in range(out_w):
+                for c in range(first, last):
+                    winner = where[n, i, j, c]
+                    if winner >= 0:
+                        dx[n, winner // width, winner % width, c] += dy[n, i, j, c]
+
+
+@njit(parallel=True, cache=True)
+def avgpool_backward(dy, dx, add):
+    """dx = dy / (H * W) in every cell (added to dx where `add`); dy (N, 1, 1, C)."""
+    n_images, height, width, channels = dx.shape
+    scale = np.float32(1.0) / np.float32(height * width)
+    for job in prange(n_images * height):
+        n, i = job // height, job % height
+        share = dy[n, 0, 0]
+        for j in range(width):
+            cell = dx[n, i, j]
+            for c in range(channels):
+                g = share[c] * scale
+                cell[c] = cell[c] + g if add else g

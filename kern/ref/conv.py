@@ -89,3 +89,53 @@ def conv2d_im2col(
                 w.reshape(filters_per_group, -1) @ columns
             )
     return out.reshape(n_images, filters, out_h, out_w)
+
+
+def col2im(columns: np.ndarray, shape: tuple[int, int, int], ksize: int, stride: int, padding: int) -> np.ndarray:
+    """The adjoint of im2col: (C*K*K, OH*OW) -> (C, H, W), each column's taps ADDED back where
+    im2col read them (a cell read by several windows gets the sum; the padding is dropped)."""
+    channels, height, width = shape
+    out_h = conv_output_size(height, ksize, stride, padding)
+    out_w = conv_output_size(width, ksize, stride, padding)
+    padded = np.zeros((channels, height + 2 * padding, width + 2 * padding), dtype=columns.dtype)
+    taps = columns.reshape(channels, ksize, ksize, out_h, out_w)
+    for ky in range(ksize):
+        for kx in range(ksize):
+            rows = slice(ky, ky + stride * (out_h - 1) + 1, stride)
+            cols = slice(kx, kx + stride * (out_w - 1) + 1, stride)
+            padded[:, rows, cols] += taps[:, ky, kx]
+    return padded[:, padding : padding + height, padding : padding + width]
+
+
+def conv2d_backward_input(
+    dy: np.ndarray, weights: np.ndarray, in_shape: tuple[int, int, int], stride: int, padding: int, groups: int
+) -> np.ndarray:
+    """dL/dx of conv2d_im2col from dL/dy: per image and group, the columns W^T @ dy, added back
+    into the image by col2im (the transposed convolution). Shapes as conv2d_im2col's."""
+    n_images = dy.shape[0]
+    filters, group_channels, ksize, _ = weights.shape
+    per_group = filters // groups
+    dx = np.empty((n_images, *in_shape), dtype=dy.dtype)
+    for n in range(n_images):
+        for g in range(groups):
+            w = weights[g * per_group : (g + 1) * per_group].reshape(per_group, -1)
+            grad = dy[n, g * per_group : (g + 1) * per_group].reshape(per_group, -1)
+            shape = (group_channels, *in_shape[1:])
+            dx[n, g * group_channels : (g + 1) * group_channels] = col2im(w.T @ grad, shape, ksize, stride, padding)
+    return dx
+
+
+def conv2d_backward_weights(
+    x: np.ndarray, dy: np.ndarray, ksize: int, stride: int, padding: int, groups: int
+) -> np.ndarray:
+    """dL/dW of conv2d_im2col, summed over the batch: per group, dy @ im2col(x)^T, (F, C/groups, K, K)."""
+    n_images, channels = x.shape[:2]
+    filters = dy.shape[1]
+    per_group, group_channels = filters // groups, channels // groups
+    dw = np.zeros((filters, group_channels * ksize * ksize), dtype=dy.dtype)
+    for n in range(n_images):
+        for g in range(groups):
+            columns = im2col(x[n, g * group_channels : (g + 1) * group_channels], ksize, stride, padding)
+            grad = dy[n, g * per_group : (g + 1) * per_group].reshape(per_group, -1)
+            dw[g * per_group : (g + 1) * per_group] += grad @ columns.T
+    return dw.reshape(filters, group_channels, ksize, ksize)

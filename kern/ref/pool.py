@@ -37,3 +37,45 @@ def maxpool(x: np.ndarray, size: int, stride: int, padding: int) -> np.ndarray:
 
 def avgpool(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=(2, 3), keepdims=True, dtype=np.float64).astype(x.dtype)
+
+
+def maxpool_argmax(x: np.ndarray, size: int, stride: int, padding: int) -> tuple[np.ndarray, np.ndarray]:
+    """maxpool() and, per output, the flat index in x[n, c] (H*W) of the cell that won: the
+    first strict maximum in window order (row by row), as Darknet records it; -1 where no cell
+    inside the image beat -FLT_MAX (a window wholly in the padding: no gradient)."""
+    n, c, height, width = x.shape
+    out_h = maxpool_output_size(height, size, stride, padding)
+    out_w = maxpool_output_size(width, size, stride, padding)
+    before = padding // 2
+    best = np.full((n, c, out_h, out_w), LOWEST, dtype=x.dtype)
+    where = np.full((n, c, out_h, out_w), -1, dtype=np.int64)
+    rows = np.arange(out_h)[:, None] * stride - before
+    cols = np.arange(out_w)[None, :] * stride - before
+    for ky in range(size):
+        for kx in range(size):
+            iy, ix = rows + ky, cols + kx
+            inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+            values = x[:, :, np.clip(iy, 0, height - 1), np.clip(ix, 0, width - 1)]
+            values = np.where(inside, values, LOWEST)
+            wins = values > best
+            best = np.where(wins, values, best)
+            where = np.where(wins, iy * width + ix, where)
+    return best, where
+
+
+def maxpool_backward(dy: np.ndarray, where: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
+    """Each output's gradient added to the cell that won its window (maxpool_argmax)."""
+    n, c = dy.shape[:2]
+    dx = np.zeros((n, c, in_shape[-2] * in_shape[-1]), dtype=dy.dtype)
+    flat_dy, flat_where = dy.reshape(n, c, -1), where.reshape(n, c, -1)
+    for i in range(n):
+        for j in range(c):
+            won = flat_where[i, j] >= 0
+            np.add.at(dx[i, j], flat_where[i, j][won], flat_dy[i, j][won])
+    return dx.reshape(n, c, *in_shape[-2:])
+
+
+def avgpool_backward(dy: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
+    """Global average pool's gradient: each cell gets dy / (H*W)."""
+    height, width = in_shape[-2:]
+    return np.broadcast_to(dy / dy.dtype.type(height * width), (*dy.shape[:2], height, width)).copy()

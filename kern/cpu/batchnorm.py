@@ -1,0 +1,159 @@
+"""Batchnorm in training on the CPU (NHWC): Darknet's formulas (kern/ref/batchnorm.py), in
+three kinds of pass over a layer's M = N*H*W pixels, the innermost loop along a pixel's
+contiguous channels:
+- per-channel sums (the batch mean, the variance about it; in the backward the two sums the
+  input's gradient needs), each in float64 over a fixed chunk of STAT_PIXELS pixels, the
+  chunks then added in order (np.sum over the chunk axis): the same sums for every thread
+  count, in parallel over (chunk, block of channels);
+- the normalization, scale, bias and activation, one pass writing y;
+- the input's gradient, one pass: dz = d*A + (z - mean)*B + C per channel, d = dy * act'(y).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from kern.cpu.activation import activate_scalar, gradient_scalar
+from kern.params import BN_BACKWARD_EPSILON, DARKNET_BN_EPSILON, ROLLING_RATE
+
+STAT_PIXELS = 512  # pixels per partial sum
+STAT_CHANNELS = 64  # channels per job
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    return x.reshape(-1, x.shape[-1])
+
+
+def _chunks(pixels: int) -> int:
+    return (pixels + STAT_PIXELS - 1) // STAT_PIXELS
+
+
+@njit(parallel=True, cache=True)
+def _sums(rows, centre, squared, partial):
+    """partial[chunk, c] = sum over the chunk's pixels of (rows - centre) (squared if
+    `squared`), in float64."""
+    pixels, channels = rows.shape
+    blocks = (channels + STAT_CHANNELS - 1) // STAT_CHANNELS
+    for job in prange(partial.shape[0] * blocks):
+        chunk, first = job // blocks, job % blocks * STAT_CHANNELS
+        last = min(channels, first + STAT_CHANNELS)
+        total = np.zeros(STAT_CHANNELS, dtype=np.float64)
+        for p in range(chunk * STAT_PIXELS, min(pixels, (chunk + 1) * STAT_PIXELS)):
+            row = rows[p]
+            for c in range(first, last):
+                v = np.float64(row[c]) - centre[c]
+                total[c - first] += v * v if squared else v
+        for c in range(first, last):
+            partial[chunk, c] = total[c - first]
+
+
+def mean_and_variance(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel of NHWC z: the mean and the unbiased variance (Darknet's, / (M - 1)), as
+    float64, two passes (the variance about the mean, not sum of squares minus square)."""
+    rows = _rows(z)
+    pixels, channels = rows.shape
+    partial = np.empty((_chunks(pixels), channels), dtype=np.float64)
+    _sums(rows, np.zeros(channels), False, partial)
+    mean = partial.sum(axis=0) / pixels
+    _sums(rows, mean, True, partial)
+    return mean, partial.sum(axis=0) / max(pixels - 1, 1)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _normalize(rows, mean, factor, biases, act, out):
+    """out = act((z - mean) * factor + biases), factor = scales / (sqrt(variance) + 1e-6)."""
+    for p in prange(rows.shape[0]):
+        row, target = rows[p], out[p]
+        for c in range(row.size):
+            target[c] = activate_scalar((row[c] - mean[c]) * factor[c] + biases[c], act)
+
+
+def batchnorm_forward(
+    z: np.ndarray, scales: np.ndarray, biases: np.ndarray, rolling_mean: np.ndarray,
+    rolling_variance: np.ndarray, act: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y, mean, variance) of a training batch (float32 statistics); the rolling statistics
+    are updated in place, in float32 as Darknet does (0.99 r + 0.01 batch)."""
+    mean64, variance64 = mean_and_variance(z)
+    mean, variance = mean64.astype(np.float32), variance64.astype(np.float32)
+    factor = (scales / (np.sqrt(variance) + np.float32(DARKNET_BN_EPSILON))).astype(np.float32)
+    y = np.empty_like(z)
+    _normalize(_rows(z), mean, factor, biases, act, _rows(y))
+    keep, rate = np.float32(1 - ROLLING_RATE), np.float32(ROLLING_RATE)
+    rolling_mean[...] = keep * rolling_mean + rate * mean
+    rolling_variance[...] = keep * rolling_variance + rate * variance
+    return y, mean, variance
+
+
+@njit(parallel=True, cache=True)
+def _gradient_sums(dy, y, z, mean, act, partial):
+    """partial[chunk, 0, c] = sum of d, partial[chunk, 1, c] = sum of d * (z - mean), with
+    d = dy * act'(y), over the chunk's pixels, in float64."""
+    pixels, channels = dy.shape
+    blocks = (channels + STAT_CHANNELS - 1) // STAT_CHANNELS
+    for job in prange(partial.shape[0] * blocks):
+        chunk, first = job // blocks, job % blocks * STAT_CHANNELS
+        last = min(channels, first + STAT_CHANNELS)
+        plain = np.zeros(STAT_CHANNELS, dtype=np.float64)
+        centred = np.zeros(STAT_CHANNELS, dtype=np.float64)
+        for p in range(chunk * STAT_PIXELS, min(pixels, (chunk + 1) * STAT_PIXELS)):
+            for c in range(first, last):
+                d = np.float64(dy[p, c] * gradient_scalar(y[p, c], act))
+                plain[c - first] += d
+                centred[c - first] += d * (np.float64(z[p, c]) - mean[c])
+        for c in range(first, last):
+            partial[chunk, 0, c] = plain[c - first]
+            partial[chunk, 1, c] = centred[c - first]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _input_gradient(dy, y, z, mean, a, b, c0, act, out):
+    """out = d * a + (z - mean) * b + c0 per channel, d = dy * act'(y) (out may be dy)."""
+    for p in prange(dy.shape[0]):
+        for c in range(dy.shape[1]):
+            d = dy[p, c] * gradient_scalar(y[p, c], act)
+            out[p, c] = d * a[c] + (z[p, c] - mean[c]) * b[c] + c0[c]
+
+
+def batchnorm_backward(
+    dy: np.ndarray, y: np.ndarray, z: np.ndarray, mean: np.ndarray, variance: np.ndarray,
+    scales: np.ndarray, act: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dL/dz, dL/dscales, dL/dbiases); dL/dz is written over dy (whose pass is over)."""
+    rows = [_rows(a) for a in (dy, y, z)]
+    pixels, channels = rows[0].shape
+    mean64 = mean.astype(np.float64)
+    partial = np.empty((_chunks(pixels), 2, channels), dtype=np.float64)
+    _gradient_sums(*rows, mean64, act, partial)
+    plain, centred = partial.sum(axis=0)
+    std = np.sqrt(variance.astype(np.float64) + BN_BACKWARD_EPSILON)
+    scales64 = scales.astype(np.float64)
+    dscales = centred / (np.sqrt(variance.astype(np.float64)) + DARKNET_BN_EPSILON)  # sum(d * x_norm)
+    mean_delta = -scales64 * plain / std
+    variance_delta = -0.5 * scales64 * centred * std**-3
+    a = (scales64 / std).astype(np.float32)
+    b = (2 * variance_delta / pixels).astype(np.float32)
+    c0 = (mean_delta / pixels).astype(np.float32)
+    _input_gradient(*rows, mean, a, b, c0, act, rows[0])
+    return dy, dscales.astype(np.float32), plain.astype(np.float32)
+
+
+@njit(parallel=True, cache=True)
+def _activation_gradient(dy, y, act, partial):
+    """dy *= act'(y) in place; partial[chunk, c] = the chunk's sum of it (the bias gradient)."""
+    pixels, channels = dy.shape
+    for chunk in prange(partial.shape[0]):
+        total = np.zeros(channels, dtype=np.float64)
+        for p in range(chunk * STAT_PIXELS, min(pixels, (chunk + 1) * STAT_PIXELS)):
+            for c in range(channels):
+                d = dy[p, c] * gradient_scalar(y[p, c], act)
+                dy[p, c] = d
+                total[c] += d
+        partial[chunk] = total
+
+
+def activation_backward(dy: np.ndarray, y: np.ndarray, act: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dL/dz written over dy, the bias gradient: its sum per channel)."""
+    rows = _rows(dy)
+    partial = np.empty((_chunks(rows.shape[0]), rows.shape[1]), dtype=np.float64)
+    _activation_gradient(rows, _rows(y), act, partial)
+    return dy, partial.sum(axis=0).astype(np.float32)

@@ -1,0 +1,220 @@
+"""The CPU backend's training ops (kern/backend.py's TrainingBackend; what each computes:
+kern/ref/training.py). This class only dispatches: the kernels live beside their forward
+ones (conv.py and wgrad.py for convolution, batchnorm.py, pool.py, elementwise.py).
+
+Arrays are channels-last (N, H, W, C) float32, as the inference backend's; parameters are
+host float32 arrays in Darknet's layouts (OIHW weights). A convolution's weights are packed
+for the forward GEMM, and turned and packed for the input gradient, once per update
+(`conv_weights`, lazily). Every reduction runs in a fixed order, so a training run gives the
+same bits for any thread count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kern.cpu import CpuBackend, batchnorm, conv, elementwise, pool, wgrad
+from kern.cpu.connected import pack_connected
+from kern.cpu.gemm import conv_gemm, pack_panels
+from kern.cpu.simd import output_array
+from kern.params import activation_code, maxpool_output_size
+from kern.ref.elementwise import softmax_cross_entropy
+
+
+@dataclass
+class TrainConv:
+    """A convolution's weights as the training ops read them, until the next update."""
+
+    weights: np.ndarray  # OIHW
+    groups: int
+    packed: np.ndarray  # for conv.conv2d_gemm
+    turned: dict[tuple[int, int], list] = field(default_factory=dict)  # (stride, padding) -> phases
+
+    def phases(self, stride: int, padding: int) -> list:
+        key = (stride, padding)
+        if key not in self.turned:
+            self.turned[key] = conv.transposed_weights(self.weights, self.groups, stride, padding)
+        return self.turned[key]
+
+
+class CpuTraining:
+    name = "cpu"
+
+    def __init__(self, threads: int | None = None, simd: str | None = None) -> None:
+        self.inference = CpuBackend(threads=threads, simd=simd)  # its layout, threads and vector width
+        self.lanes = self.inference.lanes
+
+    def _threads(self) -> None:
+        self.inference._use_threads()
+
+    # ---- arrays
+    def asarray(self, x: np.ndarray) -> np.ndarray:
+        return self.inference.asarray(x)
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return self.inference.to_numpy(x)
+
+    def parameter(self, value: np.ndarray) -> np.ndarray:
+        return np.array(value, dtype=np.float32)
+
+    def host(self, param: np.ndarray) -> np.ndarray:
+        """A parameter (or update buffer) as a host array, a copy."""
+        return np.array(param)
+
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape, dtype=np.float32)
+
+    def add(self, into: np.ndarray | None, value: np.ndarray) -> np.ndarray:
+        if into is None:
+            return value
+        self._threads()
+        elementwise.add_into(into, np.ascontiguousarray(value))
+        return into
+
+    # ---- convolution
+    def conv_weights(self, weights: np.ndarray, groups: int) -> TrainConv:
+        return TrainConv(weights, groups, conv.pack_weights(weights, groups))
+
+    def conv2d(self, x, prepared: TrainConv, *, stride, padding, groups, bias=None, activation="linear"):
+        self._threads()
+        filters, _, ksize, _ = prepared.weights.shape
+        bias = np.zeros(filters, dtype=np.float32) if bias is None else bias
+        return conv.conv2d_gemm(
+            x, prepared.packed, bias, filters, ksize, stride, padding, activation_code(activation), lanes=self.lanes
+        )
+
+    def conv2d_backward_input(self, dz, prepared: TrainConv, *, in_shape, stride, padding, groups, into=None):
+        self._threads()
+        phases = prepared.phases(stride, padding)
+        return conv.conv2d_backward_input(dz, phases, tuple(in_shape), stride, padding, self.lanes, into)
+
+    def conv2d_backward_weights(self, x, dz, *, ksize, stride, padding, groups, into) -> None:
+        self._threads()
+        images = conv.pad(x, padding) if padding else x
+        into += wgrad.conv2d_backward_weights(images, dz, ksize, stride, groups)
+
+    def bias_activate(self, z, bias, activation: str) -> np.ndarray:
+        self._threads()
+        out = np.empty_like(z)
+        elementwise.activate(z + bias, activation_code(activation), out)
+        return out
+
+    def activation_backward(self, dy, y, activation: str, *, biases_into) -> np.ndarray:
+        """dL/dz (over dy) = dy * activation'(y); its sum per channel is added to biases_into."""
+        self._threads()
+        dz, dbiases = batchnorm.activation_backward(dy, y, activation_code(activation))
+        biases_into += dbiases
+        return dz
+
+    def batchnorm_forward(self, z, scales, biases, rolling_mean, rolling_variance, activation):
+        self._threads()
+        return batchnorm.batchnorm_forward(z, scales, biases, rolling_mean, rolling_variance, activation_code(activation))
+
+    def batchnorm_backward(self, dy, y, z, mean, variance, scales, activation, *, scales_into, biases_into):
+        self._threads()
+        dz, dscales, dbiases = batchnorm.batchnorm_backward(dy, y, z, mean, variance, scales, activation_code(activation))
+        scales_into += dscales
+        biases_into += dbiases
+        return dz
+
+    # ---- connected: the images as one row of N "pixels" with C*H*W channels (C, H, W order)
+    @staticmethod
+    def _flat(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(1, 1, x.shape[0], -1)
+
+    def connected(self, x, weights) -> np.ndarray:
+        self._threads()
+        out = np.empty((1, 1, x.shape[0], weights.shape[0]), dtype=np.float32)
+        bias = np.zeros(weights.shape[0], dtype=np.float32)
+        conv_gemm(self._flat(x), pack_connected(weights), bias, 0, 1, 1, out, 1, 0, out, -1)
+        return out.reshape(x.shape[0], 1, 1, -1)
+
+    def connected_backward_weights(self, x, dz, *, into) -> None:
+        self._threads()
+        rows = dz.reshape(1, 1, dz.shape[0], -1)
+        into += wgrad.conv2d_backward_weights(self._flat(x), rows, 1, 1, 1).reshape(into.shape)
+
+    def connected_backward_input(self, dz, weights, *, in_shape, into=None):
+        self._threads()
+        channels, height, width = in_shape
+        out = np.empty((1, 1, dz.shape[0], weights.shape[1]), dtype=np.float32)
+        bias = np.zeros(weights.shape[1], dtype=np.float32)
+        rows = np.ascontiguousarray(dz.reshape(1, 1, dz.shape[0], -1))
+        conv_gemm(rows, pack_panels(np.ascontiguousarray(weights.T)[np.newaxis]), bias, 0, 1, 1, out, 1, 0, out, -1)
+        dx = np.ascontiguousarray(out.reshape(dz.shape[0], channels, height, width).transpose(0, 2, 3, 1))
+        return self.add(into, dx)
+
+    # ---- pooling
+    def maxpool_forward(self, x, *, size, stride, padding):
+        self._threads()
+        n_images, height, width, channels = x.shape
+        shape = (n_images, maxpool_output_size(height, size, stride, padding),
+                 maxpool_output_size(width, size, stride, padding), channels)
+        out, where = np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.int32)
+        pool.maxpool_argmax(x, size, stride, padding, out, where)
+        return out, where
+
+    def maxpool_backward(self, dy, where, *, in_shape, into=None):
+        self._threads()
+        channels, height, width = in_shape
+        dx = np.zeros((dy.shape[0], height, width, channels), dtype=np.float32) if into is None else into
+        pool.maxpool_backward(dy, where, dx)
+        return dx
+
+    def avgpool(self, x):
+        self._threads()
+        return pool.avgpool(x)
+
+    def avgpool_backward(self, dy, *, in_shape, into=None):
+        self._threads()
+        channels, height, width = in_shape
+        dx = output_array((dy.shape[0], height, width, channels), into)
+        pool.avgpool_backward(dy, dx, into is not None)
+        return dx
+
+    # ---- the head: small (N x classes), in NumPy on the NCHW values
+    def softmax_cross_entropy(self, x, labels, *, groups, temperature, cost_scale):
+        p, cost, dx = softmax_cross_entropy(self.to_numpy(x), np.asarray(labels), groups, temperature, cost_scale)
+        return self.asarray(p), cost, self.asarray(dx)
+
+    # ---- data movement
+    def shortcut(self, x, source, *, alpha, beta, activation):
+        return self.inference.shortcut(x, source, alpha=alpha, beta=beta, activation=activation)
+
+    def shortcut_backward(self, dy, y, *, source_shape, alpha, beta, activation):
+        self._threads()
+        channels, height, width = source_shape
+        dx = np.empty_like(dy)
+        dsource = np.zeros((dy.shape[0], height, width, channels), dtype=np.float32)
+        elementwise.shortcut_backward(dy, y, float(alpha), float(beta), activation_code(activation), dx, dsource)
+        return dx, dsource
+
+    def route(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        return self.inference.route(xs)
+
+    def route_backward(self, dy, channels: Sequence[int]) -> list[np.ndarray]:
+        bounds = np.cumsum([0, *channels])
+        return [np.ascontiguousarray(dy[..., a:b]) for a, b in zip(bounds, bounds[1:])]
+
+    def dropout(self, x, keep: np.ndarray, scale: float) -> np.ndarray:
+        self._threads()
+        mask = np.ascontiguousarray(keep.transpose(0, 2, 3, 1)).view(np.uint8)
+        out = np.empty_like(x)
+        elementwise.dropout(x, mask, float(scale), out)
+        return out
+
+    def dropout_backward(self, dy, keep: np.ndarray, scale: float, into=None):
+        return self.add(into, self.dropout(dy, keep, scale))
+
+    def crop(self, x, *, height, width, top, left, flip, scale, shift):
+        source = x[:, :, ::-1] if flip else x
+        window = source[:, top : top + height, left : left + width]
+        return np.ascontiguousarray(window * np.float32(scale) + np.float32(shift), dtype=np.float32)
+
+    # ---- the update
+    def sgd_update(self, param, update, *, rate: float, momentum: float, decay: float) -> None:
+        self._threads()
+        elementwise.sgd_update(param, update, rate, momentum, decay)
