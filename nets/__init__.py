@@ -17,6 +17,7 @@ from kern.backend import Backend, TrainingBackend, get_backend, get_training_bac
 from nets.cfg import parse_cfg
 from nets.data import DEFAULT_DATA, SAMPLE_IMAGE, find_cfg, load_names
 from nets.network import Network, NetworkSpec, build_network, check_memory
+from nets.augment import read_augmentation
 from nets.solver import read_solver
 from nets.training import TrainingNetwork
 from nets.weights import fresh_weights, random_weights, read_seen, read_weights
@@ -87,9 +88,12 @@ def _load_training(
         seen = 0 if clear else read_seen(weights)
     labels = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else None
     inference = make_backend(backend, threads=threads, dtype=dtype)
-    return TrainingNetwork(
+    channels, height, width = spec.input_shape
+    net = TrainingNetwork(
         spec, sections, values, ops, solver, seen=seen, seed=seed, inference_backend=inference, labels=labels
     )
+    net.augmentation = read_augmentation(sections[0], width, height)
+    return net
 
 
 def make_training_backend(name: str, *, threads: int | None = None, dtype: type = np.float32) -> TrainingBackend:

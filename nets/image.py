@@ -27,7 +27,12 @@ MAX_PIXELS = 89_478_485
 
 def load_image(path: str | Path) -> np.ndarray:
     """8-bit RGB (grey, palette, RGBA, CMYK, 16-bit converted; an animation's first frame) ->
-    (3, H, W) float32 in [0, 1], as stb_image + Darknet.
+    (3, H, W) float32 in [0, 1], as stb_image + Darknet (decode_rgb8, then / 255)."""
+    return np.ascontiguousarray(_UNIT_RANGE[decode_rgb8(path)].transpose(2, 0, 1))
+
+
+def decode_rgb8(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB (what load_image scales; training caches this).
 
     Any failure to decode is one KernError: image files come from anywhere, and Pillow's
     plugins raise many kinds of exceptions on corrupt ones. Images over MAX_PIXELS are refused
@@ -54,7 +59,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise KernError(f"{path}: cannot read image: {reason}") from None
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
         raise KernError(f"{path}: cannot read image: decoded to shape {pixels.shape}")
-    return np.ascontiguousarray(_UNIT_RANGE[pixels].transpose(2, 0, 1))
+    return pixels
 
 
 def _rgb8(image: Image.Image) -> np.ndarray:

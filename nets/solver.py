@@ -94,6 +94,10 @@ def _pow(base: float, exponent: float) -> float:
 def read_solver(net: Section) -> Solver:
     """The [net] section's training options, with Darknet's defaults; one line naming the
     option for what Darknet would misread or divide by zero."""
+    if not net.has("batch"):
+        raise net.error("needs batch= (the images per update) to train")
+    if net.integer("random", 0):
+        raise net.error("random=1 (multi-scale training) is not supported", "random")
     batch = net.integer("batch", 1)
     subdivisions = net.integer("subdivisions", 1)
     if batch < 1 or subdivisions < 1:

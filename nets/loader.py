@@ -1,0 +1,160 @@
+"""Training images, Darknet's way (`classifier train`): the `.data` file's `train=` list, each
+image's class the label of `labels=` that occurs in its path, every image augmented afresh
+(nets/augment.py).
+
+Order: each epoch is a permutation of the list, seeded by (seed, epoch); batch k takes the
+images at positions (k - 1) * batch .. k * batch - 1 of the epochs laid end to end. So batch k
+depends on nothing but the seed and k (a resumed run loads what the straight run loaded), and
+every image comes once per epoch (Darknet draws with replacement, rand() % N).
+Decoded images (uint8) are cached, up to CACHE_BYTES; the next batch is prepared in a thread
+while the current one trains (the augmentation kernel runs without the GIL).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kern.errors import KernError
+from nets.augment import Augmentation
+from nets.data import read_data_file, read_lines, resolve
+from nets.files import quote
+from nets.image import decode_rgb8
+
+CACHE_BYTES = 2 << 30  # decoded images kept in memory (CIFAR's 50,000 take 150 MB)
+STREAM_ORDER, STREAM_AUGMENT = 4, 5  # nets.training.stream purposes
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The images a .data file lists and their classes."""
+
+    data_file: str
+    paths: list[str]
+    classes: np.ndarray  # one class index per path
+    labels: list[str]
+    backup: str
+
+
+def label_of(path: str, labels: list[str], where: str) -> int:
+    """Darknet's rule: the one label that occurs in the path; one line for none or several."""
+    found = [i for i, label in enumerate(labels) if label and label in path]
+    if not found:
+        raise KernError(f"{where}: {quote(path)} holds none of the {len(labels)} labels: cannot tell its class")
+    if len(found) > 1:
+        both = " and ".join(quote(labels[i]) for i in found[:2])
+        raise KernError(f"{where}: {quote(path)} holds the labels {both}: expected exactly one class per image")
+    return found[0]
+
+
+def read_training_set(data_file: str | Path, classes: int) -> TrainingSet:
+    """The train= list of a .data file, its labels= and backup=, checked against a network
+    with `classes` outputs."""
+    options = read_data_file(data_file)
+    if not options.get("train"):
+        raise KernError(f"{data_file}: expected a train= line naming the list of training images")
+    if not options.get("labels"):
+        raise KernError(f"{data_file}: expected a labels= line naming the list of class labels")
+    if "classes" in options and options["classes"].strip() != str(classes):
+        raise KernError(f"{data_file}: classes={options['classes']}, but the network has {classes} outputs")
+    labels_path = resolve(options["labels"])
+    labels = [label for label in read_lines(labels_path, "labels list") if label]
+    if len(labels) < classes:
+        raise KernError(f"{labels_path}: {len(labels)} labels, the network has {classes} outputs")
+    labels = labels[:classes]
+    list_path = resolve(options["train"])
+    lines = read_lines(list_path, "image list")
+    paths, found = [], []
+    for number, line in enumerate(lines, start=1):
+        if line:
+            paths.append(line)
+            found.append(label_of(line, labels, f"{list_path}:{number}"))
+    if not paths:
+        raise KernError(f"{list_path}: the list of training images is empty")
+    return TrainingSet(str(data_file), paths, np.array(found), labels, options.get("backup", "backup"))
+
+
+class Loader:
+    """Batches of augmented images: batch(k) -> (images (batch, 3, H, W) float32, classes)."""
+
+    def __init__(
+        self, dataset: TrainingSet, augmentation: Augmentation, batch: int, seed: int,
+        stream: Callable[..., np.random.Generator],
+    ) -> None:
+        self.dataset = dataset
+        self.augmentation = augmentation
+        self.batch_size = batch
+        self.seed = seed
+        self.stream = stream
+        self._orders: dict[int, np.ndarray] = {}
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kern-loader")
+        self._next: tuple[int, Future] | None = None
+        self._lock = threading.Lock()  # the loader thread and the caller share the caches
+
+    def indices(self, number: int) -> np.ndarray:
+        """The list positions of batch `number` (1, 2, ...)."""
+        size = len(self.dataset.paths)
+        positions = np.arange((number - 1) * self.batch_size, number * self.batch_size)
+        epochs = positions // size
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            if epoch not in self._orders:
+                self._orders = {epoch: self.stream(self.seed, STREAM_ORDER, int(epoch)).permutation(size)}
+            mask = epochs == epoch
+            out[mask] = self._orders[epoch][positions[mask] % size]
+        return out
+
+    def batch(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._batch(number)
+
+    def _batch(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        indices = self.indices(number)
+        aug = self.augmentation
+        draws = aug.draws(self.stream(self.seed, STREAM_AUGMENT, number), len(indices))
+        images = np.empty((len(indices), 3, aug.height, aug.width), dtype=np.float32)
+        for out, index, draw in zip(images, indices, draws):
+            aug.apply(self._image(int(index)), draw, out)
+        return images, self.dataset.classes[indices]
+
+    def get(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """batch(number), prepared in the background where it was asked for last time; starts
+        preparing number + 1."""
+        if self._next is not None and self._next[0] == number:
+            result = self._next[1].result()
+        else:
+            result = self.batch(number)
+        self._next = (number + 1, self._pool.submit(self.batch, number + 1))
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _image(self, index: int) -> np.ndarray:
+        image = self._cache.get(index)
+        if image is None:
+            path = self.dataset.paths[index]
+            image = decode_rgb8(resolve(path))
+            self._check_size(path, image)
+            if self._cached_bytes + image.nbytes <= CACHE_BYTES:
+                self._cache[index] = image
+                self._cached_bytes += image.nbytes
+        return image
+
+    def _check_size(self, path: str, image: np.ndarray) -> None:
+        """A cfg with one crop size (min_crop = max_crop) expects images of that size: say so
+        rather than train on images rescaled by another factor than it states."""
+        aug = self.augmentation
+        height, width = image.shape[:2]
+        if aug.min_crop == aug.max_crop and not aug.center and min(height, width) != aug.min_crop:
+            raise KernError(
+                f"{path}: {width} x {height} pixels, but the cfg crops at {aug.min_crop} "
+                f"(min_crop = max_crop): expected images whose shorter side is {aug.min_crop}"
+            )
