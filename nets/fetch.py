@@ -16,6 +16,8 @@ from nets.layers import Layer
 from nets.weights import Header, expected_bytes
 
 DARKNET_URL = "https://data.pjreddie.com/files/{name}.weights"
+# Shipped cfgs whose weights Darknet does not publish: one trains them (nets.train).
+TRAIN_YOURSELF = frozenset({"cifar", "cifar_small"})
 
 
 def cache_dir() -> Path:
@@ -52,6 +54,11 @@ def locate_weights(
 def not_found_message(cfg: Path, cache: Path, layers: Sequence[Layer]) -> str:
     url = DARKNET_URL.format(name=cfg.stem)
     looked = ", ".join(str(p) for p in candidates(cfg, cache))
+    if cfg.stem in TRAIN_YOURSELF:
+        return (
+            f"no weights for {cfg} (looked in {looked}); Darknet publishes none for it: train them with "
+            f"python -m nets.train DATA {cfg.stem} (docs/training.md), or pass the file"
+        )
     return (
         f"no weights for {cfg} (looked in {looked}); Darknet publishes them at {url} "
         f"({expected_bytes(layers) / 1e6:.1f} MB): add --download to fetch them into {cache}, "

@@ -85,7 +85,12 @@ def list_cfgs() -> str:
         spec = nets.load_spec(cfg)
         channels, height, width = spec.input_shape
         found = fetch.find_weights(cfg, cache)
-        where = str(found) if found else f"no (--download fetches them into {cache})"
+        if found:
+            where = str(found)
+        elif cfg.stem in fetch.TRAIN_YOURSELF:
+            where = "no (none published: python -m nets.train trains them)"
+        else:
+            where = f"no (--download fetches them into {cache})"
         lines.append(
             f"{cfg.stem:<20} {f'{width}x{height}x{channels}':>11} {spec.flops / 1e9:>7.2f} "
             f"{expected_bytes(spec.layers) / 1e6:>10.1f}  {where}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,25 +102,37 @@ class TrainingNetwork:
         uniform = stream(self.seed, STREAM_RATE, number).random() if self.solver.policy == "random" else 0.0
         return self.solver.rate(number, uniform)
 
-    def forward_backward(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> float:
+    def forward_backward(
+        self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+        layer_seconds: list[list[float]] | None = None,
+    ) -> float:
         """One pass of a mini-batch: forward, keeping what the backward reads, then backward,
         adding every parameter's gradient into its update buffer. Returns Darknet's network
-        cost of the pass (the mean of its loss layers' costs, each a sum over the images)."""
+        cost of the pass (the mean of its loss layers' costs, each a sum over the images).
+        layer_seconds, where given, receives each layer's [forward, backward] wall time (what
+        `caffe time` prints)."""
         step = Pass(np.asarray(labels), rng)
         x = self.ops.asarray(images)
         outputs: dict[int, Any] = {}
         kept = self.spec.kept
-        for layer in self.layers:
+        times = [[0.0, 0.0] for _ in self.layers]
+        for layer, spent in zip(self.layers, times):
+            start = time.perf_counter()
             x = layer.forward(self.ops, x, outputs, step)
             if layer.layer.index in kept:
                 outputs[layer.layer.index] = x
+            spent[0] = time.perf_counter() - start
         grads = Gradients()
-        for layer in reversed(self.layers):
+        for layer, spent in zip(reversed(self.layers), reversed(times)):
             if layer.stops_backward:
                 break
+            start = time.perf_counter()
             dy = grads.pop(layer.layer.index)
             if dy is not None or isinstance(layer, TrainSoftmax):
                 layer.backward(self.ops, dy, grads)
+            spent[1] = time.perf_counter() - start
+        if layer_seconds is not None:
+            layer_seconds[:] = times
         return float(np.mean(step.costs))
 
     def _checked(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -126,9 +126,12 @@ def test_activation_backward_and_bias_gradient(ops, ref, rng, activation):
 def test_maxpool_forward_and_backward(ops, ref, rng, size, stride, padding):
     x = rng.standard_normal((2, 19, 7, 6)).astype(np.float32).astype(np.float64)
     y, where = ref.maxpool_forward(x, size=size, stride=stride, padding=padding)
-    y32, where32 = ops.maxpool_forward(nhwc(x), size=size, stride=stride, padding=padding)
+    y32, winners = ops.maxpool_forward(nhwc(x), size=size, stride=stride, padding=padding)
     np.testing.assert_array_equal(nchw(y32), y)
-    np.testing.assert_array_equal(nchw(where32), where)
+    channels = x.shape[1]
+    expected = np.where(where >= 0, where * channels + np.arange(channels).reshape(1, -1, 1, 1), -1)
+    np.testing.assert_array_equal(nchw(winners.where), expected)  # (y * W + x) * C + c
+    where32 = winners
     dy = rng.standard_normal(y.shape)
     close(ops.maxpool_backward(nhwc(dy), where32, in_shape=x.shape[1:]), ref.maxpool_backward(dy, where, in_shape=x.shape[1:]))
     earlier = rng.standard_normal(x.shape)
@@ -141,6 +144,9 @@ def test_maxpool_kernel_writes_every_output(rng):
     out, where = np.full((2, 3, 4, 17), np.nan, np.float32), np.full((2, 3, 4, 17), -7, np.int32)
     pool.maxpool_argmax(x, 3, 2, 2, out, where)
     assert np.isfinite(out).all() and (where >= 0).all()
+    dx = np.full_like(x, np.nan)
+    pool.maxpool_backward(out, where, 3, 2, 2, dx, False)
+    assert np.isfinite(dx).all()
 
 
 def test_avgpool_backward(ops, ref, rng):

@@ -1,4 +1,4 @@
-"""All 18 ImageNet cfgs: build, table, random weights through our writer and reader, forward on
+"""All 20 shipped cfgs (Darknet's 18 ImageNet classifiers, its 2 CIFAR ones): build, table, random weights through our writer and reader, forward on
 `cpu`, and agreement with a float64 `ref` forward within 1e-4 of the largest value."""
 
 from pathlib import Path
@@ -16,7 +16,7 @@ CFGS = sorted(Path(__file__).resolve().parent.parent.joinpath("cfg").glob("*.cfg
 
 
 def test_all_eighteen_cfgs_are_shipped():
-    assert len(CFGS) == 18
+    assert len(CFGS) == 20
 
 
 @pytest.mark.parametrize("cfg", CFGS, ids=lambda p: p.stem)
@@ -39,7 +39,7 @@ def test_cfg_runs_and_matches_float64_reference(cfg, tmp_path, cpu, ref64, rng):
     logits = fast.forward(images, until=before_softmax)
     assert_close(logits, truth.forward(images, until=before_softmax), 1e-4)
     probs = fast.predict(images)
-    assert probs.shape == (1, 1000)
+    assert probs.shape == (1, 10 if "cifar" in cfg.stem else 1000)
     assert_close(probs, truth.predict(images), 1e-4)
 
 

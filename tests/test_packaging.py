@@ -73,7 +73,7 @@ def test_version_and_list(tmp_path):
     listing = cli("--list", cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
     rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
-    assert set(rows) == {p.stem for p in CFG_DIR.glob("*.cfg")} and len(rows) == 18
+    assert set(rows) == {p.stem for p in CFG_DIR.glob("*.cfg")} and len(rows) == 20  # 18 ImageNet + 2 CIFAR
     assert rows["darknet19"].split()[1:4] == ["256x256x3", "7.29", "83.4"]
     assert str(SHIPPED / "weights" / "tiny.weights") in rows["tiny"]
     assert "--download" in rows["darknet53"]

@@ -1,10 +1,10 @@
 """Batchnorm in training on the CPU (NHWC): Darknet's formulas (kern/ref/batchnorm.py), in
 three kinds of pass over a layer's M = N*H*W pixels, the innermost loop along a pixel's
 contiguous channels:
-- per-channel sums (the batch mean, the variance about it; in the backward the two sums the
-  input's gradient needs), each in float64 over a fixed chunk of STAT_PIXELS pixels, the
-  chunks then added in order (np.sum over the chunk axis): the same sums for every thread
-  count, in parallel over (chunk, block of channels);
+- per-channel sums (the batch mean and variance; in the backward the two sums the input's
+  gradient needs), each in float64 over a fixed chunk of STAT_PIXELS pixels, the chunks
+  then added in order (np.sum over the chunk axis): the same sums for every thread count,
+  the chunks in parallel;
 - the normalization, scale, bias and activation, one pass writing y;
 - the input's gradient, one pass: dz = d*A + (z - mean)*B + C per channel, d = dy * act'(y).
 """
@@ -16,7 +16,6 @@ from kern.cpu.activation import activate_scalar, gradient_scalar
 from kern.params import BN_BACKWARD_EPSILON, DARKNET_BN_EPSILON, ROLLING_RATE
 
 STAT_PIXELS = 512  # pixels per partial sum
-STAT_CHANNELS = 64  # channels per job
 
 
 def _rows(x: np.ndarray) -> np.ndarray:
@@ -28,34 +27,37 @@ def _chunks(pixels: int) -> int:
 
 
 @njit(parallel=True, cache=True)
-def _sums(rows, centre, squared, partial):
-    """partial[chunk, c] = sum over the chunk's pixels of (rows - centre) (squared if
-    `squared`), in float64."""
+def _moments(rows, shift, partial):
+    """partial[chunk, 0, c] = sum of (rows - shift), partial[chunk, 1, c] = sum of its
+    squares, over the chunk's pixels, in float64. One pass: about the shift (the first pixel),
+    the squares do not lose the variance to the mean's square. Channels innermost, no branch
+    in the loop: LLVM vectorizes it (a version with a branch and blocks of channels ran 14x
+    slower: 14 ms against 1.0 for 100,352 x 32, AMD EPYC, 1 thread)."""
     pixels, channels = rows.shape
-    blocks = (channels + STAT_CHANNELS - 1) // STAT_CHANNELS
-    for job in prange(partial.shape[0] * blocks):
-        chunk, first = job // blocks, job % blocks * STAT_CHANNELS
-        last = min(channels, first + STAT_CHANNELS)
-        total = np.zeros(STAT_CHANNELS, dtype=np.float64)
+    for chunk in prange(partial.shape[0]):
+        plain = np.zeros(channels, dtype=np.float64)
+        squares = np.zeros(channels, dtype=np.float64)
         for p in range(chunk * STAT_PIXELS, min(pixels, (chunk + 1) * STAT_PIXELS)):
-            row = rows[p]
-            for c in range(first, last):
-                v = np.float64(row[c]) - centre[c]
-                total[c - first] += v * v if squared else v
-        for c in range(first, last):
-            partial[chunk, c] = total[c - first]
+            for c in range(channels):
+                v = np.float64(rows[p, c]) - shift[c]
+                plain[c] += v
+                squares[c] += v * v
+        for c in range(channels):
+            partial[chunk, 0, c] = plain[c]
+            partial[chunk, 1, c] = squares[c]
 
 
 def mean_and_variance(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per channel of NHWC z: the mean and the unbiased variance (Darknet's, / (M - 1)), as
-    float64, two passes (the variance about the mean, not sum of squares minus square)."""
+    float64."""
     rows = _rows(z)
     pixels, channels = rows.shape
-    partial = np.empty((_chunks(pixels), channels), dtype=np.float64)
-    _sums(rows, np.zeros(channels), False, partial)
-    mean = partial.sum(axis=0) / pixels
-    _sums(rows, mean, True, partial)
-    return mean, partial.sum(axis=0) / max(pixels - 1, 1)
+    shift = rows[0].astype(np.float64)
+    partial = np.empty((_chunks(pixels), 2, channels), dtype=np.float64)
+    _moments(rows, shift, partial)
+    plain, squares = partial.sum(axis=0)
+    variance = np.maximum(squares - plain * plain / pixels, 0.0) / max(pixels - 1, 1)
+    return shift + plain / pixels, variance
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -89,20 +91,17 @@ def _gradient_sums(dy, y, z, mean, act, partial):
     """partial[chunk, 0, c] = sum of d, partial[chunk, 1, c] = sum of d * (z - mean), with
     d = dy * act'(y), over the chunk's pixels, in float64."""
     pixels, channels = dy.shape
-    blocks = (channels + STAT_CHANNELS - 1) // STAT_CHANNELS
-    for job in prange(partial.shape[0] * blocks):
-        chunk, first = job // blocks, job % blocks * STAT_CHANNELS
-        last = min(channels, first + STAT_CHANNELS)
-        plain = np.zeros(STAT_CHANNELS, dtype=np.float64)
-        centred = np.zeros(STAT_CHANNELS, dtype=np.float64)
+    for chunk in prange(partial.shape[0]):
+        plain = np.zeros(channels, dtype=np.float64)
+        centred = np.zeros(channels, dtype=np.float64)
         for p in range(chunk * STAT_PIXELS, min(pixels, (chunk + 1) * STAT_PIXELS)):
-            for c in range(first, last):
+            for c in range(channels):
                 d = np.float64(dy[p, c] * gradient_scalar(y[p, c], act))
-                plain[c - first] += d
-                centred[c - first] += d * (np.float64(z[p, c]) - mean[c])
-        for c in range(first, last):
-            partial[chunk, 0, c] = plain[c - first]
-            partial[chunk, 1, c] = centred[c - first]
+                plain[c] += d
+                centred[c] += d * (np.float64(z[p, c]) - mean[c])
+        for c in range(channels):
+            partial[chunk, 0, c] = plain[c]
+            partial[chunk, 1, c] = centred[c]
 
 
 @njit(parallel=True, fastmath=True, cache=True)

@@ -66,9 +66,9 @@ def avgpool(x):
 
 @njit(parallel=True, cache=True)
 def maxpool_argmax(x, size, stride, padding, out, where):
-    """maxpool() that also records, per output, the input pixel (y * W + x of its image) whose
-    value won: the first strict maximum in window order (Darknet's), -1 where none beat
-    -FLT_MAX. out and where: (N, OH, OW, C)."""
+    """maxpool() that also records, per output, the flat index within its image of the input
+    value that won ((y * W + x) * C + c): the first strict maximum in window order (Darknet's),
+    -1 where none beat -FLT_MAX. out and where: (N, OH, OW, C)."""
     n_images, height, width, channels = x.shape
     _, out_h, out_w, _ = out.shape
     offset = padding // 2
@@ -85,29 +85,41 @@ def maxpool_argmax(x, size, stride, padding, out, where):
             for y in range(y0, y1):
                 for xx in range(x0, x1):
                     cell = x[n, y, xx]
+                    first = (y * width + xx) * channels
                     for c in range(channels):
                         if cell[c] > best[c]:
                             best[c] = cell[c]
-                            won[c] = y * width + xx
+                            won[c] = first + c
 
 
 @njit(parallel=True, cache=True)
-def maxpool_backward(dy, where, dx):
-    """dx[n, winner] += dy for every output (dx: (N, H, W, C), zeroed or holding other
-    gradients). Jobs over (image, block of 16 channels): windows that overlap add into the
-    same cells, always in output order, by one job."""
+def maxpool_backward(dy, where, size, stride, padding, dx, add):
+    """dx = the gradient of maxpool_argmax: each input value gets the dy of every output
+    whose window it won (0 if none), added to dx where `add`. A gather, in parallel over
+    input rows: each value sums its (at most ceil(size/stride)^2) windows in output order, so
+    no two jobs write one value and the sums do not depend on the threads; and no pass zeroes
+    dx first."""
     n_images, out_h, out_w, channels = dy.shape
-    width = dx.shape[2]
-    blocks = (channels + 15) // 16
-    for job in prange(n_images * blocks):
-        n, first = job // blocks, job % blocks * 16
-        last = min(channels, first + 16)
-        for i in range(out_h):
-            for j in range(out_w):
-                for c in range(first, last):
-                    winner = where[n, i, j, c]
-                    if winner >= 0:
-                        dx[n, winner // width, winner % width, c] += dy[n, i, j, c]
+    _, height, width, _ = dx.shape
+    offset = padding // 2
+    for job in prange(n_images * height):
+        n, y = job // height, job % height
+        # Outputs i whose window rows i*stride - offset .. + size - 1 hold y.
+        i0 = max(0, (y + offset - size + stride) // stride)
+        i1 = min(out_h - 1, (y + offset) // stride)
+        for xx in range(width):
+            j0 = max(0, (xx + offset - size + stride) // stride)
+            j1 = min(out_w - 1, (xx + offset) // stride)
+            target = dx[n, y, xx]
+            first = (y * width + xx) * channels
+            if not add:
+                target[:] = 0.0
+            for i in range(i0, i1 + 1):
+                for j in range(j0, j1 + 1):
+                    won, grad = where[n, i, j], dy[n, i, j]
+                    for c in range(channels):  # channels innermost: vectorized (compare, masked add)
+                        if won[c] == first + c:
+                            target[c] += grad[c]
 
 
 @njit(parallel=True, cache=True)

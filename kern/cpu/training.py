@@ -40,6 +40,16 @@ class TrainConv:
         return self.turned[key]
 
 
+@dataclass(frozen=True)
+class PoolWinners:
+    """What maxpool_forward hands to maxpool_backward: the winners and the window."""
+
+    where: np.ndarray  # (N, OH, OW, C) int32: the flat index in its image of each output's winner
+    size: int
+    stride: int
+    padding: int
+
+
 class CpuTraining:
     name = "cpu"
 
@@ -155,13 +165,13 @@ class CpuTraining:
                  maxpool_output_size(width, size, stride, padding), channels)
         out, where = np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.int32)
         pool.maxpool_argmax(x, size, stride, padding, out, where)
-        return out, where
+        return out, PoolWinners(where, size, stride, padding)
 
-    def maxpool_backward(self, dy, where, *, in_shape, into=None):
+    def maxpool_backward(self, dy, winners: PoolWinners, *, in_shape, into=None):
         self._threads()
         channels, height, width = in_shape
-        dx = np.zeros((dy.shape[0], height, width, channels), dtype=np.float32) if into is None else into
-        pool.maxpool_backward(dy, where, dx)
+        dx = output_array((dy.shape[0], height, width, channels), into)
+        pool.maxpool_backward(dy, winners.where, winners.size, winners.stride, winners.padding, dx, into is not None)
         return dx
 
     def avgpool(self, x):
