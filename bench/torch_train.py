@@ -21,7 +21,7 @@ class TorchTrainer:
         self.spec = spec
         self.params: list[dict[str, torch.Tensor]] = []
         decayed, plain = [], []
-        for layer, arrays in zip(spec.layers, values):
+        for arrays in values:
             tensors = {}
             for name, array in arrays.items():
                 tensor = torch.tensor(np.asarray(array, dtype=np.float32))
@@ -43,17 +43,18 @@ class TorchTrainer:
             bias = None if layer.batch_normalize else p["biases"]
             y = F.conv2d(x, p["weights"], bias, layer.stride, layer.padding, 1, layer.groups)
             if layer.batch_normalize:
-                y = F.batch_norm(y, p["rolling_mean"], p["rolling_variance"], p["scales"], p["biases"], True, 0.01, 1e-5)
+                y = self._batchnorm(y, p)
             return _activate(y, layer.activation)
         if isinstance(layer, Connected):
             y = F.linear(x.flatten(1), p["weights"], None if layer.batch_normalize else p["biases"])
             if layer.batch_normalize:
-                y = F.batch_norm(y, p["rolling_mean"], p["rolling_variance"], p["scales"], p["biases"], True, 0.01, 1e-5)
+                y = self._batchnorm(y, p)
             return _activate(y, layer.activation)[:, :, None, None]
         if isinstance(layer, MaxPool):
             before = layer.padding // 2
-            return F.max_pool2d(F.pad(x, (before, before, before, before), value=-1e30) if before else x,
-                                layer.size, layer.stride, ceil_mode=True)[..., : layer.out_shape[1], : layer.out_shape[2]]
+            padded = F.pad(x, (before, before, before, before), value=-1e30) if before else x
+            pooled = F.max_pool2d(padded, layer.size, layer.stride, ceil_mode=True)
+            return pooled[..., : layer.out_shape[1], : layer.out_shape[2]]
         if isinstance(layer, AvgPool):
             return x.mean(dim=(2, 3), keepdim=True)
         if isinstance(layer, Shortcut):
@@ -65,6 +66,11 @@ class TorchTrainer:
         if isinstance(layer, (Softmax, Cost)):
             return x  # the loss takes the logits
         raise ValueError(f"bench.train has no PyTorch {type(layer).__name__}")
+
+    @staticmethod
+    def _batchnorm(y: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        rolling = p["rolling_mean"], p["rolling_variance"]
+        return F.batch_norm(y, *rolling, p["scales"], p["biases"], True, 0.01, 1e-5)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         outputs: dict[int, torch.Tensor] = {}

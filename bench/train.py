@@ -98,7 +98,9 @@ def measure(peer: str, cfg: str, weights: str, batch: int, threads: int, repeat:
 
 def worker(args) -> None:
     try:
-        result = measure(args.worker, args.cfg, args.weights, args.batch_one, args.threads_one, args.repeat, args.layers)
+        result = measure(
+            args.worker, args.cfg, args.weights, args.batch_one, args.threads_one, args.repeat, args.layers
+        )
         print(json.dumps(result))
     except Exception as error:  # a peer that cannot run this cfg: reported, not fatal
         print(json.dumps({"error": f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"}))
@@ -106,8 +108,8 @@ def worker(args) -> None:
 
 def run_worker(peer, cfg, weights, batch, threads, repeat, layers) -> dict:
     command = [
-        sys.executable, "-m", "bench.train", cfg, "--worker", peer, "--weights", weights, "--batch-one", str(batch),
-        "--threads-one", str(threads), "--repeat", str(repeat),
+        sys.executable, "-m", "bench.train", cfg, "--worker", peer, "--weights", weights,
+        "--batch-one", str(batch), "--threads-one", str(threads), "--repeat", str(repeat),
     ] + (["--layers"] if layers else [])
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     lines = result.stdout.strip().splitlines()
@@ -154,11 +156,13 @@ def main() -> None:
             for round_ in range(args.rounds):
                 for peer in peers:
                     progress.step(f"{name} batch {args.batch}, {count} threads: {peer}, round {round_ + 1}")
-                    runs[peer].append(run_worker(peer, cfg, weights, args.batch, count, args.repeat, args.layers))
+                    result = run_worker(peer, cfg, weights, args.batch, count, args.repeat, args.layers)
+                    runs[peer].append(result)
             results = {}
             for peer, outcomes in runs.items():
                 good = [r for r in outcomes if "error" not in r]
-                results[peer] = sorted(good, key=lambda r: r["seconds"])[len(good) // 2] if good else outcomes[0]
+                median = sorted(good, key=lambda r: r["seconds"])[len(good) // 2] if good else None
+                results[peer] = median or outcomes[0]
             kern = results.get("kern", {}).get("seconds")
             for peer, result in results.items():
                 if "error" in result:
@@ -187,7 +191,8 @@ def print_layers(spec, results: dict[str, dict], threads: int) -> None:
             totals[p][1] += backward
             cells.append(f"{1e3 * forward:>10.2f} {1e3 * backward:>10.2f}")
         print(f"{index:>5} {layer.kind:<9} {' '.join(cells)}")
-    print(f"{'total':>5} {'':<9} " + " ".join(f"{1e3 * t[0]:>10.2f} {1e3 * t[1]:>10.2f}" for t in totals.values()))
+    sums = " ".join(f"{1e3 * forward:>10.2f} {1e3 * backward:>10.2f}" for forward, backward in totals.values())
+    print(f"{'total':>5} {'':<9} {sums}")
 
 
 if __name__ == "__main__":

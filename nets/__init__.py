@@ -14,10 +14,10 @@ import numpy as np
 
 from kern import __version__
 from kern.backend import Backend, TrainingBackend, get_backend, get_training_backend
+from nets.augment import read_augmentation
 from nets.cfg import parse_cfg
 from nets.data import DEFAULT_DATA, SAMPLE_IMAGE, find_cfg, load_names
 from nets.network import Network, NetworkSpec, build_network, check_memory
-from nets.augment import read_augmentation
 from nets.solver import read_solver
 from nets.training import TrainingNetwork
 from nets.weights import fresh_weights, random_weights, read_seen, read_weights
@@ -60,7 +60,8 @@ def load(
     from nets import fetch
 
     if training:
-        return _load_training(cfg, weights, backend=backend, threads=threads, dtype=dtype, seed=seed, clear=clear)
+        options = dict(backend=backend, threads=threads, dtype=dtype, seed=seed, clear=clear)
+        return _load_training(cfg, weights, **options)
     spec = load_spec(cfg)
     check_memory(spec)
     if random_seed is not None:
@@ -96,7 +97,9 @@ def _load_training(
     return net
 
 
-def make_training_backend(name: str, *, threads: int | None = None, dtype: type = np.float32) -> TrainingBackend:
+def make_training_backend(
+    name: str, *, threads: int | None = None, dtype: type = np.float32
+) -> TrainingBackend:
     """The training ops of a backend by name (threads: cpu; dtype: ref)."""
     if name == "ref":
         return get_training_backend("ref", dtype=dtype)

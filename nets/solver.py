@@ -75,7 +75,9 @@ class Solver:
         ratio = 0.0 if exponent > 709 else 1.0 / (1.0 + math.exp(exponent))
         return float(F32(float(lr) * ratio))
 
-    def update_constants(self, batch_number: int, rate_scale: float = 1.0, uniform: float = 0.0) -> tuple[float, float]:
+    def update_constants(
+        self, batch_number: int, rate_scale: float = 1.0, uniform: float = 0.0
+    ) -> tuple[float, float]:
         """(learning_rate / batch, decay * batch) as Darknet's update computes them in float32,
         for a layer whose cfg section scales the rate by `rate_scale` (its learning_rate=)."""
         rate = F32(F32(self.rate(batch_number, uniform)) * F32(rate_scale))
@@ -126,7 +128,8 @@ def read_solver(net: Section) -> Solver:
             raise net.error("policy=steps needs steps= and scales=")
         steps, scales = net.integers("steps"), net.numbers("scales")
         if len(steps) != len(scales):
-            raise net.error(f"steps= has {len(steps)} values, scales= {len(scales)}: expected as many", "scales")
+            message = f"steps= has {len(steps)} values, scales= {len(scales)}: expected as many"
+            raise net.error(message, "scales")
         options.update(steps=tuple(steps), scales=tuple(scales))
     elif policy in ("exp", "sig"):
         options.update(gamma=net.number("gamma", 1.0))

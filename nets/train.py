@@ -43,11 +43,13 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("data", help=".data file: train=, labels=, backup=")
     parser.add_argument("cfg", help="the network's cfg (a path or a shipped cfg's name)")
     parser.add_argument("weights", nargs="?", help="weights to start from (default: Darknet's initial ones)")
-    parser.add_argument("--max-batches", type=int,
-                        help="stop after this batch number (default: the cfg's max_batches=, which the schedule keeps)")
+    parser.add_argument(
+        "--max-batches", type=int,
+        help="stop after this batch number (default: the cfg's max_batches=, which the schedule keeps)",
+    )
     parser.add_argument("--backup", help="folder for checkpoints (default: backup= of the .data file)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights, data order and every draw")
+    parser.add_argument("--seed", type=int, default=0, help="seeds initial weights, data order, every draw")
     parser.add_argument("--clear", action="store_true", help="start counting from 0 images seen")
     parser.add_argument("--backend", choices=("cpu", "ref"), default="cpu", help="kernels to train on")
     args = parser.parse_args(argv)
@@ -98,7 +100,8 @@ class Interrupt:
         if self.asked:
             raise KeyboardInterrupt
         self.asked = True
-        print("\nstopping after this batch, then saving (Ctrl-C again: stop now, unsaved)", file=sys.stderr, flush=True)
+        message = "\nstopping after this batch, then saving (Ctrl-C again: stop now, unsaved)"
+        print(message, file=sys.stderr, flush=True)
 
     def restore(self) -> None:
         signal.signal(signal.SIGINT, self._previous)
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     count = len(dataset.paths)
     print(net.spec.table(), file=sys.stderr)
     print(base)
-    print(f"Learning Rate: {net.solver.learning_rate:g}, Momentum: {net.solver.momentum:g}, Decay: {net.solver.decay:g}")
+    solver = net.solver
+    print(f"Learning Rate: {solver.learning_rate:g}, Momentum: {solver.momentum:g}, Decay: {solver.decay:g}")
     print(count)
     print(f"{aug.min_crop} {aug.max_crop}", flush=True)
     loader = Loader(dataset, aug, net.batch, net.seed, stream)
@@ -133,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             images, classes = loader.get(net.batch_number + 1)
             print(f"Loaded: {time.perf_counter() - clock:f} seconds")
             clock = time.perf_counter()
-            with notice_if_slow(COMPILE_NOTICE if net.seen == first_seen and args.backend == "cpu" else "", 3.0):
+            compiling = net.seen == first_seen and args.backend == "cpu"
+            with notice_if_slow(COMPILE_NOTICE if compiling else "", 3.0):
                 loss = net.train_batch(images, classes)
             avg_loss = loss if avg_loss == -1 else float(np.float32(avg_loss * 0.9 + loss * 0.1))
-            print(f"{net.batch_number}, {net.seen / count:.3f}: {loss:f}, {avg_loss:f} avg, {net.rate():f} rate, "
-                  f"{time.perf_counter() - clock:f} seconds, {net.seen} images", flush=True)
+            seconds = time.perf_counter() - clock
+            epochs = net.seen / count
+            print(f"{net.batch_number}, {epochs:.3f}: {loss:f}, {avg_loss:f} avg, {net.rate():f} rate, "
+                  f"{seconds:f} seconds, {net.seen} images", flush=True)
             if net.seen // count > epoch:
                 epoch = net.seen // count
                 save_checkpoint(net, backup / f"{base}_{epoch}.weights", avg_loss)
@@ -154,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     trained = net.seen - first_seen
     if trained:
-        print(f"trained {trained} images in {seconds:.1f} s: {trained / seconds:.1f} images/s, loading included",
+        rate = trained / seconds
+        print(f"trained {trained} images in {seconds:.1f} s: {rate:.1f} images/s, loading included",
               file=sys.stderr)
     return 0
 

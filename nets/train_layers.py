@@ -94,9 +94,8 @@ class Trainable:
         rate, decay = solver.update_constants(batch_number, self.rate_scale, uniform)
         momentum = float(np.float32(solver.momentum))
         for name, buffer in self.updates.items():
-            ops.sgd_update(
-                self.params[name], buffer, rate=rate, momentum=momentum, decay=decay if name == "weights" else 0.0
-            )
+            decays = decay if name == "weights" else 0.0
+            ops.sgd_update(self.params[name], buffer, rate=rate, momentum=momentum, decay=decays)
         self.changed()
 
     def changed(self) -> None:
@@ -155,7 +154,8 @@ class TrainConvolutional(Linear):
         if layer.batch_normalize:
             return self.finish(ops, ops.conv2d(x, self._weights(ops), **options))
         # Without batchnorm the bias and activation are fused into the convolution's store.
-        self.y = ops.conv2d(x, self._weights(ops), bias=self.params["biases"], activation=layer.activation, **options)
+        bias = self.params["biases"]
+        self.y = ops.conv2d(x, self._weights(ops), bias=bias, activation=layer.activation, **options)
         return self.y
 
     def backward(self, ops, dy, grads):
@@ -232,7 +232,8 @@ class TrainSoftmax(Trainable):
 class TrainShortcut(Trainable):
     def forward(self, ops, x, outputs, step):
         layer = self.layer
-        self.y = ops.shortcut(x, outputs[layer.source], alpha=layer.alpha, beta=layer.beta, activation=layer.activation)
+        source = outputs[layer.source]
+        self.y = ops.shortcut(x, source, alpha=layer.alpha, beta=layer.beta, activation=layer.activation)
         return self.y
 
     def backward(self, ops, dy, grads):
@@ -267,7 +268,8 @@ class TrainDropout(Trainable):
 
     def backward(self, ops, dy, grads):
         if grads.wanted(self.input_index):
-            grads.set(self.input_index, ops.add(grads.get(self.input_index), ops.dropout_backward(dy, self.keep, self.scale)))
+            dx = ops.dropout_backward(dy, self.keep, self.scale)
+            grads.set(self.input_index, ops.add(grads.get(self.input_index), dx))
 
 
 class TrainCrop(Trainable):
@@ -284,7 +286,8 @@ class TrainCrop(Trainable):
         _, height, width = layer.out_shape
         flip = self.flips and bool(step.rng.integers(2))
         top, left = int(step.rng.integers(in_h - height + 1)), int(step.rng.integers(in_w - width + 1))
-        return ops.crop(x, height=height, width=width, top=top, left=left, flip=flip, scale=layer.scale, shift=layer.shift)
+        window = dict(height=height, width=width, top=top, left=left, flip=flip)
+        return ops.crop(x, scale=layer.scale, shift=layer.shift, **window)
 
 
 TRAINABLE = {
@@ -314,7 +317,7 @@ def trainable_layers(
         trainables[last - 1].cost_scale = section.number("scale", 1.0)
         last -= 1
     if not isinstance(layers[last], Softmax):
-        raise sections[last].error("kern trains classifiers: expected the network to end in [softmax] (and [cost])")
+        raise sections[last].error("kern trains classifiers: expected the network to end in [softmax] ([cost])")
     for layer, section in zip(layers[:last], sections[:last]):
         if isinstance(layer, (Softmax, Cost)):
             raise section.error("kern trains one loss, the last [softmax]: this one is not the last layer")

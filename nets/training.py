@@ -89,7 +89,8 @@ class TrainingNetwork:
         total = 0.0
         for part in range(self.subdivisions):
             window = slice(part * size, (part + 1) * size)
-            total += self.forward_backward(images[window], labels[window], stream(self.seed, STREAM_PASS, number, part))
+            rng = stream(self.seed, STREAM_PASS, number, part)
+            total += self.forward_backward(images[window], labels[window], rng)
         self.seen += self.batch
         uniform = stream(self.seed, STREAM_RATE, number).random() if self.solver.policy == "random" else 0.0
         for layer in self.layers:
@@ -140,9 +141,11 @@ class TrainingNetwork:
         labels = np.asarray(labels)
         expected = (self.batch, *self.input_shape)
         if images.shape != expected:
-            raise KernError(f"{self.spec.cfg_path}: train_batch expected images of shape {expected}, got {images.shape}")
+            raise KernError(f"{self.spec.cfg_path}: train_batch expected images of shape {expected}, "
+                            f"got {images.shape}")
         if labels.shape != (self.batch,) or not np.issubdtype(labels.dtype, np.integer):
-            raise KernError(f"{self.spec.cfg_path}: expected {self.batch} integer labels, got {labels.dtype} {labels.shape}")
+            raise KernError(f"{self.spec.cfg_path}: expected {self.batch} integer labels, "
+                            f"got {labels.dtype} {labels.shape}")
         if labels.size and (labels.min() < 0 or labels.max() >= self.classes):
             raise KernError(f"{self.spec.cfg_path}: labels must be class indices 0..{self.classes - 1}")
         return np.ascontiguousarray(images, dtype=np.float32), labels.astype(np.int64)
@@ -166,7 +169,8 @@ class TrainingNetwork:
         if self._inference is None or self._inference[0] != self.seen:
             if self._inference_backend is None:
                 raise KernError("this training network was made without an inference backend")
-            self._inference = (self.seen, Network(self.spec, self.values(), self._inference_backend, self.labels))
+            network = Network(self.spec, self.values(), self._inference_backend, self.labels)
+            self._inference = (self.seen, network)
         return self._inference[1].predict(images)
 
     # ---- what an exact resume needs besides the weights
@@ -176,7 +180,8 @@ class TrainingNetwork:
             f"{layer.layer.index}.{name}": np.asarray(self.ops.host(buffer), dtype=np.float32)
             for layer in self.layers for name, buffer in layer.updates.items()
         }
-        meta = {"version": STATE_VERSION, "seen": self.seen, "seed": self.seed, "shapes": self._signature(), **(extra or {})}
+        meta = {"version": STATE_VERSION, "seen": self.seen, "seed": self.seed, "shapes": self._signature()}
+        meta.update(extra or {})
 
         def write(file) -> None:
             buffer = io.BytesIO()
@@ -206,4 +211,4 @@ class TrainingNetwork:
         return meta
 
     def _signature(self) -> list:
-        return [[layer.layer.kind, *[list(np.shape(p)) for p in layer.updates.values()]] for layer in self.layers]
+        return [[t.layer.kind, *(list(np.shape(p)) for p in t.updates.values())] for t in self.layers]

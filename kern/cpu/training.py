@@ -92,9 +92,9 @@ class CpuTraining:
         self._threads()
         filters, _, ksize, _ = prepared.weights.shape
         bias = np.zeros(filters, dtype=np.float32) if bias is None else bias
-        return conv.conv2d_gemm(
-            x, prepared.packed, bias, filters, ksize, stride, padding, activation_code(activation), lanes=self.lanes
-        )
+        act = activation_code(activation)
+        packed = prepared.packed
+        return conv.conv2d_gemm(x, packed, bias, filters, ksize, stride, padding, act, lanes=self.lanes)
 
     def conv2d_backward_input(self, dz, prepared: TrainConv, *, in_shape, stride, padding, groups, into=None):
         self._threads()
@@ -121,11 +121,13 @@ class CpuTraining:
 
     def batchnorm_forward(self, z, scales, biases, rolling_mean, rolling_variance, activation):
         self._threads()
-        return batchnorm.batchnorm_forward(z, scales, biases, rolling_mean, rolling_variance, activation_code(activation))
+        act = activation_code(activation)
+        return batchnorm.batchnorm_forward(z, scales, biases, rolling_mean, rolling_variance, act)
 
     def batchnorm_backward(self, dy, y, z, mean, variance, scales, activation, *, scales_into, biases_into):
         self._threads()
-        dz, dscales, dbiases = batchnorm.batchnorm_backward(dy, y, z, mean, variance, scales, activation_code(activation))
+        act = activation_code(activation)
+        dz, dscales, dbiases = batchnorm.batchnorm_backward(dy, y, z, mean, variance, scales, act)
         scales_into += dscales
         biases_into += dbiases
         return dz
@@ -153,7 +155,8 @@ class CpuTraining:
         out = np.empty((1, 1, dz.shape[0], weights.shape[1]), dtype=np.float32)
         bias = np.zeros(weights.shape[1], dtype=np.float32)
         rows = np.ascontiguousarray(dz.reshape(1, 1, dz.shape[0], -1))
-        conv_gemm(rows, pack_panels(np.ascontiguousarray(weights.T)[np.newaxis]), bias, 0, 1, 1, out, 1, 0, out, -1)
+        turned = pack_panels(np.ascontiguousarray(weights.T)[np.newaxis])
+        conv_gemm(rows, turned, bias, 0, 1, 1, out, 1, 0, out, -1)
         dx = np.ascontiguousarray(out.reshape(dz.shape[0], channels, height, width).transpose(0, 2, 3, 1))
         return self.add(into, dx)
 
@@ -171,7 +174,8 @@ class CpuTraining:
         self._threads()
         channels, height, width = in_shape
         dx = output_array((dy.shape[0], height, width, channels), into)
-        pool.maxpool_backward(dy, winners.where, winners.size, winners.stride, winners.padding, dx, into is not None)
+        window = (winners.size, winners.stride, winners.padding)
+        pool.maxpool_backward(dy, winners.where, *window, dx, into is not None)
         return dx
 
     def avgpool(self, x):
@@ -187,7 +191,8 @@ class CpuTraining:
 
     # ---- the head: small (N x classes), in NumPy on the NCHW values
     def softmax_cross_entropy(self, x, labels, *, groups, temperature, cost_scale):
-        p, cost, dx = softmax_cross_entropy(self.to_numpy(x), np.asarray(labels), groups, temperature, cost_scale)
+        labels = np.asarray(labels)
+        p, cost, dx = softmax_cross_entropy(self.to_numpy(x), labels, groups, temperature, cost_scale)
         return self.asarray(p), cost, self.asarray(dx)
 
     # ---- data movement
@@ -199,7 +204,8 @@ class CpuTraining:
         channels, height, width = source_shape
         dx = np.empty_like(dy)
         dsource = np.zeros((dy.shape[0], height, width, channels), dtype=np.float32)
-        elementwise.shortcut_backward(dy, y, float(alpha), float(beta), activation_code(activation), dx, dsource)
+        act = activation_code(activation)
+        elementwise.shortcut_backward(dy, y, float(alpha), float(beta), act, dx, dsource)
         return dx, dsource
 
     def route(self, xs: Sequence[np.ndarray]) -> np.ndarray:

@@ -91,7 +91,9 @@ def conv2d_im2col(
     return out.reshape(n_images, filters, out_h, out_w)
 
 
-def col2im(columns: np.ndarray, shape: tuple[int, int, int], ksize: int, stride: int, padding: int) -> np.ndarray:
+def col2im(
+    columns: np.ndarray, shape: tuple[int, int, int], ksize: int, stride: int, padding: int
+) -> np.ndarray:
     """The adjoint of im2col: (C*K*K, OH*OW) -> (C, H, W), each column's taps ADDED back where
     im2col read them (a cell read by several windows gets the sum; the padding is dropped)."""
     channels, height, width = shape
@@ -121,7 +123,9 @@ def conv2d_backward_input(
             w = weights[g * per_group : (g + 1) * per_group].reshape(per_group, -1)
             grad = dy[n, g * per_group : (g + 1) * per_group].reshape(per_group, -1)
             shape = (group_channels, *in_shape[1:])
-            dx[n, g * group_channels : (g + 1) * group_channels] = col2im(w.T @ grad, shape, ksize, stride, padding)
+            columns = w.T @ grad
+            part = col2im(columns, shape, ksize, stride, padding)
+            dx[n, g * group_channels : (g + 1) * group_channels] = part
     return dx
 
 
