@@ -50,6 +50,8 @@ CONV_CASES = [  # (N, C, H, W, F, K, stride, padding, groups)
     (2, 5, 7, 7, 20, 1, 1, 1, 1),
     (1, 4, 10, 9, 6, 7, 2, 3, 1),
     (2, 64, 6, 5, 36, 3, 3, 1, 4),
+    (2, 64, 7, 9, 72, 3, 1, 1, 1),  # Winograd (64 channels or more): forward and input gradient
+    (1, 72, 5, 6, 64, 3, 1, 1, 1),  # ... its partial panel of filters, odd sizes
 ]
 
 
@@ -229,18 +231,23 @@ def test_sgd_update_is_darknets_float32_arithmetic(ops, rng):
 
 
 def test_sums_are_the_same_bits_on_any_thread_count(ops, rng):
-    """The weight gradient, batchnorm statistics and gradient sums: one order for any thread count."""
+    """The weight gradient, batchnorm statistics and gradient sums, Winograd: one order for any
+    thread count."""
     x = nhwc(rng.standard_normal((4, 24, 17, 19)))
     dz = nhwc(rng.standard_normal((4, 40, 17, 19)))
+    x64 = nhwc(rng.standard_normal((3, 64, 9, 7)))
+    w64 = rng.standard_normal((48, 64, 3, 3)).astype(np.float32)
     results = []
     for threads in (1, 2):
         numba.set_num_threads(threads)
+        ops_n = CpuTraining(threads=threads)
+        winograd = ops_n.conv2d(x64, ops_n.conv_weights(w64, 1), stride=1, padding=1, groups=1)
         dw = np.zeros((40, 24, 3, 3), np.float32)
         CpuTraining(threads=threads).conv2d_backward_weights(x, dz, ksize=3, stride=1, padding=1, groups=1, into=dw)
         y, mean, variance = batchnorm.batchnorm_forward(dz, np.ones(40, np.float32), np.zeros(40, np.float32),
                                                         np.zeros(40, np.float32), np.ones(40, np.float32), 1)
         dz_in, dscales, dbiases = batchnorm.batchnorm_backward(dz.copy(), y, dz, mean, variance, np.ones(40, np.float32), 1)
-        results.append([dw, y, mean, variance, dz_in, dscales, dbiases])
+        results.append([dw, y, mean, variance, dz_in, dscales, dbiases, winograd])
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)

@@ -68,3 +68,16 @@ def test_weights_over_2_mb_take_longer_jobs_on_both_widths_and_agree(rng, ref64,
     assert np.array_equal(out["avx512"], out["avx2"])
     expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))
     assert_close(out["avx2"], expected)
+
+
+def test_weight_gradient_is_the_same_on_both_widths():
+    """wgrad's 8- and 16-lane kernels sum every element in the same order: the same bits."""
+    from kern.cpu import conv, wgrad
+
+    rng = np.random.default_rng(11)
+    for shape, filters, groups in (((2, 9, 7, 24), 40, 1), ((1, 6, 5, 16), 20, 2), ((3, 4, 4, 3), 10, 1)):
+        x = conv.pad(rng.standard_normal(shape).astype(np.float32), 1)
+        dz = rng.standard_normal((*shape[:3], filters)).astype(np.float32)
+        eight = wgrad.conv2d_backward_weights(x, dz, 3, 1, groups, lanes=8)
+        sixteen = wgrad.conv2d_backward_weights(x, dz, 3, 1, groups, lanes=16)
+        np.testing.assert_array_equal(eight, sixteen)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kern.cpu import CpuBackend, batchnorm, conv, elementwise, pool, wgrad
+from kern.cpu import CpuBackend, batchnorm, conv, elementwise, pool, wgrad, winograd_plain
 from kern.cpu.connected import pack_connected
 from kern.cpu.gemm import conv_gemm, pack_panels
 from kern.cpu.simd import output_array
@@ -26,18 +26,36 @@ from kern.ref.elementwise import softmax_cross_entropy
 
 @dataclass
 class TrainConv:
-    """A convolution's weights as the training ops read them, until the next update."""
+    """A convolution's weights as the training ops read them, until the next update: packed
+    for the direct GEMM, for Winograd where it fits (3x3, stride 1, padding 1, one group, 64
+    channels or more), and turned for the input gradient, each the first time it is needed."""
 
     weights: np.ndarray  # OIHW
     groups: int
-    packed: np.ndarray  # for conv.conv2d_gemm
-    turned: dict[tuple[int, int], list] = field(default_factory=dict)  # (stride, padding) -> phases
+    prepared: dict[tuple, object] = field(default_factory=dict)
+
+    def _get(self, key: tuple, make):
+        if key not in self.prepared:
+            self.prepared[key] = make()
+        return self.prepared[key]
+
+    def packed(self) -> np.ndarray:
+        return self._get(("direct",), lambda: conv.pack_weights(self.weights, self.groups))
+
+    def winograd(self) -> np.ndarray:
+        return self._get(("winograd",), lambda: winograd_plain.pack_weights(self.weights))
 
     def phases(self, stride: int, padding: int) -> list:
-        key = (stride, padding)
-        if key not in self.turned:
-            self.turned[key] = conv.transposed_weights(self.weights, self.groups, stride, padding)
-        return self.turned[key]
+        return self._get(("turned", stride, padding),
+                         lambda: conv.transposed_weights(self.weights, self.groups, stride, padding))
+
+    def turned_winograd(self) -> np.ndarray:
+        """The input gradient of a 3x3 stride-1 padding-1 layer is a 3x3 stride-1 padding-1
+        convolution of dz with these weights, (C, F, 3, 3) turned around."""
+        turned = lambda: winograd_plain.pack_weights(  # noqa: E731
+            np.ascontiguousarray(self.weights.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        )
+        return self._get(("turned winograd",), turned)
 
 
 @dataclass(frozen=True)
@@ -86,25 +104,34 @@ class CpuTraining:
 
     # ---- convolution
     def conv_weights(self, weights: np.ndarray, groups: int) -> TrainConv:
-        return TrainConv(weights, groups, conv.pack_weights(weights, groups))
+        return TrainConv(weights, groups)
 
     def conv2d(self, x, prepared: TrainConv, *, stride, padding, groups, bias=None, activation="linear"):
         self._threads()
-        filters, _, ksize, _ = prepared.weights.shape
+        filters, channels, ksize, _ = prepared.weights.shape
         bias = np.zeros(filters, dtype=np.float32) if bias is None else bias
         act = activation_code(activation)
-        packed = prepared.packed
+        if winograd_plain.fits(ksize, stride, padding, groups, channels):
+            return winograd_plain.conv2d_winograd(x, prepared.winograd(), bias, filters, act)
+        packed = prepared.packed()
         return conv.conv2d_gemm(x, packed, bias, filters, ksize, stride, padding, act, lanes=self.lanes)
 
     def conv2d_backward_input(self, dz, prepared: TrainConv, *, in_shape, stride, padding, groups, into=None):
         self._threads()
+        filters, channels, ksize, _ = prepared.weights.shape
+        if winograd_plain.fits(ksize, stride, padding, groups, filters):
+            bias = np.zeros(channels, dtype=np.float32)
+            residual = {} if into is None else {"residual": into, "residual_act": 0}
+            turned = prepared.turned_winograd()
+            return winograd_plain.conv2d_winograd(dz, turned, bias, channels, 0, **residual)
         phases = prepared.phases(stride, padding)
         return conv.conv2d_backward_input(dz, phases, tuple(in_shape), stride, padding, self.lanes, into)
 
     def conv2d_backward_weights(self, x, dz, *, ksize, stride, padding, groups, into) -> None:
         self._threads()
         images = conv.pad(x, padding) if padding else x
-        into += wgrad.conv2d_backward_weights(images, dz, ksize, stride, groups)
+        threads, lanes = self.inference.threads, self.lanes
+        into += wgrad.conv2d_backward_weights(images, dz, ksize, stride, groups, threads, lanes)
 
     def bias_activate(self, z, bias, activation: str) -> np.ndarray:
         self._threads()
@@ -147,7 +174,8 @@ class CpuTraining:
     def connected_backward_weights(self, x, dz, *, into) -> None:
         self._threads()
         rows = dz.reshape(1, 1, dz.shape[0], -1)
-        into += wgrad.conv2d_backward_weights(self._flat(x), rows, 1, 1, 1).reshape(into.shape)
+        dw = wgrad.conv2d_backward_weights(self._flat(x), rows, 1, 1, 1, self.inference.threads, self.lanes)
+        into += dw.reshape(into.shape)
 
     def connected_backward_input(self, dz, weights, *, in_shape, into=None):
         self._threads()

@@ -1,0 +1,263 @@
+"""Winograd F(2x2, 3x3) for plain (one group) 3x3, stride 1, padding 1 convolutions in NHWC:
+2.25x fewer multiplies than the direct GEMM (kern/cpu/gemm.py), which runs close to the host's
+sgemm limit, so this is the way to go faster on 3x3 layers. Training runs both the forward
+pass and the input gradient through it (that gradient is a 3x3 stride-1 convolution of dz
+with the turned weights: kern/cpu/conv.py).
+
+The same algebra as winograd.py (Lavin and Gray, 2015): per 2x2 tile of outputs,
+    Y = A^T [ sum_c (G g_c G^T) * (B^T d_c B) ] A
+but in the backend's own layout, channels-last: the input transform runs on 8 channels at a
+time in vector lanes (channels are contiguous), the 16 products per tile are 16 GEMMs
+(tiles x channels) by (channels x filters) on gemm.py's 6 x 16 register tile, and the output
+transform runs on 8 filters at a time. Per job (JOB_TILES tiles, image after image) all
+three stay in cache. Every output is one thread's sum in one order: results do not depend on
+the thread count.
+
+The weight gradient stays on the direct GEMM (wgrad.py): a Winograd one (dL/dU = sum over
+tiles of V * A dY A^T, then G^T dL/dU G) was built and measured at 0.8-1.3x the direct one's
+time on cifar.cfg's and darknet19's layers (its GEMMs over tiles ran at 40-55 GFLOP/s, and
+7 x 7 maps waste a quarter of their tiles): not kept.
+"""
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from kern.cpu.activation import activate8, activate_scalar
+from kern.cpu.gemm import TILE_M, TILE_P
+from kern.cpu.simd import (
+    add8,
+    aligned_empty,
+    broadcast8,
+    fma8,
+    lane8,
+    load8,
+    output_array,
+    splat8,
+    store8,
+    sub8,
+)
+
+# Below 64 input channels the transforms cost what the products save (16 -> 64 on 14 x 14: 47
+# against the direct GEMM's 54 GFLOP/s; 128 -> 128 on 28 x 28: 113 against 72, effective;
+# batch 32 and 128, AMD EPYC Zen 4, 1 thread).
+MIN_CHANNELS = 64
+JOB_TILES = 64  # 2x2 tiles per job, image after image: U, read per job, is reused by more of them
+# G of F(2x2, 3x3): U = G g G^T, 4x4 from 3x3.
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def fits(ksize: int, stride: int, padding: int, groups: int, channels: int) -> bool:
+    """3x3, stride 1, padding 1, one group, input channels in whole vectors and enough of them
+    to pay for the transforms."""
+    shape = ksize == 3 and stride == 1 and padding == 1 and groups == 1
+    return shape and channels % 8 == 0 and channels >= MIN_CHANNELS
+
+
+def pack_weights(weights: np.ndarray) -> np.ndarray:
+    """OIHW 3x3 weights -> (16, F/16 rounded up, C, 16): G g G^T per filter and channel, each
+    position's filters in panels of 16 (zeros past F), as the GEMMs read them."""
+    filters, channels, _, _ = weights.shape
+    u = np.einsum("ik,fckl,jl->ijcf", _G, weights.astype(np.float64), _G).reshape(16, channels, filters)
+    panels = -(-filters // TILE_M)
+    packed = np.zeros((16, channels, panels * TILE_M), dtype=np.float32)
+    packed[:, :, :filters] = u
+    out = aligned_empty(packed.size).reshape(16, panels, channels, TILE_M)
+    out[...] = packed.reshape(16, channels, panels, TILE_M).transpose(0, 2, 1, 3)
+    return out
+
+
+@njit(inline="always", cache=True)
+def _transform_input(x_flat, at, row, pixel, channels, v, v_at, pos_step):
+    """V[pos] at v_at + pos * pos_step = (B^T d B)[pos] for the 4x4 tile of x at `at` (row and
+    pixel strides in floats), 8 channels at a time."""
+    for c in range(0, channels, 8):
+        d00 = load8(x_flat, at + c)
+        d01 = load8(x_flat, at + pixel + c)
+        d02 = load8(x_flat, at + 2 * pixel + c)
+        d03 = load8(x_flat, at + 3 * pixel + c)
+        r = at + row
+        d10, d11 = load8(x_flat, r + c), load8(x_flat, r + pixel + c)
+        d12, d13 = load8(x_flat, r + 2 * pixel + c), load8(x_flat, r + 3 * pixel + c)
+        r += row
+        d20, d21 = load8(x_flat, r + c), load8(x_flat, r + pixel + c)
+        d22, d23 = load8(x_flat, r + 2 * pixel + c), load8(x_flat, r + 3 * pixel + c)
+        r += row
+        d30, d31 = load8(x_flat, r + c), load8(x_flat, r + pixel + c)
+        d32, d33 = load8(x_flat, r + 2 * pixel + c), load8(x_flat, r + 3 * pixel + c)
+        # B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3
+        a0, a1, a2, a3 = sub8(d00, d20), sub8(d01, d21), sub8(d02, d22), sub8(d03, d23)
+        b0, b1, b2, b3 = add8(d10, d20), add8(d11, d21), add8(d12, d22), add8(d13, d23)
+        e0, e1, e2, e3 = sub8(d20, d10), sub8(d21, d11), sub8(d22, d12), sub8(d23, d13)
+        f0, f1, f2, f3 = sub8(d10, d30), sub8(d11, d31), sub8(d12, d32), sub8(d13, d33)
+        # ... then B on the right: the columns the same way.
+        q = v_at + c
+        _store_row(v, q, pos_step, a0, a1, a2, a3)
+        _store_row(v, q + 4 * pos_step, pos_step, b0, b1, b2, b3)
+        _store_row(v, q + 8 * pos_step, pos_step, e0, e1, e2, e3)
+        _store_row(v, q + 12 * pos_step, pos_step, f0, f1, f2, f3)
+
+
+@njit(inline="always", cache=True)
+def _store_row(v, at, pos_step, r0, r1, r2, r3):
+    """One row of B^T d times B: positions r0 - r2, r1 + r2, r2 - r1, r1 - r3."""
+    store8(v, at, sub8(r0, r2))
+    store8(v, at + pos_step, add8(r1, r2))
+    store8(v, at + 2 * pos_step, sub8(r2, r1))
+    store8(v, at + 3 * pos_step, sub8(r1, r3))
+
+
+@njit(parallel=True, cache=True)
+def conv_winograd(x, u, bias, act, out, residual, residual_act, job_tiles, scratch):
+    """x (N, H + 2 + H % 2, W + 2 + W % 2, C) zero-padded (one more row/column where H or W is
+    odd, so every tile reads 4 x 4); u from pack_weights; out (N, H, W, F) =
+    act(conv + bias), then residual_act(that + residual) where residual_act >= 0. scratch:
+    (threads, scratch_floats(job_tiles, C)), a row per worker thread (numba.get_thread_id):
+    allocated once per call, not per job (a job's V of 0.5-2 MB, mapped and unmapped per job,
+    faulted its pages in every time)."""
+    n_images, x_h, x_w, channels = x.shape
+    _, out_h, out_w, filters = out.shape
+    _, panels, _, _ = u.shape
+    x_flat, u_flat = x.reshape(-1), u.reshape(-1)
+    tiles_x = (out_w + 1) // 2
+    per_image = (out_h + 1) // 2 * tiles_x
+    total = n_images * per_image
+    row, pixel = x_w * channels, channels
+    panel_floats = channels * TILE_M
+    for job in prange((total + job_tiles - 1) // job_tiles):
+        first = job * job_tiles
+        tiles = min(job_tiles, total - first)
+        # One line off a multiple of 4 KB between positions (16 store streams in one L1 set
+        # made the lane kernel's transform 2-4x slower).
+        pos_step = tiles * channels + 16
+        mine = scratch[numba.get_thread_id()]
+        v = mine[: 16 * pos_step]
+        m = mine[16 * (job_tiles * channels + 16) :]
+        for t in range(tiles):
+            n, within = (first + t) // per_image, (first + t) % per_image
+            at = ((n * x_h + 2 * (within // tiles_x)) * x_w + 2 * (within % tiles_x)) * channels
+            _transform_input(x_flat, at, row, pixel, channels, v, t * channels, pos_step)
+        last = tiles - 1
+        for panel in range(panels):
+            for pos in range(16):
+                w_at = (pos * panels + panel) * panel_floats
+                for t in range(0, tiles, TILE_P):
+                    s0 = pos * pos_step + t * channels
+                    s1 = pos * pos_step + min(t + 1, last) * channels
+                    s2 = pos * pos_step + min(t + 2, last) * channels
+                    s3 = pos * pos_step + min(t + 3, last) * channels
+                    s4 = pos * pos_step + min(t + 4, last) * channels
+                    s5 = pos * pos_step + min(t + 5, last) * channels
+                    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = splat8(0.0)
+                    for c in range(channels):
+                        w0 = load8(u_flat, w_at + c * TILE_M)
+                        w1 = load8(u_flat, w_at + c * TILE_M + 8)
+                        xv = broadcast8(v, s0 + c)
+                        c00, c01 = fma8(xv, w0, c00), fma8(xv, w1, c01)
+                        xv = broadcast8(v, s1 + c)
+                        c10, c11 = fma8(xv, w0, c10), fma8(xv, w1, c11)
+                        xv = broadcast8(v, s2 + c)
+                        c20, c21 = fma8(xv, w0, c20), fma8(xv, w1, c21)
+                        xv = broadcast8(v, s3 + c)
+                        c30, c31 = fma8(xv, w0, c30), fma8(xv, w1, c31)
+                        xv = broadcast8(v, s4 + c)
+                        c40, c41 = fma8(xv, w0, c40), fma8(xv, w1, c41)
+                        xv = broadcast8(v, s5 + c)
+                        c50, c51 = fma8(xv, w0, c50), fma8(xv, w1, c51)
+                    _store_m(m, t, pos, c00, c01)
+                    if t + 1 <= last:
+                        _store_m(m, t + 1, pos, c10, c11)
+                    if t + 2 <= last:
+                        _store_m(m, t + 2, pos, c20, c21)
+                    if t + 3 <= last:
+                        _store_m(m, t + 3, pos, c30, c31)
+                    if t + 4 <= last:
+                        _store_m(m, t + 4, pos, c40, c41)
+                    if t + 5 <= last:
+                        _store_m(m, t + 5, pos, c50, c51)
+            _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias, act, out, residual,
+                              residual_act)
+
+
+@njit(inline="always", cache=True)
+def _store_m(m, t, pos, a, b):
+    at = (t * 16 + pos) * TILE_M
+    store8(m, at, a)
+    store8(m, at + 8, b)
+
+
+@njit(inline="always", cache=True)
+def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias, act, out, residual,
+                      residual_act):
+    """Y = A^T M A for each tile's 16 filters of `panel`, then bias, activation, residual."""
+    o = panel * TILE_M
+    count = min(TILE_M, filters - o)
+    for t in range(tiles):
+        n, within = (first + t) // per_image, (first + t) % per_image
+        oy, ox = 2 * (within // tiles_x), 2 * (within % tiles_x)
+        for half in range(0, TILE_M, 8):
+            at = t * 16 * TILE_M + half
+            step = TILE_M  # from position to position
+            m00, m01, m02, m03 = _four(m, at, step)
+            m10, m11, m12, m13 = _four(m, at + 4 * step, step)
+            m20, m21, m22, m23 = _four(m, at + 8 * step, step)
+            m30, m31, m32, m33 = _four(m, at + 12 * step, step)
+            s0, s1 = add8(add8(m00, m10), m20), add8(add8(m01, m11), m21)
+            s2, s3 = add8(add8(m02, m12), m22), add8(add8(m03, m13), m23)
+            d0, d1 = sub8(sub8(m10, m20), m30), sub8(sub8(m11, m21), m31)
+            d2, d3 = sub8(sub8(m12, m22), m32), sub8(sub8(m13, m23), m33)
+            f0 = o + half
+            finish = (count, filters, bias, act, residual, residual_act)
+            _store_pixel(out, n, oy, ox, f0, add8(add8(s0, s1), s2), finish)
+            _store_pixel(out, n, oy, ox + 1, f0, sub8(sub8(s1, s2), s3), finish)
+            _store_pixel(out, n, oy + 1, ox, f0, add8(add8(d0, d1), d2), finish)
+            _store_pixel(out, n, oy + 1, ox + 1, f0, sub8(sub8(d1, d2), d3), finish)
+
+
+@njit(inline="always", cache=True)
+def _four(m, at, step):
+    return load8(m, at), load8(m, at + step), load8(m, at + 2 * step), load8(m, at + 3 * step)
+
+
+@njit(inline="always", cache=True)
+def _store_pixel(out, n, y, x, first, sums, finish):
+    """Filters first .. first + 7 of pixel (y, x), if the pixel is inside the output: bias,
+    activation and the residual applied (finish: count, filters, bias, act, residual,
+    residual_act)."""
+    count, filters, bias, act, residual, residual_act = finish
+    _, out_h, out_w, _ = out.shape
+    if y >= out_h or x >= out_w:
+        return
+    target = out[n, y, x]
+    if count == TILE_M:
+        value = activate8(add8(sums, load8(bias, first)), act)
+        if residual_act >= 0:
+            value = activate8(add8(value, load8(residual[n, y, x], first)), residual_act)
+        store8(target, first, value)
+        return
+    for j in range(8):
+        f = first + j
+        if f < filters:
+            value = activate_scalar(lane8(sums, j) + bias[f], act)
+            if residual_act >= 0:
+                value = activate_scalar(value + residual[n, y, x, f], residual_act)
+            target[f] = value
+
+
+def conv2d_winograd(
+    x: np.ndarray, u: np.ndarray, bias: np.ndarray, filters: int, act: int,
+    residual: np.ndarray | None = None, residual_act: int = -1, out: np.ndarray | None = None,
+) -> np.ndarray:
+    """x (N, H, W, C), u from pack_weights -> act(conv3x3(x) + bias) (N, H, W, filters), and
+    residual_act(that + residual) where a residual is given."""
+    n_images, height, width, channels = x.shape
+    padded = np.zeros((n_images, height + 2 + height % 2, width + 2 + width % 2, channels), dtype=np.float32)
+    padded[:, 1 : height + 1, 1 : width + 1] = x
+    out = output_array((n_images, height, width, filters), out)
+    if residual is None:
+        residual, residual_act = out, -1
+    floats = 16 * (JOB_TILES * channels + 16) + JOB_TILES * 16 * TILE_M  # V, then M
+    scratch = aligned_empty(numba.config.NUMBA_NUM_THREADS * floats).reshape(-1, floats)
+    conv_winograd(padded, u, bias, act, out, residual, residual_act, JOB_TILES, scratch)
+    return out
+
