@@ -129,7 +129,7 @@ def test_cuda_check_runs_its_rows_on_cudasim(cudasim, monkeypatch, tmp_path):
     assert len(networks) == 2 and all(row.rstrip().endswith("yes") for row in networks)
 
 
-@pytest.mark.parametrize("tool", ["forward", "layers", "scaling", "nets"])
+@pytest.mark.parametrize("tool", ["forward", "layers", "scaling", "nets", "train"])
 def test_bench_tools_say_a_bad_cfg_in_one_line(tool):
     import subprocess
     import sys
@@ -163,3 +163,25 @@ def test_ab_says_a_bad_revision_or_cfg_in_one_line(revision, cfg, says):
     assert done.returncode == 2 and last.startswith(says) and "Traceback" not in done.stderr
     worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=repo).stdout
     assert "kern-ab-" not in worktrees  # removed again
+
+
+def test_train_benchmark_measures_both_peers_and_the_layers(tmp_path):
+    """bench.train's worker on a small network: a step time, a peak, each layer's forward and
+    backward, for kern and PyTorch (the same network, batch and threads)."""
+    from bench.train import measure
+    from nets.weights import fresh_weights, write_weights
+
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(
+        "[net]\nbatch=4\nheight=12\nwidth=12\nchannels=3\nlearning_rate=0.1\n"
+        "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"
+        "[maxpool]\nsize=2\nstride=2\n[dropout]\nprobability=.5\n"
+        "[convolutional]\nfilters=5\nsize=1\nactivation=linear\n[avgpool]\n[softmax]\n"
+    )
+    weights = tmp_path / "start.weights"
+    spec = nets.load_spec(cfg)
+    write_weights(weights, spec.layers, fresh_weights(spec.layers, 0))
+    for peer in ("kern", "torch"):
+        result = measure(peer, str(cfg), str(weights), batch=6, threads=1, repeat=2, layers=True)
+        assert result["seconds"] > 0 and result["peak_mb"] > 0
+        assert np.array(result["layers"]).shape == (len(spec.layers), 2)

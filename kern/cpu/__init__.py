@@ -33,12 +33,18 @@ from kern.params import activation_code, fold_batchnorm, maxpool_output_size
 # search, before its first parallel launch.
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-# OpenMP's threads spin between parallel regions by default: on a machine that other work
-# shares, they take the cores that work needs, and each region waits for the slowest thread.
-# Measured on 2 AMD EPYC cores while another process kept one busy (python -m bench.forward
-# darknet19 --threads 2 --repeat 9, alternating): 169-182 ms spinning, 112-132 ms sleeping.
-# So sleep (passive) unless the user chose; read by libgomp when Numba first loads it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's threads spin between parallel regions (300,000 spins by default), then sleep. On a
+# machine that other work shares, spinning takes the cores that work needs, and each region
+# waits for the slowest thread; but a thread that sleeps at once is slow to wake for the next
+# region, and training runs hundreds of short ones per step. Measured on 2 AMD EPYC Zen 4 cores
+# (docs/benchmarks.md, "Threads on a shared machine"), interleaved: a cifar_small training step
+# at 2 threads, sleeping at once (OMP_WAIT_POLICY=PASSIVE) 68-101 ms, median 97, against 61-78
+# (median 66) spinning 30,000 first, 5 of 5 rounds; darknet19 inference 2 threads 73-83 ms
+# against 60-76, and with a busy loop on each core 143-161 against 155-165 (both well within
+# 1.5x one thread's time under the same load; always spinning: 219). So: a short spin, unless
+# the user chose (read by libgomp when Numba first loads it).
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 
 def _check_window(size: int, stride: int, padding: int) -> None:
