@@ -85,7 +85,7 @@ class TorchTrainer:
         loss = F.cross_entropy(self.forward(images), labels, reduction="sum")
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     def layer_seconds(self, images: torch.Tensor, repeat: int) -> list[list[float]]:
         """Each layer alone on its real input: median forward seconds, and median seconds of

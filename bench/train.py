@@ -4,7 +4,8 @@
 
 Each peer trains the same cfg from the same initial weights on random images, in its own
 process (its peak memory, VmHWM, is its own): images/s of one training step (forward,
-backward and the SGD update) as the median of --repeat steps after a warm-up; with --rounds
+backward and the SGD update) as the median of --repeat steps after a warm-up, and each
+peer's time over kern's (peer/kern: above 1, kern is faster); with --rounds
 N the peers take turns N times and keep their medians (a shared machine's busy spells fall on
 both). --layers adds `caffe time`'s view: per layer, forward and backward milliseconds,
 kern's as measured inside its step, PyTorch's for each layer alone (autograd.grad).
@@ -146,7 +147,7 @@ def main() -> None:
     name = Path(cfg).stem
     print(f"# {name}, batch {args.batch}, {cpu_name()}; median of {args.repeat} steps after a warm-up"
           + (f", median of {args.rounds} rounds in turn" if args.rounds > 1 else ""))
-    print(f"{'threads':>7} {'peer':<6} {'ms/step':>9} {'images/s':>9} {'peak MB':>8} {'kern/peer':>9}")
+    print(f"{'threads':>7} {'peer':<6} {'ms/step':>9} {'images/s':>9} {'peak MB':>8} {'peer/kern':>9}")
     progress = Progress(len(threads) * len(peers) * args.rounds)
     with tempfile.TemporaryDirectory() as folder:
         weights = str(Path(folder) / "start.weights")

@@ -21,6 +21,12 @@ COMPILE_NOTICE = (
     "compiling this network's kernels (first run only: 10-40 s on 2 cores; "
     "later runs load them from Numba's cache in about a second)..."
 )
+# The training kernels too (nets.train's first batch), cold cache: 67-70 s for cifar_small and
+# cifar on 2 AMD EPYC Zen 4 cores (docs/training.md).
+TRAIN_COMPILE_NOTICE = (
+    "compiling the training kernels (first run only: about 70 s on 2 cores; "
+    "later runs load them from Numba's cache in about a second)..."
+)
 SLOW_NOTICES = {
     "cpu": COMPILE_NOTICE,
     "ref": "the NumPy reference backend runs the plain loops: seconds per image...",

@@ -22,13 +22,14 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
 import nets
 from kern.errors import KernError
-from nets.cli import COMPILE_NOTICE, ArgumentParser, notice_if_slow, run
+from nets.cli import TRAIN_COMPILE_NOTICE, ArgumentParser, notice_if_slow, run
 from nets.loader import Loader, read_training_set
 from nets.training import TrainingNetwork, stream
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Loaded: {time.perf_counter() - clock:f} seconds")
             clock = time.perf_counter()
             compiling = net.seen == first_seen and args.backend == "cpu"
-            with notice_if_slow(COMPILE_NOTICE if compiling else "", 3.0):
+            with notice_if_slow(TRAIN_COMPILE_NOTICE, 3.0) if compiling else nullcontext():
                 loss = net.train_batch(images, classes)
             avg_loss = loss if avg_loss == -1 else float(np.float32(avg_loss * 0.9 + loss * 0.1))
             seconds = time.perf_counter() - clock
