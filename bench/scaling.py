@@ -33,6 +33,7 @@ import numpy as np
 import nets
 from bench.layers import layer_runs
 from bench.progress import Progress
+from kern.timing import busy_warning
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -99,6 +100,8 @@ def main() -> None:
     if not all(1 <= threads <= cores for threads in counts):
         parser.error(f"--threads {args.threads}: expected counts in 1..{cores} on this machine")
     spec = nets.load_spec(args.cfg)
+    if warning := busy_warning():
+        print(warning)
     totals, layers_by_t = measure(args.cfg, counts, args.batch, args.repeat, args.rounds)
     print(f"# {Path(args.cfg).stem}, batch {args.batch}, {spec.flops * args.batch / 1e9:.2f} GFLOP; "
           f"Numba threading layer: {numba.threading_layer()}; {cores} cores available")

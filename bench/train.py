@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,20 +28,10 @@ import numpy as np
 
 from bench.nets import own_peak_mb
 from bench.progress import Progress
+from kern.timing import busy_warning, cpu_name
 
 PEERS = ("kern", "torch")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu_name() -> str:
-    """The host's CPU model (what every figure must name)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(peer: str, cfg: str, weights: str, batch: int, threads: int, repeat: int, layers: bool) -> dict:
@@ -147,6 +136,8 @@ def main() -> None:
     name = Path(cfg).stem
     print(f"# {name}, batch {args.batch}, {cpu_name()}; median of {args.repeat} steps after a warm-up"
           + (f", median of {args.rounds} rounds in turn" if args.rounds > 1 else ""))
+    if warning := busy_warning():
+        print(warning)
     print(f"{'threads':>7} {'peer':<6} {'ms/step':>9} {'images/s':>9} {'peak MB':>8} {'peer/kern':>9}")
     progress = Progress(len(threads) * len(peers) * args.rounds)
     with tempfile.TemporaryDirectory() as folder:

@@ -89,12 +89,11 @@ def _load_training(
         seen = 0 if clear else read_seen(weights)
     labels = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else None
     inference = make_backend(backend, threads=threads, dtype=dtype)
-    channels, height, width = spec.input_shape
-    net = TrainingNetwork(
-        spec, sections, values, ops, solver, seen=seen, seed=seed, inference_backend=inference, labels=labels
+    _, height, width = spec.input_shape
+    return TrainingNetwork(
+        spec, sections, values, ops, solver, seen=seen, seed=seed, inference_backend=inference, labels=labels,
+        augmentation=read_augmentation(sections[0], width, height),
     )
-    net.augmentation = read_augmentation(sections[0], width, height)
-    return net
 
 
 def make_training_backend(

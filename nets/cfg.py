@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kern.errors import KernError
+from nets.data import nearest_cfgs
 from nets.files import MB, quote, read_text
 
 CFG_LIMIT = 16 * MB  # the largest shipped cfg is 20 KB
@@ -104,10 +105,17 @@ class Section:
 def parse_cfg(path: str | Path) -> list[Section]:
     """Read a cfg file into sections, in order; the first must be [net] (or [network])."""
     path = str(path)
+    if path.endswith(".data"):
+        raise KernError(
+            f"{path}: a Darknet .data file where a cfg was expected (Darknet's order, DATA CFG WEIGHTS, is "
+            "nets.train's; nets.predict takes it as --data, nets.valid as its SOURCE)"
+        )
     try:
         text = read_text(path, "cfg", CFG_LIMIT)
     except KernError as error:
-        hint = "a cfg path, or a shipped cfg's name: python -m nets.predict --list"
+        nearest = nearest_cfgs(path) if not Path(path).exists() else []
+        guess = f"did you mean {' or '.join(nearest)}? " if nearest else ""
+        hint = f"{guess}a cfg path, or a shipped cfg's name: python -m nets.predict --list"
         raise KernError(f"{error} ({hint})") from None
     lines = text.splitlines()
     sections: list[Section] = []

@@ -16,9 +16,10 @@ import numpy as np
 from kern import DISTRIBUTION, __version__
 from kern.errors import KernError
 
-# What a first run waits for, measured on 2 cores (docs/benchmarks.md, "Start-up").
+# What a first run waits for, measured on 2 cores (docs/benchmarks.md, "Start-up"): tiny 12-23 s
+# (AMD EPYC Zen 4 and Zen 3, checkout or wheel), every CPU kernel about 31 s.
 COMPILE_NOTICE = (
-    "compiling this network's kernels (first run only: 10-40 s on 2 cores; "
+    "compiling this network's kernels (first run only: 12-30 s on 2 cores; "
     "later runs load them from Numba's cache in about a second)..."
 )
 # The training kernels too (nets.train's first batch), cold cache: 67-70 s for cifar_small and
@@ -68,6 +69,8 @@ class ArgumentParser(argparse.ArgumentParser):
         )
 
     def error(self, message: str) -> NoReturn:
+        if "--gpu" in message:  # Darknet's option
+            message += "; kern picks the GPU with --backend cuda"
         print(f"{self.prog}: {one_line(message, 300)} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 

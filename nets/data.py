@@ -8,6 +8,7 @@ resolve like Darknet's (relative to the working directory), then among the shipp
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from kern.errors import KernError
@@ -41,17 +42,34 @@ def shipped_cfgs() -> list[Path]:
     return sorted(CFG_DIR.glob("*.cfg"))
 
 
+def _plain(name: str) -> str:
+    """A cfg name as people spell it: any case, with or without - and _ ("VGG16", "vgg-16")."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
 def find_cfg(name: str | Path) -> Path:
     """A cfg path as given if it exists, else a shipped cfg by its short name ("darknet19",
-    "darknet19.cfg" or "cfg/darknet19.cfg" from any folder); else the path as given, for the
-    reader to report."""
+    "darknet19.cfg" or "cfg/darknet19.cfg" from any folder; "Tiny", "vgg16" and "darknet-19"
+    find tiny, vgg-16 and darknet19); else the path as given, for the reader to report."""
     path = Path(name)
     if path.exists():
         return path
-    shipped = CFG_DIR / (path.name if path.suffix == ".cfg" else path.name + ".cfg")
-    if path.parent in (Path("."), Path("cfg")) and shipped.is_file():
-        return shipped
+    stem = path.stem if path.suffix == ".cfg" else path.name
+    shipped = CFG_DIR / f"{stem}.cfg"
+    if path.parent in (Path("."), Path("cfg")):
+        if shipped.is_file():
+            return shipped
+        alike = [cfg for cfg in shipped_cfgs() if _plain(cfg.stem) == _plain(stem)]
+        if len(alike) == 1:
+            return alike[0]
     return path
+
+
+def nearest_cfgs(name: str | Path) -> list[str]:
+    """Shipped cfg names close to a name that found none (for "did you mean ...?")."""
+    names = {_plain(cfg.stem): cfg.stem for cfg in shipped_cfgs()}
+    close = difflib.get_close_matches(_plain(Path(name).stem), list(names), n=3, cutoff=0.6)
+    return [names[match] for match in close]
 
 
 def read_data_file(path: str | Path) -> dict[str, str]:

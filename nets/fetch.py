@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from kern.errors import KernError
-from nets.data import WEIGHTS_DIR
+from nets.data import WEIGHTS_DIR, find_cfg
 from nets.layers import Layer
 from nets.weights import Header, expected_bytes
 
@@ -35,6 +35,16 @@ def candidates(cfg: Path, cache: Path) -> list[Path]:
 
 def find_weights(cfg: Path, cache: Path) -> Path | None:
     return next((p for p in candidates(cfg, cache) if p.is_file()), None)
+
+
+def named_weights(given: str) -> Path | None:
+    """Weights given by a name rather than a path ("tiny", "tiny.weights"): where predict
+    finds that cfg's weights; None if `given` is a file or names none found."""
+    path = Path(given)
+    if path.exists() or path.parent != Path("."):
+        return None
+    cfg = find_cfg(path.stem if path.suffix == ".weights" else path.name)
+    return find_weights(cfg, cache_dir()) if cfg.is_file() else None
 
 
 def locate_weights(

@@ -78,3 +78,15 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: 
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str) -> None:
+    """Fail now, not after the whole run, if the --json file cannot be written."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise KernError(f"cannot write {path}: it is a directory")
+    if not folder.is_dir():
+        raise KernError(f"cannot write {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise KernError(f"cannot write {path}: permission denied")

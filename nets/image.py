@@ -37,6 +37,8 @@ def decode_rgb8(path: str | Path) -> np.ndarray:
     Any failure to decode is one KernError: image files come from anywhere, and Pillow's
     plugins raise many kinds of exceptions on corrupt ones. Images over MAX_PIXELS are refused
     before they are decoded, and Pillow's warnings (corrupt EXIF, ...) are not shown."""
+    if str(path).startswith(("http://", "https://", "ftp://")):
+        raise KernError(f"{path}: kern reads image files and fetches no URLs: download it first")
     if not os.path.lexists(path):
         raise KernError(f"{path}: no such image file")
     regular_file_size(path, "image")  # a directory or a FIFO is not opened
@@ -132,3 +134,20 @@ PREPROCESS = {
     "crop": center_crop,
     "resize": resize_image,
 }
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def images_under(folder: Path) -> list[str]:
+    """Image files below a folder, sorted; symlinked folders followed, each real folder once
+    (a link back up the tree does not loop)."""
+    found, seen = [], set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        found += [os.path.join(root, name) for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)

@@ -116,6 +116,21 @@ def check_memory(spec: NetworkSpec, batch: int = 1) -> None:
         )
 
 
+PIXEL_LIMIT = 16.0  # far above [0, 1], far below 0-255 pixels
+
+
+def check_range(images: np.ndarray, where: str) -> None:
+    """Darknet's networks take pixels scaled to [0, 1] (value / 255): refuse what looks like
+    0-255 pixels, which would run and give nonsense."""
+    if images.size and np.issubdtype(images.dtype, np.number):
+        largest = float(np.abs(images).max())
+        if largest > PIXEL_LIMIT:
+            raise KernError(
+                f"{where}: images hold values up to {largest:g}: expected pixels scaled to [0, 1] "
+                "(value / 255, as nets.image.load_image gives them)"
+            )
+
+
 def _positive(section: Section, key: str, default: int) -> int:
     value = section.integer(key, default)
     if value < 1:
@@ -224,6 +239,7 @@ class Network:
                 f"{self.spec.cfg_path}: expected images of shape (N, {expected.replace('x', ', ')}), "
                 f"got {images.shape}"
             )
+        check_range(images, self.spec.cfg_path)
         if self.memory is not None and until is None:  # copied straight into the arena
             return self.backend.to_numpy(self._run_planned(images, layer_seconds, from_host=True))
         return self.backend.to_numpy(self.run(self.backend.asarray(images), until, layer_seconds))

@@ -9,6 +9,7 @@ name of a shipped cfg (`--list` shows them). With a cfg but no image it asks
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ from kern.backend import BACKENDS
 from kern.errors import KernError
 from nets import cli, fetch
 from nets.data import CFG_DIR, DEFAULT_DATA, SAMPLE_IMAGE, data_top, find_cfg, load_names, shipped_cfgs
-from nets.image import PREPROCESS, load_image
+from nets.files import check_writable
+from nets.image import IMAGE_SUFFIXES, PREPROCESS, images_under, load_image
 from nets.network import Network, NetworkSpec, check_memory
 from nets.weights import expected_bytes, random_weights, read_weights
 
@@ -55,7 +57,18 @@ def parse_args(argv: list[str] | None):
         "--random-weights", type=int, nargs="?", const=0, metavar="SEED",
         help="seeded random weights (timing and teaching; predictions mean nothing)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no layer table")
+    parser.add_argument(
+        "--quiet", action="store_true", help="nothing on stderr but errors (no table, loading or timing lines)"
+    )
+    parser.add_argument(
+        "--features", type=int, metavar="N",
+        help="write layer N's output for every image (NCHW, stacked) to --out instead of classes",
+    )
+    parser.add_argument("--out", help="the .npy file --features writes")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="one JSON object per image on stdout: its path, the top classes and their probabilities",
+    )
     parser.add_argument(
         "--list", action="store_true",
         help="list the shipped cfgs (input, BFLOPs, weights size, whether the weights are here) and exit",
@@ -63,6 +76,8 @@ def parse_args(argv: list[str] | None):
     args = parser.parse_intermixed_args(argv)  # options may come before, between or after paths
     if args.top is not None and not 1 <= args.top < 1 << 31:
         parser.error(f"--top {args.top}: expected a positive number")
+    if (args.features is None) != (args.out is None):
+        parser.error("--features N and --out FILE.npy go together")
     if args.random_weights is not None and not 0 <= args.random_weights < 1 << 64:
         parser.error(f"--random-weights {args.random_weights}: expected a seed from 0 to 2^64 - 1")
     return args
@@ -98,26 +113,36 @@ def list_cfgs() -> str:
     return "\n".join(lines)
 
 
+def say_on_stderr(quiet: bool):
+    """print() to stderr, flushed; nothing with --quiet."""
+
+    def say(*text: str, end: str = "\n") -> None:
+        if not quiet:
+            print(*text, end=end, file=sys.stderr, flush=True)
+
+    return say
+
+
 def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]) -> Network:
     cfg = Path(spec.cfg_path)
     check_memory(spec)
     backend = nets.make_backend(args.backend, threads=args.threads)  # fail fast if unavailable
-    if not args.quiet:
-        print(spec.table(), file=sys.stderr)
+    say = say_on_stderr(args.quiet)
+    say(spec.table())
     if args.random_weights is not None:
-        print(f"Random weights, seed {args.random_weights}...", end="", file=sys.stderr, flush=True)
+        say(f"Random weights, seed {args.random_weights}...", end="")
         values = random_weights(spec.layers, args.random_weights)
-        print("Done!", file=sys.stderr)
+        say("Done!")
     else:
         if weights is None:
             weights = fetch.locate_weights(cfg, spec.layers, args.download, args.weights_url)
-        print(f"Loading weights from {weights}...", end="", file=sys.stderr, flush=True)
+        say(f"Loading weights from {weights}...", end="")
         try:
             values = read_weights(weights, spec.layers)
         except KernError:
-            print(file=sys.stderr)  # the error goes on a line of its own
+            say()  # the error goes on a line of its own
             raise
-        print("Done!", file=sys.stderr)
+        say("Done!")
     with cli.notice_if_slow(cli.slow_notice(args.backend)):
         net = Network(spec, values, backend, names)
         if args.backend in cli.WARMED_UP:
@@ -125,10 +150,14 @@ def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]
     return net
 
 
-def predict_one(net: Network, path: str, top: int, args) -> None:
+def predict_one(net: Network, path: str, top: int, args, features: list | None = None) -> None:
     image = load_image(path)
     _, height, width = net.input_shape
     x = PREPROCESS[args.preprocess](image, width, height)
+    if features is not None:
+        features.append(net.forward(x[None], until=args.features)[0])
+        say_on_stderr(args.quiet)(f"{path}: features of layer {args.features}, {features[-1].shape}")
+        return
     start = time.perf_counter()
     scores = net.predict(x[None])[0]
     elapsed = time.perf_counter() - start
@@ -136,24 +165,55 @@ def predict_one(net: Network, path: str, top: int, args) -> None:
         raise KernError(
             f"{path}: the network's output is not finite (NaN or inf): weights or options too large for float32"
         )
-    print(f"{path}: Predicted in {elapsed:f} seconds.", file=sys.stderr)
+    say_on_stderr(args.quiet)(f"{path}: Predicted in {elapsed:f} seconds.")
+    ranked = net.top_k(scores, top)
+    if args.json:
+        classes = [{"index": i, "label": net.labels[i], "probability": score} for i, score in ranked]
+        record = {"path": path, "seconds": elapsed, "top": classes}
+        if args.random_weights is not None:
+            record["random_weights_seed"] = args.random_weights
+        print(json.dumps(record), flush=True)
+        return
     if args.random_weights is not None:
         print(f"(random weights, seed {args.random_weights}: not a real prediction)")
-    for index, score in net.top_k(scores, top):
+    for index, score in ranked:
         print("%5.2f%%: %s" % (score * 100, net.labels[index]))
     sys.stdout.flush()
 
 
 def ask_paths():
-    """Darknet's prompt loop; ends on end of input."""
+    """Darknet's prompt loop; ends on end of input. The prompt goes to stdout only when a person
+    types the paths (stdin a terminal), else to stderr: piped paths leave stdout the results'."""
+    prompt = sys.stdout if sys.stdin.isatty() else sys.stderr
     while True:
-        print("Enter Image Path: ", end="", flush=True)
+        print("Enter Image Path: ", end="", flush=True, file=prompt)
         line = sys.stdin.readline()
         if not line:
-            print()
+            print(file=prompt)
             return
         if line.strip():
-            yield line.strip()
+            yield unquoted(line.strip())
+
+
+def unquoted(path: str) -> str:
+    """A path as a terminal's drag and drop pastes it, in quotes ('data/eagle.jpg'): unquoted."""
+    if len(path) >= 2 and path[0] == path[-1] and path[0] in "'\"":
+        return path[1:-1]
+    return path
+
+
+def expand_folders(paths: list[str]) -> list[str]:
+    """Image paths, each folder replaced by the images below it (sorted), as nets.valid reads them."""
+    out: list[str] = []
+    for path in paths:
+        if not Path(path).is_dir():
+            out.append(path)
+        elif not (found := images_under(Path(path))):
+            kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise KernError(f"{path}: a folder with no images in it (looked for {kinds})")
+        else:
+            out.extend(found)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,15 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     spec = nets.load_spec(cfg)
     names = load_names(args.data, spec.outputs)
     top = args.top or data_top(args.data)
+    if args.features is not None:
+        if not 0 <= args.features < len(spec.layers):
+            raise KernError(f"--features {args.features}: {spec.cfg_path} has layers 0..{len(spec.layers) - 1}")
+        check_writable(args.out)
     net = load_network(args, spec, weights, names)
+    features: list | None = [] if args.features is not None else None
     failed = 0
     try:
-        for number, path in enumerate(images or ask_paths()):
+        for number, path in enumerate(expand_folders(images) if images else ask_paths()):
             # Simulated and reference backends have no warm-up: say why the first image takes long.
             slow = number == 0 and args.backend not in cli.WARMED_UP
             try:
                 with cli.notice_if_slow(cli.slow_notice(args.backend)) if slow else contextlib.nullcontext():
-                    predict_one(net, path, top, args)
+                    predict_one(net, path, top, args, features)
             except KernError as error:  # one bad image (or a typo at the prompt) stops nothing
                 print(f"error: {cli.one_line(str(error))}", file=sys.stderr)
                 failed += 1
@@ -181,8 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         if images:
             raise
         print()
+    if features:
+        np.save(args.out, np.stack(features))
+        say_on_stderr(args.quiet)(f"wrote {len(features)} images' features to {args.out}")
     return 2 if failed and images else 0  # at the prompt, a typo is part of the conversation
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     sys.exit(cli.run(main))
+
+
+if __name__ == "__main__":
+    entry()

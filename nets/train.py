@@ -168,5 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    entry()

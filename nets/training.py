@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from kern.errors import KernError
+from nets.augment import Augmentation
 from nets.files import write_atomically
-from nets.network import Network, NetworkSpec
+from nets.network import Network, NetworkSpec, check_range
 from nets.solver import Solver
 from nets.train_layers import Gradients, Pass, TrainSoftmax, trainable_layers
 from nets.weights import Header, write_weights
@@ -46,7 +47,7 @@ class TrainingNetwork:
     def __init__(
         self, spec: NetworkSpec, sections: list, values: list[dict[str, np.ndarray]], ops: Any,
         solver: Solver, *, seen: int = 0, seed: int = 0, inference_backend: Any = None,
-        labels: list[str] | None = None,
+        labels: list[str] | None = None, augmentation: Augmentation | None = None,
     ) -> None:
         self.spec = spec
         self.ops = ops
@@ -55,6 +56,7 @@ class TrainingNetwork:
         self.seen = seen
         self.seed = seed
         self.labels = labels
+        self.augmentation = augmentation  # the cfg's [net] augmentation, for nets.train's loader
         self._inference_backend = inference_backend
         self._inference: tuple[int, Network] | None = None  # (seen, network) for predict
 
@@ -146,6 +148,7 @@ class TrainingNetwork:
         if labels.shape != (self.batch,) or not np.issubdtype(labels.dtype, np.integer):
             raise KernError(f"{self.spec.cfg_path}: expected {self.batch} integer labels, "
                             f"got {labels.dtype} {labels.shape}")
+        check_range(images, self.spec.cfg_path)
         if labels.size and (labels.min() < 0 or labels.max() >= self.classes):
             raise KernError(f"{self.spec.cfg_path}: labels must be class indices 0..{self.classes - 1}")
         return np.ascontiguousarray(images, dtype=np.float32), labels.astype(np.int64)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
-import os
 import signal
 import sys
 import time
@@ -28,12 +27,11 @@ from tqdm import tqdm
 
 from kern.backend import BACKENDS
 from kern.errors import KernError
-from nets import cli
+from nets import cli, fetch
 from nets.data import DEFAULT_DATA, DEFAULT_LABELS, load_names, read_data_file, read_lines, resolve
-from nets.image import PREPROCESS, load_image, resize_image
+from nets.files import check_writable
+from nets.image import PREPROCESS, images_under, load_image, resize_image
 from nets.network import check_memory
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -59,20 +57,6 @@ def read_source(source: str, labels: str | None) -> Source:
 
 def _list_file(path: str) -> list[str]:
     return [line for line in read_lines(path, "image list") if line]
-
-
-def images_under(folder: Path) -> list[str]:
-    """Image files below a folder, sorted; symlinked folders followed, each real folder once
-    (a link back up the tree does not loop)."""
-    found, seen = [], set()
-    for root, folders, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            folders.clear()
-            continue
-        seen.add(real)
-        found += [os.path.join(root, name) for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(found)
 
 
 def true_class(path: str, labels: list[str]) -> int | None:
@@ -162,7 +146,11 @@ class Tally:
 def parse_args(argv):
     parser = cli.ArgumentParser(prog="python -m nets.valid", description=__doc__.splitlines()[0])
     parser.add_argument("cfg", help="a cfg path or a shipped cfg's name (python -m nets.predict --list)")
-    parser.add_argument("weights", help="a .weights file, or 'random' for seeded random weights")
+    parser.add_argument(
+        "weights",
+        help="a .weights file, a shipped cfg's name for its weights as predict finds them ('tiny'), "
+        "or 'random' for seeded random weights",
+    )
     parser.add_argument("source", help=".data file, list of image paths, or a folder of images")
     parser.add_argument(
         "--top", type=int, default=5, help="an image counts for top-K if its class is among the K best"
@@ -195,18 +183,6 @@ def parse_args(argv):
     return args
 
 
-def check_writable(path: str) -> None:
-    """Fail now, not after the whole run, if the --json file cannot be written."""
-    target = Path(path)
-    folder = target.parent
-    if target.is_dir():
-        raise KernError(f"cannot write {path}: it is a directory")
-    if not folder.is_dir():
-        raise KernError(f"cannot write {path}: no folder {folder}")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise KernError(f"cannot write {path}: permission denied")
-
-
 def _ignore_interrupts() -> None:
     """Decoding workers leave Ctrl-C to the main process, which writes what it has counted
     and then ends them (a worker interrupted while sending a result hung the pool)."""
@@ -232,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         raise KernError(f"{args.source}: no images found")
     random = args.weights == "random"
+    weights = None if random else (fetch.named_weights(args.weights) or args.weights)
     with cli.notice_if_slow(cli.slow_notice(args.backend)):
         net = nets.load(
-            args.cfg, None if random else args.weights, random_seed=0 if random else None,
+            args.cfg, weights, random_seed=0 if random else None,
             backend=args.backend, threads=args.threads,
         )
         if args.backend in cli.WARMED_UP:
@@ -335,5 +312,10 @@ def _write_json(args, tally: Tally, seconds: float) -> None:
         raise KernError(f"cannot write {args.json}: {error.strerror}") from None
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     sys.exit(cli.run(main))
+
+
+if __name__ == "__main__":
+    entry()

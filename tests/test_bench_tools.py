@@ -185,3 +185,11 @@ def test_train_benchmark_measures_both_peers_and_the_layers(tmp_path):
         result = measure(peer, str(cfg), str(weights), batch=6, threads=1, repeat=2, layers=True)
         assert result["seconds"] > 0 and result["peak_mb"] > 0
         assert np.array(result["layers"]).shape == (len(spec.layers), 2)
+
+
+def test_busy_warning_only_on_a_loaded_machine():
+    from kern.timing import busy_warning
+
+    assert busy_warning(0.1) is None
+    warning = busy_warning(2.5)
+    assert warning.startswith("# warning: load average 2.50") and "may be off by a factor" in warning

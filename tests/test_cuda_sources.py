@@ -8,6 +8,8 @@ import pytest
 
 from kern.cuda.sources import FOLDER, SOURCES, compile_options
 
+pytestmark = pytest.mark.slow  # left out of the fast subset: pytest -m 'not slow'
+
 NVCC = shutil.which("nvcc")
 
 

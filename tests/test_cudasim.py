@@ -16,6 +16,8 @@ from nets.network import Network, NetworkSpec
 from nets.weights import random_weights, read_weights
 from tests.conftest import assert_close
 
+pytestmark = pytest.mark.slow  # left out of the fast subset: pytest -m 'not slow'
+
 REPO = Path(__file__).resolve().parent.parent
 CFGS = sorted((REPO / "cfg").glob("*.cfg"))
 

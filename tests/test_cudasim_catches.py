@@ -15,6 +15,8 @@ from tests.conftest import assert_close
 cudasim = pytest.importorskip("kern.cudasim", reason="no C++ compiler for cudasim")
 from kern.cudasim.device import CudasimError, RawModule  # noqa: E402
 
+pytestmark = pytest.mark.slow  # left out of the fast subset: pytest -m 'not slow'
+
 
 def planted(backend, source: str, old: str, new: str, count: int = 1):
     """The backend with `source` compiled from a copy where `old` became `new` (the count-th

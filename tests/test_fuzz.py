@@ -32,6 +32,8 @@ import nets
 from nets.data import DEFAULT_LABELS
 from nets.weights import random_weights, write_weights
 
+pytestmark = pytest.mark.slow  # left out of the fast subset: pytest -m 'not slow'
+
 REPO = Path(__file__).resolve().parent.parent
 CASES = int(os.environ.get("KERN_FUZZ_CASES", "300"))
 SEED = int(os.environ.get("KERN_FUZZ_SEED", "0"))

@@ -13,6 +13,8 @@ import pytest
 from kern.lessons import __main__ as lessons
 from kern.lessons import steps
 
+pytestmark = pytest.mark.slow  # left out of the fast subset: pytest -m 'not slow'
+
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = {"ladder.png", "roofline.png", "im2col.png", "winograd.png", "lanes.png"}
 

@@ -12,6 +12,8 @@ from nets.network import Network
 from nets.weights import random_weights, read_weights, write_weights
 from tests.conftest import assert_close
 
+pytestmark = pytest.mark.slow  # left out of the fast subset: pytest -m 'not slow'
+
 CFGS = sorted(Path(__file__).resolve().parent.parent.joinpath("cfg").glob("*.cfg"))
 
 

@@ -83,3 +83,17 @@ def test_short_name_on_the_command_line(tmp_path):
     result = cli("darknet", "--random-weights", "1", "--quiet", str(nets.SAMPLE_IMAGE), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "random weights, seed 1" in result.stdout
+
+
+def test_console_scripts_license_and_types_ship():
+    import importlib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for script in ("kern-predict", "kern-valid", "kern-train"):
+        module, function = project["scripts"][script].split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+    assert project["license-files"] == ["LICENSE"] and "public domain" in (REPO / "LICENSE").read_text()
+    for package in ("kern", "nets"):
+        assert (REPO / package / "py.typed").exists() and "py.typed" in SETUPTOOLS["package-data"][package]
+    listing = subprocess.run([sys.executable, "-m", "nets"], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and "python -m nets.train" in listing.stdout

@@ -17,6 +17,8 @@ from PIL import Image
 from nets.train import state_path
 from nets.weights import read_weights
 
+pytestmark = pytest.mark.slow  # left out of the fast subset: pytest -m 'not slow'
+
 REPO = Path(__file__).resolve().parent.parent
 CIFAR = REPO.parent / "shared" / "cifar10"
 LABELS = ["cat", "dog", "ship"]

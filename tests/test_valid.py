@@ -206,3 +206,15 @@ def test_ctrl_c_with_workers_writes_the_summary_and_exits(tmp_path):
     assert "interrupted: the summary so far" in stderr and "Traceback" not in seen + stderr
     assert stdout.startswith("top-1 ")
     assert json.loads((tmp_path / "r.json").read_text())["counted"] > 0
+
+
+@pytest.mark.parametrize("weights", ["tiny", "tiny.weights"])
+def test_weights_by_a_shipped_name_as_predict_finds_them(tmp_path, weights):
+    """From any folder (as from a wheel), WEIGHTS may be the shipped cfg's name."""
+    shutil.copy(REPO / "data" / "dog.jpg", tmp_path / "n02110063_malamute.jpg")
+    result = subprocess.run(
+        [sys.executable, "-m", "nets.valid", "tiny", weights, str(tmp_path), "--workers", "0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(1/1)" in result.stdout and "top-5 100.00%" in result.stdout

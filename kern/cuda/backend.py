@@ -25,7 +25,7 @@ try:
     import cupy
 except ImportError:
     raise ImportError(
-        "cupy is not installed (pip install cupy-cuda12x for CUDA 12, or cupy-cuda13x for CUDA 13)"
+        "cupy is not installed (pip install 'kern-nn[cuda12]' for CUDA 12, or 'kern-nn[cuda13]' for CUDA 13)"
     ) from None
 
 try:

@@ -36,7 +36,7 @@ from kern.lessons.steps import (
     cpu_gemm_merged_groups,
 )
 from kern.ref import conv2d_im2col
-from kern.timing import gpu_median_ms, median_seconds
+from kern.timing import cpu_name, gpu_median_ms, median_seconds
 
 DEFAULT_LAYER = "darknet19:2"
 TOLERANCE = 1e-4  # max error, relative to the largest output, that a float32 step may have
@@ -178,16 +178,6 @@ def caches() -> dict[str, str]:
         except OSError:
             continue
     return found
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def describe_host(limits: dict) -> str:

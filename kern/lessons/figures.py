@@ -43,7 +43,10 @@ def _ladder(plt, rows, limits, main, **_):
     axes.barh(
         labels, [r.gflops for r in timed], color=["#4c72b0" if r.where == "cpu" else "#55a868" for r in timed]
     )
-    axes.axvline(limits["sgemm_gflops"], color="#c44e52", linestyle="--", label="this host's sgemm")
+    limit = limits["sgemm_gflops"]
+    beyond = any(r.gflops > limit for r in timed)
+    note = " (measured in a busy spell: steps pass it)" if beyond else ""
+    axes.axvline(limit, color="#c44e52", linestyle="--", label=f"this host's sgemm, {limit:.0f} GFLOP/s{note}")
     axes.set_xscale("log")
     axes.invert_yaxis()
     axes.set_xlabel("GFLOP/s (log scale)")
@@ -58,16 +61,19 @@ def _roofline(plt, rows, limits, **_):
     intensity = np.logspace(-1, 3, 200)
     roof = np.minimum(limits["sgemm_gflops"], intensity * limits["memory_gbs"])
     axes.loglog(intensity, roof, color="#c44e52", label="min(sgemm, intensity x memory bandwidth)")
-    for r in points:
+    for number, r in enumerate(points):
         axes.scatter(r.intensity, r.gflops, color="#4c72b0")
-        axes.annotate(str(r.step), (r.intensity, r.gflops), textcoords="offset points", xytext=(4, 4))
+        # Labels alternate above and below their points: neighbours (6 and 9) do not overlap.
+        offset = (5, 5) if number % 2 == 0 else (5, -12)
+        axes.annotate(str(r.step), (r.intensity, r.gflops), textcoords="offset points", xytext=offset)
     axes.set_xlabel("arithmetic intensity: FLOP per byte of memory traffic")
     axes.set_ylabel("GFLOP/s")
     axes.set_title(
         f"roofline: sgemm {limits['sgemm_gflops']:.0f} GFLOP/s, memory {limits['memory_gbs']:.1f} GB/s",
         fontsize=10,
     )
-    axes.legend(loc="lower right", fontsize=8)
+    # Below the axes, where no point can hide under it.
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8)
     return figure
 
 
@@ -81,6 +87,12 @@ def _im2col(plt, main, **_):
     left.set_title("input: 2 channels x 6 x 6", fontsize=10)
     left.axis("off")
     right.imshow(columns, cmap="viridis", aspect="auto")
+    # One window of the input (channel 0, the first output pixel's k x k taps) and its column.
+    from matplotlib.patches import Rectangle
+
+    left.add_patch(Rectangle((-0.5, -0.5), k, k, fill=False, edgecolor="#c44e52", linewidth=2.5))
+    taps = columns.shape[0]
+    right.add_patch(Rectangle((-0.5, -0.5), 1, taps, fill=False, edgecolor="#c44e52", linewidth=2.5))
     right.set_title(
         f"im2col: {columns.shape[0]} taps (channel, ky, kx) x {columns.shape[1]} output pixels", fontsize=10
     )
@@ -90,19 +102,28 @@ def _im2col(plt, main, **_):
 
 
 def _winograd(plt, main, **_):
-    """The three transforms of F(2x2, 3x3), and one 4x4 tile of the layer's input before and
-    after B^T d B."""
+    """F(2x2, 3x3) on one 4x4 tile of the layer's input (channel 0) and filter 0's weights for
+    it: the transforms, U = G g G^T, V = B^T d B, their 16 products U * V (against the 36 of
+    the direct 2x2 outputs), and Y = A^T (U * V) A, the 2x2 outputs of that channel."""
     tile = main.x[0, 0, :4, :4]
-    transformed = WINOGRAD_B_T @ tile @ WINOGRAD_B_T.T
-    figure, axes = plt.subplots(1, 5, figsize=(15, 3.2))
+    weights = main.weights[0, 0]
+    u = WINOGRAD_G @ weights @ WINOGRAD_G.T
+    v = WINOGRAD_B_T @ tile @ WINOGRAD_B_T.T
+    y = WINOGRAD_A_T @ (u * v) @ WINOGRAD_A_T.T
+    figure, axes = plt.subplots(2, 5, figsize=(15, 6.4))
     for ax, (title, matrix) in zip(
-        axes,
+        axes.reshape(-1),
         (
-            ("B^T (input)", WINOGRAD_B_T),
-            ("G (weights)", WINOGRAD_G),
-            ("A^T (output)", WINOGRAD_A_T),
-            ("tile d", tile),
-            ("B^T d B", transformed),
+            ("B^T (input transform)", WINOGRAD_B_T),
+            ("G (weight transform)", WINOGRAD_G),
+            ("A^T (output transform)", WINOGRAD_A_T),
+            ("tile d (4 x 4 input)", tile),
+            ("weights g (3 x 3)", weights),
+            ("V = B^T d B", v),
+            ("U = G g G^T", u),
+            ("U * V: 16 multiplies", u * v),
+            ("Y = A^T (U * V) A: 2 x 2", y),
+            ("direct: 4 x 9 = 36 multiplies", _direct_outputs(tile, weights)),
         ),
     ):
         ax.imshow(matrix, cmap="coolwarm", vmin=-np.abs(matrix).max(), vmax=np.abs(matrix).max())
@@ -112,6 +133,11 @@ def _winograd(plt, main, **_):
         ax.set_xticks([])
         ax.set_yticks([])
     return figure
+
+
+def _direct_outputs(tile: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The same 2x2 outputs by the definition (what Y must equal)."""
+    return np.array([[np.sum(tile[i : i + 3, j : j + 3] * weights) for j in range(2)] for i in range(2)])
 
 
 def _lanes(plt, grouped, **_):
@@ -128,6 +154,8 @@ def _lanes(plt, grouped, **_):
     axes.imshow(group_of, cmap="tab20", aspect="auto")
     for (v, j), g in np.ndenumerate(group_of):
         axes.text(j, v, f"g{g} c{channel_of[v, j]}", ha="center", va="center", fontsize=8)
+    axes.set_xticks(range(LANES))
+    axes.set_yticks(range(vectors))
     axes.set_xlabel("vector lane")
     axes.set_ylabel("vector (one per channel of a group)")
     axes.set_title(f"{grouped.name}: eight groups side by side in the lanes", fontsize=10)
