@@ -13,8 +13,13 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO.parent / "shared" / "imagenet-sample"
-needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/imagenet-sample is absent")
+# 1,000 real ImageNet images, one per class, named <synset>_<name>.JPEG (not in the repository).
+SAMPLE = Path(os.environ.get("KERN_IMAGENET_SAMPLE", REPO.parent / "shared" / "imagenet-sample"))
+WHY = (
+    f"needs the ImageNet sample ({SAMPLE}: 1,000 real images, one per class, "
+    "<synset>_<name>.JPEG); set KERN_IMAGENET_SAMPLE=DIR to point at it"
+)
+needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=WHY)
 
 
 def valid(*args, cwd=REPO):
@@ -45,7 +50,7 @@ def test_first_fifty_sample_images_give_kerns_own_counts(tmp_path):
 def image_folder(tmp_path):
     """ImageFolder style: a folder per synset, plus an unlabelled and a broken image."""
     if not SAMPLE.is_dir():
-        pytest.skip("../shared/imagenet-sample is absent")
+        pytest.skip(WHY)
     root = tmp_path / "images"
     for image in first_images(4):
         folder = root / image.name.split("_")[0]
