@@ -129,7 +129,7 @@ def test_cuda_check_runs_its_rows_on_cudasim(cudasim, monkeypatch, tmp_path):
     assert len(networks) == 2 and all(row.rstrip().endswith("yes") for row in networks)
 
 
-@pytest.mark.parametrize("tool", ["forward", "layers", "scaling", "nets", "train"])
+@pytest.mark.parametrize("tool", ["forward", "layers", "scaling", "nets", "train", "winograd"])
 def test_bench_tools_say_a_bad_cfg_in_one_line(tool):
     import subprocess
     import sys
@@ -193,3 +193,19 @@ def test_busy_warning_only_on_a_loaded_machine():
     assert busy_warning(0.1) is None
     warning = busy_warning(2.5)
     assert warning.startswith("# warning: load average 2.50") and "may be off by a factor" in warning
+
+
+def test_winograd_toggle_puts_those_layers_on_the_gemm():
+    """bench.winograd's A side: the same network with its plain-Winograd layers on the direct
+    GEMM gives the same output within Winograd's rounding."""
+    from bench.winograd import without_winograd
+    from kern.backend import get_backend
+    from nets.network import Network
+
+    spec = nets.load_spec("darknet19")
+    weights = random_weights(spec.layers, seed=3)
+    cpu = get_backend("cpu")
+    winograd, gemm = Network(spec, weights, cpu), Network(spec, weights, cpu)
+    assert without_winograd(gemm) == 10 and without_winograd(gemm) == 0
+    image = np.random.default_rng(4).random((1, *spec.input_shape), dtype=np.float32)
+    np.testing.assert_allclose(gemm.predict(image), winograd.predict(image), atol=1e-5)

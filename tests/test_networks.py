@@ -117,3 +117,32 @@ def test_a_convolution_writes_the_border_the_next_one_pads_with(tmp_path, cpu, r
     images = np.random.default_rng(9).random((2, *spec.input_shape), dtype=np.float32)
     for until in range(len(spec.layers)):
         assert_close(net.forward(images, until=until), truth.forward(images, until=until), 1e-4)
+
+
+WINOGRAD_LINKS = (  # 3x3 stride 1 on 64+ channels: the CPU's Winograd
+    conv_section(64, 3)  # 0: 3 channels (direct GEMM), writes the border 1 reads
+    + conv_section(64, 3)  # 1: Winograd on a padded input, writes 2's border
+    + conv_section(80, 3)  # 2: Winograd on a padded input; read by the shortcut: not linked
+    + conv_section(64, 1)  # 3: writes 4's border
+    + conv_section(80, 3)  # 4: Winograd fused with 5, on a padded input
+    + "[shortcut]\nfrom=2\nactivation=leaky\n"  # 5
+    + "[avgpool]\n"
+)
+
+
+@pytest.mark.parametrize("height,width", [(10, 12), (9, 13)], ids=["even", "odd"])
+def test_winograd_reads_and_writes_linked_borders(tmp_path, cpu, ref64, height, width):
+    """Winograd layers read a padded input as it is (even sizes: its tiles fit the border; odd
+    sizes: copied into one row and column more), write the next layer's border, and fuse a
+    shortcut: at batch 2 every layer's output is the float64 reference's."""
+    path = tmp_path / "winograd.cfg"
+    path.write_text(f"[net]\nwidth={width}\nheight={height}\nchannels=3\n" + WINOGRAD_LINKS)
+    spec = nets.load_spec(path)
+    weights = random_weights(spec.layers, seed=10)
+    net, truth = Network(spec, weights, cpu), Network(spec, weights, ref64)
+    assert [net.prepared[i].plain_winograd is not None for i in range(5)] == [False, True, True, False, True]
+    assert [net.prepared[i].input_padded for i in (1, 2, 4)] == [True] * 3
+    assert [net.prepared[i].out_padding for i in (0, 1, 2, 3)] == [1, 1, 0, 1]
+    images = np.random.default_rng(11).random((2, *spec.input_shape), dtype=np.float32)
+    for until in range(len(spec.layers)):
+        assert_close(net.forward(images, until=until), truth.forward(images, until=until), 1e-4)

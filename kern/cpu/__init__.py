@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from kern.cpu import conv, elementwise, grouped, pool, winograd
+from kern.cpu import conv, elementwise, grouped, pool, winograd, winograd_plain
 from kern.cpu.connected import connected, pack_connected
 from kern.cpu.simd import aligned_empty, choose_simd, output_array
 from kern.errors import KernError
@@ -71,6 +71,8 @@ class CpuConv:
     input_ready: bool = False  # its input comes as conv_lane_groups' `interleaved` (linked)
     input_padded: bool = False  # its input comes with its zero border of `padding` (linked)
     winograd: np.ndarray | None = None  # linked and 3x3 stride 1: winograd.pack_winograd_weights
+    # One group, 3x3 stride 1 padding 1, 64+ channels: winograd_plain.pack_weights (fewer multiplies)
+    plain_winograd: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,15 @@ class CpuBackend:
         w, b = fold_batchnorm(weights, bias, bn)
         filters, group_channels, ksize, _ = w.shape
         in_lanes = grouped.lane_groups_fit(groups, group_channels, filters // groups)
+        plain = None
         if in_lanes:
             packed, b = grouped.pack_lane_weights(w, b, groups)
         else:
             packed = conv.pack_weights(w, groups)
-        return CpuConv(packed, b, in_lanes, filters, ksize, stride, padding, activation_code(activation))
+            if winograd_plain.fits(ksize, stride, padding, groups, group_channels):
+                plain = winograd_plain.pack_weights(w)
+        act = activation_code(activation)
+        return CpuConv(packed, b, in_lanes, filters, ksize, stride, padding, act, plain_winograd=plain)
 
     def conv2d(self, x: np.ndarray, c: CpuConv, *, out: np.ndarray | None = None) -> np.ndarray:
         self._use_threads()
@@ -128,6 +134,11 @@ class CpuBackend:
         if c.groups_in_lanes:
             return grouped.conv2d_lane_groups(
                 x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act, c.input_ready, lanes_out, out
+            )
+        if c.plain_winograd is not None and c.out_planes == 1 and not lanes_out:
+            return winograd_plain.conv2d_winograd(
+                x, c.plain_winograd, c.bias, c.filters, c.act, out=out, input_padded=c.input_padded,
+                out_padding=c.out_padding,
             )
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act,
@@ -140,6 +151,11 @@ class CpuBackend:
             summed = self.conv2d(x, c)
             return self.shortcut(summed, residual, alpha=1.0, beta=1.0, activation=activation, out=out)
         self._use_threads()  # the add and its activation are fused into the GEMM's store
+        if c.plain_winograd is not None and c.out_planes == 1 and c.out_order is None:
+            return winograd_plain.conv2d_winograd(
+                x, c.plain_winograd, c.bias, c.filters, c.act, residual, activation_code(activation), out=out,
+                input_padded=c.input_padded, out_padding=c.out_padding,
+            )
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual,
             activation_code(activation), out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes,
@@ -176,7 +192,7 @@ class CpuBackend:
         packed = conv.permute_filters(producer.packed, producer.filters, order)
         linked = replace(
             producer, packed=packed, bias=producer.bias[order], out_order=order, out_planes=blocks,
-            out_padding=consumer.padding,
+            out_padding=consumer.padding, plain_winograd=None,
         )
         weights = None  # 3x3 stride 1 with 16 or more channels per group: Winograd, on linked input
         if winograd.winograd_fits(consumer.ksize, consumer.stride, consumer.padding, channels // (blocks * 8)):
@@ -192,7 +208,7 @@ class CpuBackend:
             return None
         order = grouped.lane_order(producer.filters, producer.packed.shape[0])
         packed = conv.permute_channels(consumer.packed, consumer.ksize, order)
-        return replace(producer, out_order=order), replace(consumer, packed=packed)
+        return replace(producer, out_order=order), replace(consumer, packed=packed, plain_winograd=None)
 
     def unlinked_output(self, x: np.ndarray, c: CpuConv) -> np.ndarray:
         """A linked convolution's output as conv2d gives it unlinked: (N, H, W, C) in order."""

@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate8, activate_scalar
+from kern.cpu.conv import zero_border
 from kern.cpu.gemm import TILE_M, TILE_P
 from kern.cpu.simd import (
     add8,
@@ -43,6 +44,7 @@ from kern.cpu.simd import (
 # batch 32 and 128, AMD EPYC Zen 4, 1 thread).
 MIN_CHANNELS = 64
 JOB_TILES = 64  # 2x2 tiles per job, image after image: U, read per job, is reused by more of them
+JOBS_PER_THREAD = 4  # at least: a map of few tiles is split over U's panels too
 
 
 def fits(ksize: int, stride: int, padding: int, groups: int, channels: int) -> bool:
@@ -122,15 +124,18 @@ def _store_row(v, at, pos_step, r0, r1, r2, r3):
 
 
 @njit(parallel=True, cache=True)
-def conv_winograd(x, u, bias, act, out, residual, residual_act, job_tiles, scratch):
+def conv_winograd(x, u, bias, act, out, q, residual, residual_act, job_tiles, panel_groups, scratch):
     """x (N, H + 2 + H % 2, W + 2 + W % 2, C) zero-padded (one more row/column where H or W is
-    odd, so every tile reads 4 x 4); u from pack_weights; out (N, H, W, F) =
-    act(conv + bias), then residual_act(that + residual) where residual_act >= 0. scratch:
-    (threads, scratch_floats(job_tiles, C)), a row per worker thread (numba.get_thread_id):
-    allocated once per call, not per job (a job's V of 0.5-2 MB, mapped and unmapped per job,
-    faulted its pages in every time)."""
+    odd, so every tile reads 4 x 4); u from pack_weights; out (N, H + 2q, W + 2q, F), written
+    inside its border of q (a linked next layer's padding, left as it is) =
+    act(conv + bias), then residual_act(that + residual (N, H, W, F)) where residual_act >= 0.
+    A job takes job_tiles tiles and one of panel_groups runs of U's panels (a small map has too
+    few tiles to keep every thread busy: 14 x 14 is 49). scratch: (threads, V's and M's
+    floats), a row per worker thread (numba.get_thread_id): allocated once per call, not per
+    job (a job's V of 0.5-2 MB, mapped and unmapped per job, faulted its pages in every time)."""
     n_images, x_h, x_w, channels = x.shape
-    _, out_h, out_w, filters = out.shape
+    _, padded_h, padded_w, filters = out.shape
+    out_h, out_w = padded_h - 2 * q, padded_w - 2 * q
     _, panels, _, _ = u.shape
     x_flat, u_flat = x.reshape(-1), u.reshape(-1)
     tiles_x = (out_w + 1) // 2
@@ -138,8 +143,10 @@ def conv_winograd(x, u, bias, act, out, residual, residual_act, job_tiles, scrat
     total = n_images * per_image
     row, pixel = x_w * channels, channels
     panel_floats = channels * TILE_M
-    for job in prange((total + job_tiles - 1) // job_tiles):
-        first = job * job_tiles
+    per_group = (panels + panel_groups - 1) // panel_groups
+    for job in prange((total + job_tiles - 1) // job_tiles * panel_groups):
+        first = job // panel_groups * job_tiles
+        first_panel = job % panel_groups * per_group
         tiles = min(job_tiles, total - first)
         # One line off a multiple of 4 KB between positions (16 store streams in one L1 set
         # made the lane kernel's transform 2-4x slower).
@@ -152,7 +159,7 @@ def conv_winograd(x, u, bias, act, out, residual, residual_act, job_tiles, scrat
             at = ((n * x_h + 2 * (within // tiles_x)) * x_w + 2 * (within % tiles_x)) * channels
             _transform_input(x_flat, at, row, pixel, channels, v, t * channels, pos_step)
         last = tiles - 1
-        for panel in range(panels):
+        for panel in range(first_panel, min(first_panel + per_group, panels)):
             for pos in range(16):
                 w_at = (pos * panels + panel) * panel_floats
                 for t in range(0, tiles, TILE_P):
@@ -189,7 +196,7 @@ def conv_winograd(x, u, bias, act, out, residual, residual_act, job_tiles, scrat
                         _store_m(m, t + 4, pos, c40, c41)
                     if t + 5 <= last:
                         _store_m(m, t + 5, pos, c50, c51)
-            _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias, act, out, residual,
+            _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias, act, out, q, residual,
                               residual_act)
 
 
@@ -201,7 +208,7 @@ def _store_m(m, t, pos, a, b):
 
 
 @njit(inline="always", cache=True)
-def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias, act, out, residual,
+def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias, act, out, q, residual,
                       residual_act):
     """Y = A^T M A for each tile's 16 filters of `panel`, then bias, activation, residual."""
     o = panel * TILE_M
@@ -221,7 +228,7 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
             d0, d1 = sub8(sub8(m10, m20), m30), sub8(sub8(m11, m21), m31)
             d2, d3 = sub8(sub8(m12, m22), m32), sub8(sub8(m13, m23), m33)
             f0 = o + half
-            finish = (count, filters, bias, act, residual, residual_act)
+            finish = (count, filters, bias, act, q, residual, residual_act)
             _store_pixel(out, n, oy, ox, f0, add8(add8(s0, s1), s2), finish)
             _store_pixel(out, n, oy, ox + 1, f0, sub8(sub8(s1, s2), s3), finish)
             _store_pixel(out, n, oy + 1, ox, f0, add8(add8(d0, d1), d2), finish)
@@ -235,14 +242,14 @@ def _four(m, at, step):
 
 @njit(inline="always", cache=True)
 def _store_pixel(out, n, y, x, first, sums, finish):
-    """Filters first .. first + 7 of pixel (y, x), if the pixel is inside the output: bias,
-    activation and the residual applied (finish: count, filters, bias, act, residual,
-    residual_act)."""
-    count, filters, bias, act, residual, residual_act = finish
-    _, out_h, out_w, _ = out.shape
-    if y >= out_h or x >= out_w:
+    """Filters first .. first + 7 of pixel (y, x), if the pixel is inside the output (at (y + q,
+    x + q) of out): bias, activation and the residual applied (finish: count, filters, bias,
+    act, q, residual, residual_act)."""
+    count, filters, bias, act, q, residual, residual_act = finish
+    _, padded_h, padded_w, _ = out.shape
+    if y >= padded_h - 2 * q or x >= padded_w - 2 * q:
         return
-    target = out[n, y, x]
+    target = out[n, y + q, x + q]
     if count == TILE_M:
         value = activate8(add8(sums, load8(bias, first)), act)
         if residual_act >= 0:
@@ -261,17 +268,35 @@ def _store_pixel(out, n, y, x, first, sums, finish):
 def conv2d_winograd(
     x: np.ndarray, u: np.ndarray, bias: np.ndarray, filters: int, act: int,
     residual: np.ndarray | None = None, residual_act: int = -1, out: np.ndarray | None = None,
+    input_padded: bool = False, out_padding: int = 0,
 ) -> np.ndarray:
     """x (N, H, W, C), u from pack_weights -> act(conv3x3(x) + bias) (N, H, W, filters), and
-    residual_act(that + residual) where a residual is given."""
+    residual_act(that + residual) where a residual is given. As the direct GEMM
+    (conv.conv2d_gemm) for linked layers: with input_padded, x comes inside its zero border
+    of 1 (N, H + 2, W + 2, C), read as it is where H and W are even; with out_padding q the
+    output is written inside a zero border of q, (N, H + 2q, W + 2q, filters)."""
     n_images, height, width, channels = x.shape
-    padded = np.zeros((n_images, height + 2 + height % 2, width + 2 + width % 2, channels), dtype=np.float32)
-    padded[:, 1 : height + 1, 1 : width + 1] = x
-    out = output_array((n_images, height, width, filters), out)
+    if input_padded:
+        height, width = height - 2, width - 2
+    if input_padded and height % 2 == 0 and width % 2 == 0:
+        padded = x  # the border the convolution before wrote, tiles and all
+    else:
+        shape = (n_images, height + 2 + height % 2, width + 2 + width % 2, channels)
+        padded = np.zeros(shape, dtype=np.float32)
+        interior = x[:, 1 : height + 1, 1 : width + 1] if input_padded else x
+        padded[:, 1 : height + 1, 1 : width + 1] = interior
+    q = out_padding
+    out = output_array((n_images, height + 2 * q, width + 2 * q, filters), out)
+    if q:
+        zero_border(out, q)
     if residual is None:
         residual, residual_act = out, -1
-    floats = 16 * (JOB_TILES * channels + 16) + JOB_TILES * 16 * TILE_M  # V, then M
+    tiles = n_images * ((height + 1) // 2) * ((width + 1) // 2)
+    job_tiles = min(JOB_TILES, tiles)  # a small map's scratch as small (it is mapped anew per call)
+    floats = 16 * (job_tiles * channels + 16) + job_tiles * 16 * TILE_M  # V, then M
     scratch = aligned_empty(numba.config.NUMBA_NUM_THREADS * floats).reshape(-1, floats)
-    conv_winograd(padded, u, bias, act, out, residual, residual_act, JOB_TILES, scratch)
+    jobs = -(-tiles // job_tiles)
+    panel_groups = min(u.shape[1], -(-JOBS_PER_THREAD * numba.get_num_threads() // jobs))
+    conv_winograd(padded, u, bias, act, out, q, residual, residual_act, job_tiles, panel_groups, scratch)
     return out
 
