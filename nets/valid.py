@@ -2,6 +2,8 @@
 
     python -m nets.valid CFG WEIGHTS SOURCE [--top 5] [--batch N] [--workers N]
                          [--preprocess crop|letterbox|resize] [--crops 1|10] [--limit N] [--json F]
+                         [--engine local|ray [--address ADDR] [--actors N|MIN,MAX]
+                          [--threads-per-actor N] [--gpus-per-actor N]]
 
 SOURCE is a Darknet .data file (its valid= list, labels= and classes=), a list file (one image
 path per line) or a folder searched recursively. An image's true class is the first label
@@ -14,6 +16,7 @@ silently; the run goes on.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import multiprocessing
 import signal
@@ -158,7 +161,9 @@ def parse_args(argv):
     parser.add_argument("--backend", default="cpu", choices=list(BACKENDS), help="where the network runs")
     parser.add_argument("--threads", type=int, help="CPU threads for the network (default: all cores)")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=1, help="decoding processes (0: in-process)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="decoding processes (0: in-process; Ray actors decode their own)"
+    )
     parser.add_argument(
         "--preprocess", default="crop", choices=list(PREPROCESS),
         help="crop: centre square, resized (classifier valid); letterbox: aspect kept, grey bars "
@@ -172,12 +177,25 @@ def parse_args(argv):
     parser.add_argument("--limit", type=int, help="only the first N images (default: all)")
 
     parser.add_argument("--labels", help="labels list (default: labels= of the .data, else ImageNet's)")
+    parser.add_argument(
+        "--engine", default="local", choices=("local", "ray"),
+        help="ray: actors on Ray (pip install 'kern-nn[ray]') load the network and decode the images, "
+        "on this machine or a cluster",
+    )
+    parser.add_argument("--address", help="ray: the cluster (default: RAY_ADDRESS, else a local one)")
+    parser.add_argument("--actors", default="1", help="ray: N actors, or MIN,MAX (a pool that grows)")
+    parser.add_argument("--threads-per-actor", type=int, default=1, help="ray: CPU threads per actor")
+    parser.add_argument("--gpus-per-actor", type=float, default=0, help="ray: GPUs per actor (--backend cuda)")
     parser.add_argument("--json", help="write per-image top-k and the totals here")
     args = parser.parse_args(argv)
     for name in ("top", "batch", "limit"):
         value = getattr(args, name)
         if value is not None and not 1 <= value < 1 << 31:
             parser.error(f"--{name} {value}: expected a positive number")
+    if not 1 <= args.threads_per_actor <= 1024:
+        parser.error(f"--threads-per-actor {args.threads_per_actor}: expected 1 to 1024")
+    if not 0 <= args.gpus_per_actor <= 64:
+        parser.error(f"--gpus-per-actor {args.gpus_per_actor}: expected 0 to 64")
     if not 0 <= args.workers <= 256:
         parser.error(f"--workers {args.workers}: expected 0 to 256")
     return args
@@ -209,14 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         raise KernError(f"{args.source}: no images found")
     random = args.weights == "random"
     weights = None if random else (fetch.named_weights(args.weights) or args.weights)
-    with cli.notice_if_slow(cli.slow_notice(args.backend)):
-        net = nets.load(
-            args.cfg, weights, random_seed=0 if random else None,
-            backend=args.backend, threads=args.threads,
-        )
-        if args.backend in cli.WARMED_UP:
-            net.warm_up()
-    _, height, width = net.input_shape
     tally = Tally(args.top)
     labelled: list[tuple[str, int]] = []  # in list order, repeats included
     for path in paths:
@@ -225,16 +235,14 @@ def main(argv: list[str] | None = None) -> int:
             tally.unlabelled.append(path)
         else:
             labelled.append((path, label))
-    work = functools.partial(
-        prepare, width=width, height=height, preprocess=args.preprocess, crops=args.crops
-    )
+    if args.engine == "ray":
+        count, end = _ray_engine(args, weights, random, labelled, tally, names)
+    else:
+        count, end = _local_engine(args, weights, random, labelled, tally, names)
     start = time.perf_counter()
-    pool = None
-    if args.workers:
-        pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=_ignore_interrupts)
     try:
-        interrupted = _count(net, labelled, pool, work, tally, names, args.batch)
-        # What was counted is reported before the workers are ended.
+        interrupted = count()
+        # What was counted is reported before the workers (or actors) are ended.
         seconds = time.perf_counter() - start
         if interrupted:
             print("interrupted: the summary so far", file=sys.stderr)
@@ -244,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             _write_json(args, tally, seconds)
     finally:
-        if pool:
-            pool.terminate()
-            pool.join()
+        end()
     if interrupted:
         return 130
     if not tally.counted:
@@ -255,6 +261,78 @@ def main(argv: list[str] | None = None) -> int:
             f"path, {len(tally.unreadable)} could not be read)"
         )
     return 0
+
+
+def _local_engine(args, weights, random: bool, labelled, tally: Tally, names):
+    """The network loaded here, images decoded by --workers processes: (count, end)."""
+    import nets
+
+    with cli.notice_if_slow(cli.slow_notice(args.backend)):
+        net = nets.load(
+            args.cfg, weights, random_seed=0 if random else None,
+            backend=args.backend, threads=args.threads,
+        )
+        if args.backend in cli.WARMED_UP:
+            net.warm_up()
+    _, height, width = net.input_shape
+    work = functools.partial(
+        prepare, width=width, height=height, preprocess=args.preprocess, crops=args.crops
+    )
+    pool = None
+    if args.workers:
+        pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=_ignore_interrupts)
+
+    def end() -> None:
+        if pool:
+            pool.terminate()
+            pool.join()
+
+    return (lambda: _count(net, labelled, pool, work, tally, names, args.batch)), end
+
+
+def _ray_engine(args, weights, random: bool, labelled, tally: Tally, names):
+    """Ray actors load the network and decode the images: (count, end)."""
+    if importlib.util.find_spec("ray") is None:  # imported by ray_engine.connect, after its settings
+        raise KernError("--engine ray: ray is not installed (pip install 'kern-nn[ray]')")
+    from nets import ray_engine
+
+    if args.gpus_per_actor and args.backend not in ("cuda", "cudasim"):
+        raise KernError(f"--gpus-per-actor {args.gpus_per_actor}: expected --backend cuda")
+    actors = ray_engine.parse_actors(args.actors)
+    job = ray_engine.Job(
+        cfg=str(args.cfg), weights=str(weights) if weights else None, random_seed=0 if random else None,
+        backend=args.backend, threads=args.threads_per_actor, preprocess=args.preprocess,
+        crops=args.crops, top=args.top,
+    )
+    cluster = ray_engine.Cluster(args.address, actors, args.gpus_per_actor)
+    ray_engine.connect(args.address)
+    try:
+        ray_engine.check_fits(cluster, job)
+    except KernError:
+        ray_engine.shutdown()
+        raise
+    count = lambda: _count_on_ray(ray_engine, job, cluster, labelled, tally, names, args.batch)  # noqa: E731
+    return count, ray_engine.shutdown
+
+
+def _count_on_ray(ray_engine, job, cluster, labelled, tally: Tally, names, batch_size: int) -> bool:
+    """As _count, the images classified by Ray actors; True if Ctrl-C ended it early."""
+    progress = tqdm(total=len(labelled), unit="img", file=sys.stderr, dynamic_ncols=True)
+    progress.set_postfix_str(ray_engine.COMPILE_NOTICE)
+    try:
+        results = ray_engine.classify([path for path, _ in labelled], job, cluster, batch_size)
+        for (path, label), result in zip(labelled, results):
+            if result.ranked is None:
+                tally.unreadable.append({"path": path, "error": result.error})
+                progress.update(1)
+            else:
+                tally.add(path, label, result.ranked, names)
+                _show(tally, progress, 1)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        progress.close()
+    return False
 
 
 def _count(net, labelled, pool, work, tally: Tally, names, batch_size: int) -> bool:
@@ -283,19 +361,27 @@ def _count(net, labelled, pool, work, tally: Tally, names, batch_size: int) -> b
     return False
 
 
-def _run_batch(net, batch: list[tuple[str, int, np.ndarray]], tally: Tally, names, progress) -> None:
-    crops = batch[0][2].shape[0]
-    images = np.concatenate([views for _, _, views in batch])
-    # The views' outputs summed, as Darknet's valid10 (ranking by the sum), shown as their mean.
-    scores = net.predict(images).reshape(len(batch), crops, -1).sum(axis=1)
+def rank(net, views: list[np.ndarray], top: int, first_path: str) -> list[list[tuple[int, float]]]:
+    """Each image's `top` best (class, probability), its views (1 or 10) run in one batch: their
+    outputs summed, as Darknet's valid10 (ranking by the sum), shown as their mean."""
+    crops = views[0].shape[0]
+    scores = net.predict(np.concatenate(views)).reshape(len(views), crops, -1).sum(axis=1)
     if not np.isfinite(scores).all():
-        raise KernError(f"{batch[0][0]}: the network's output is not finite (NaN or inf)")
-    for (path, label, _), image_scores in zip(batch, scores):
-        ranked = [(i, p / crops) for i, p in net.top_k(image_scores, tally.top)]
-        tally.add(path, label, ranked, names)
+        raise KernError(f"{first_path}: the network's output is not finite (NaN or inf)")
+    return [[(i, p / crops) for i, p in net.top_k(image_scores, top)] for image_scores in scores]
+
+
+def _run_batch(net, batch: list[tuple[str, int, np.ndarray]], tally: Tally, names, progress) -> None:
+    ranked = rank(net, [views for _, _, views in batch], tally.top, batch[0][0])
+    for (path, label, _), image_ranked in zip(batch, ranked):
+        tally.add(path, label, image_ranked, names)
+    _show(tally, progress, len(batch))
+
+
+def _show(tally: Tally, progress, images: int) -> None:
     top1, topk = tally.rates()
     progress.set_postfix_str(f"top-1 {top1:.2f}% top-{tally.top} {topk:.2f}%", refresh=False)
-    progress.update(len(batch))
+    progress.update(images)
 
 
 def _write_json(args, tally: Tally, seconds: float) -> None:
