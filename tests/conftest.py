@@ -59,3 +59,11 @@ def assert_close(actual, expected, rtol=1e-5):
     scale = max(float(np.abs(expected).max()), 1e-30)
     worst = float(np.abs(actual.astype(np.float64) - expected).max()) / scale
     assert worst <= rtol, f"max error {worst:.3g} relative to max |expected|, allowed {rtol}"
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that runs on cudasim is selected by `-k cudasim` (docs/cudasim.md), also those
+    whose names do not say it: they take the cudasim fixture."""
+    for item in items:
+        if "cudasim" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cudasim)

@@ -4,6 +4,8 @@ assert, 2-D and 3-D indices. Each kernel here is small CUDA C compiled by cudasi
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,28 @@ def test_dynamic_shared_memory_and_2d_blocks(module, rng):
 def test_assert_and_mask_checks(module, which, message):
     with pytest.raises(CudasimError, match=message):
         module.get_function("checks")((1,), (64,), (np.int32(which), device.empty((64,))))
+
+
+def test_an_edited_header_is_built_again(tmp_path, monkeypatch):
+    """The compile cache keys on the files a source includes, not the source alone: after an
+    edit of a header (as of kern/cuda/activation.cuh) the kernel gives the new value, not the
+    old build's. The CUDA backend's sources carry their headers' hash for CuPy's cache too."""
+    monkeypatch.setenv("KERN_CUDASIM_CACHE", str(tmp_path / "cache"))
+    header = tmp_path / "slope.cuh"
+    code = '#include "slope.cuh"\nextern "C" __global__ void put(float* out) { out[threadIdx.x] = SLOPE; }\n'
+    got = []
+    for slope in ("0.1f", "0.2f"):
+        header.write_text(f"#define SLOPE {slope}\n")
+        out = device.asarray(np.full(4, np.nan, np.float32))
+        device.RawModule(code=code, options=(f"-I{tmp_path}",)).get_function("put")((1,), (4,), (out,))
+        got.append(device.asnumpy(out))
+    assert np.array_equal(got[0], np.full(4, 0.1, np.float32)) and np.array_equal(got[1], np.full(4, 0.2, np.float32))
+    from kern.cuda import sources
+
+    for name in ("conv.cu", "activation.cuh"):
+        shutil.copy(sources.FOLDER / name, tmp_path / name)
+    monkeypatch.setattr(sources, "FOLDER", tmp_path)
+    before = sources.source_code("conv.cu")
+    (tmp_path / "activation.cuh").write_text((tmp_path / "activation.cuh").read_text() + "// edited\n")
+    after = sources.source_code("conv.cu")
+    assert before.startswith((tmp_path / "conv.cu").read_text()) and before != after

@@ -374,3 +374,37 @@ def test_winograd_jobs_split_over_panels_give_the_same_bits(rng, ref64):
         results.append(out)
     assert_close(results[0].transpose(0, 3, 1, 2), expected, 4e-5)
     assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+@pytest.mark.parametrize("kernel", ["conv2d_implicit_gemm_splitk", "conv2d_implicit_gemm_128"])
+def test_cudasim_gemms_read_channels_past_32767(rng, cudasim, ref64, kernel):
+    """The tap table of the 128 GEMM and split-K once packed a channel in 16 bits of an int32:
+    channel 32,768 and above wrapped to negative rows (a connected layer of 50,176 inputs read
+    the wrong ones). 40,000 input channels, 1x1, on a NaN-poisoned output."""
+    x = rng.standard_normal((1, 40000, 1, 1)).astype(np.float32)
+    weights = (rng.standard_normal((64, 40000, 1, 1)) * 0.01).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    options = dict(stride=1, padding=0, groups=1, activation="linear")
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **options))
+    out = cudasim.asarray(np.full((1, 64, 1, 1), np.nan, np.float32))
+    conv = cudasim.prepare_conv(weights, bias, None, **options)
+    got = cudasim.conv2d(cudasim.asarray(x), conv, out=out, kernel=kernel)
+    assert_close(cudasim.to_numpy(got), expected)
+
+
+def test_cudasim_layers_past_the_tap_table_run_on_the_table_free_gemm(rng, cudasim, ref64, monkeypatch):
+    """Where a layer's taps do not fit the table (2^19 channels per group or more: here the
+    limit lowered to 16), the backend chooses the 64 x 64 GEMM, which needs none, and a kernel
+    asked for by name is refused in one line."""
+    import sys
+
+    from kern.errors import KernError
+
+    monkeypatch.setattr(sys.modules["kern.cudasim._cuda_backend"], "TAP_CHANNELS", 16)  # cudasim's backend.py
+    x, weights, bias, _, options = random_conv(rng, (2, 24, 13, 12, 70, 3, 1, 1, 1), "leaky", with_bn=False)
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **options))
+    conv = cudasim.prepare_conv(weights, bias, None, **options)
+    assert conv.tap_table is None
+    assert_close(cudasim.to_numpy(cudasim.conv2d(cudasim.asarray(x), conv)), expected)
+    with pytest.raises(KernError, match="conv2d_implicit_gemm_128: 24 channels a group or 3x3 taps: no tap table"):
+        cudasim.conv2d(cudasim.asarray(x), conv, kernel="conv2d_implicit_gemm_128")

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kern.cuda.sources import DEFINES, FOLDER, SOURCES, compile_options
+from kern.cuda.sources import DEFINES, SOURCES, compile_options, source_code
+from kern.errors import KernError
 from kern.params import activation_code, conv_output_size, fold_batchnorm, maxpool_output_size
 
 try:
@@ -73,13 +74,21 @@ class CudaConv:
     padding: int
     groups: int
     act: int
-    tap_table: cupy.ndarray  # per tap of a group: channel << 16 | ky << 8 | kx (kernel 3)
+    # Per tap of a group: channel << 12 | ky << 6 | kx (the 128 GEMM and split-K); None where
+    # that does not fit an int32 (TAP_CHANNELS channels per group or more, or k over 64).
+    tap_table: cupy.ndarray | None
 
 
-def _tap_table(weights: np.ndarray) -> cupy.ndarray:
+TAP_CHANNELS = 1 << 19  # channel << 12 stays below 2^31 (it wrapped at 2^15 when shifted by 16)
+TAP_SIZE = 64
+
+
+def _tap_table(weights: np.ndarray) -> cupy.ndarray | None:
     channels, k = weights.shape[1], weights.shape[2]
+    if channels >= TAP_CHANNELS or k > TAP_SIZE:
+        return None
     ci, ky, kx = np.meshgrid(np.arange(channels), np.arange(k), np.arange(k), indexing="ij")
-    return cupy.asarray(((ci << 16) | (ky << 8) | kx).reshape(-1).astype(np.int32))
+    return cupy.asarray(((ci << 12) | (ky << 6) | kx).reshape(-1).astype(np.int32))
 
 
 def _image_stride(x) -> np.int64:
@@ -97,7 +106,7 @@ class CudaBackend:
         # 3's tiles by cp.async (sm_80+; not yet measured on a GPU, so off by default).
         options = compile_options(cp_async)
         self._modules = {
-            name: cupy.RawModule(code=(FOLDER / name).read_text(), options=options)
+            name: cupy.RawModule(code=source_code(name), options=options)
             for name in SOURCES
         }
 
@@ -179,7 +188,12 @@ class CudaBackend:
                 conv.padding, conv.groups, oh, ow)), _image_stride(x), _image_stride(y),
                 np.int32(conv.act), y if residual is None else residual, np.int32(res_act))
         pixels, group_filters = n * oh * ow, f // conv.groups
-        kernel = kernel or choose_conv_kernel(pixels, group_filters)
+        chosen = kernel or choose_conv_kernel(pixels, group_filters)
+        if conv.tap_table is None and chosen not in ("conv2d_direct", "conv2d_implicit_gemm"):
+            if kernel:
+                raise KernError(f"{kernel}: {c // conv.groups} channels a group or {k}x{k} taps: no tap table")
+            chosen = "conv2d_implicit_gemm"  # the tap table cannot hold this layer's taps
+        kernel = chosen
         if kernel == "conv2d_direct":
             self._kernel("conv.cu", kernel)(_grid(y.size), (BLOCK,), args)
             return y

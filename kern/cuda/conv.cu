@@ -142,7 +142,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
 // - float4 loads of the weights when a filter's taps start 16-byte aligned (taps % 4 == 0).
 // - No division in the loop: each thread gathers the same pixel at every step, whose image
 //   and window corner are computed once, and each tap's (channel, ky, kx) comes from
-//   tap_table, made on the host: channel << 16 | ky << 8 | kx.
+//   tap_table, made on the host: channel << 12 | ky << 6 | kx (channels < 2^19, k <= 64).
 // Thread (ty, tx) of the 16 x 16 grid owns rows ty*4 + {0..3} and 64 + ty*4 + {0..3}, and the
 // same columns with tx.
 // With KERN_CP_ASYNC (sm_80 and later; CudaBackend(cp_async=True)) the next step's operands go
@@ -180,8 +180,8 @@ __device__ __forceinline__ void big_gather(float* r, const float* __restrict__ i
         float v = 0.f;
         if (ok && t < taps) {
             const int code = tap_table[t];
-            const int iy = iy0 + ((code >> 8) & 255), ix = ix0 + (code & 255);
-            if (iy >= 0 && iy < h && ix >= 0 && ix < wd) v = image[((long long)(code >> 16) * h + iy) * wd + ix];
+            const int iy = iy0 + ((code >> 6) & 63), ix = ix0 + (code & 63);
+            if (iy >= 0 && iy < h && ix >= 0 && ix < wd) v = image[((long long)(code >> 12) * h + iy) * wd + ix];
         }
         r[i] = v;
     }
@@ -214,9 +214,9 @@ __device__ __forceinline__ void big_async_tiles(
         const float* src = image;
         if (ok) {
             const int code = tap_table[t];
-            const int iy = iy0 + ((code >> 8) & 255), ix = ix0 + (code & 255);
+            const int iy = iy0 + ((code >> 6) & 63), ix = ix0 + (code & 63);
             ok = iy >= 0 && iy < h && ix >= 0 && ix < wd;
-            if (ok) src = image + ((long long)(code >> 16) * h + iy) * wd + ix;
+            if (ok) src = image + ((long long)(code >> 12) * h + iy) * wd + ix;
         }
         async_float(&b[bk + 2 * i][bp], src, ok);
     }

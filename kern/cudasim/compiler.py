@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kern.cuda.sources import included_text
 from kern.errors import KernError
 
 HERE = Path(__file__).resolve().parent
@@ -128,8 +129,11 @@ def build(code: str, name: str, options: tuple[str, ...]) -> Path:
     cxx = compiler()
     unit = translation_unit(code, name)
     header = (HERE / "cudasim.h").read_text() + (HERE / "runtime.h").read_text()
+    folders = [Path(o[2:]) for o in options if o.startswith("-I")]
+    included = included_text(code, folders)  # an edited header must not reuse the old build
     version = _version(cxx)
-    key = hashlib.sha256("\0".join([unit, header, *options, *FLAGS, cxx, version]).encode()).hexdigest()[:24]
+    parts = [unit, header, included, *options, *FLAGS, cxx, version]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
     folder = cache_dir()
     library = folder / f"{Path(name).stem}-{key}.so"
     if library.exists():
