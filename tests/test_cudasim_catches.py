@@ -216,3 +216,33 @@ def test_launch_limits_are_checked(rng):
         kernel((1,), (1025,), (x, x, np.int64(4), np.int32(0)))
     with pytest.raises(CudasimError, match="y and z in 1..65535"):
         kernel((1, 65536), (32,), (x, x, np.int64(4), np.int32(0)))
+
+
+def test_a_block_over_its_launch_bounds_is_refused(rng):
+    """conv.cu's GEMMs are compiled with __launch_bounds__(THREADS) (256): a launch of 512
+    threads per block (a planted backend bug) fails on a GPU, and on cudasim with the bound."""
+    backend = cudasim.CudasimBackend()
+    kernel = backend._kernel("conv.cu", "conv2d_implicit_gemm")
+    assert kernel.bounds == 256
+    x = backend.asarray(rng.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    conv = backend.prepare_conv(rng.standard_normal((32, 16, 3, 3)).astype(np.float32),
+                                np.zeros(32, np.float32), None, stride=1, padding=1, groups=1, activation="linear")
+
+    class Wider:  # the planted bug: the backend launches the kernel with 512 threads a block
+        def __call__(self, grid, block, args, shared_mem=0):
+            return kernel(grid, (512,), args, shared_mem)
+
+    backend._kernel = lambda source, name: Wider()
+    with pytest.raises(CudasimError, match=r"512 threads > __launch_bounds__ 256"):
+        backend.conv2d(x, conv, kernel="conv2d_implicit_gemm")
+
+
+def test_dynamic_shared_memory_over_48_kib_needs_the_opt_in():
+    source = 'extern "C" __global__ void big(float* out) { extern __shared__ float s[]; s[threadIdx.x] = 1.f; out[threadIdx.x] = s[threadIdx.x]; }'
+    kernel = RawModule(code=source, name="big.cu").get_function("big")
+    out = cudasim.device.asarray(np.full(32, np.nan, np.float32))
+    with pytest.raises(CudasimError, match="over 48 KiB needs max_dynamic_shared_size_bytes"):
+        kernel((1,), (32,), (out,), shared_mem=64 * 1024)
+    kernel.max_dynamic_shared_size_bytes = 64 * 1024  # what CuPy code sets before such a launch
+    kernel((1,), (32,), (out,), shared_mem=64 * 1024)
+    assert np.array_equal(cudasim.device.asnumpy(out), np.ones(32, np.float32))

@@ -30,8 +30,8 @@ FLAGS = (
     "-fsanitize=bounds", "-fsanitize-undefined-trap-on-error",
 )
 KERNEL = re.compile(
-    r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s*)?void\s+'
-    r"(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)",
+    r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\(([^)]*)\)\s*)?void\s+'
+    r"(?:__launch_bounds__\(([^)]*)\)\s*)?(\w+)\s*\(([^)]*)\)",
     re.S,
 )
 DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
@@ -61,6 +61,9 @@ class Param:
 class Kernel:
     name: str
     params: tuple[Param, ...]
+    # __launch_bounds__'s first argument as written (a macro maybe; the library holds its
+    # value as __cudasim_bounds_NAME): a launch of a bigger block is refused, as CUDA does.
+    bounds: str | None = None
 
 
 def parse_param(text: str) -> Param:
@@ -76,9 +79,10 @@ def parse_param(text: str) -> Param:
 
 def kernels_of(code: str) -> list[Kernel]:
     found = []
-    for name, params in KERNEL.findall(code):
+    for before, after, name, params in KERNEL.findall(code):
         parts = [p for p in params.split(",") if p.strip()]
-        found.append(Kernel(name, tuple(parse_param(p) for p in parts)))
+        bounds = (before or after).split(",")[0].strip() or None
+        found.append(Kernel(name, tuple(parse_param(p) for p in parts), bounds))
     return found
 
 
@@ -88,6 +92,8 @@ def trampolines(kernels: list[Kernel]) -> str:
     for kernel in kernels:
         args = ", ".join(f"*({p.ctype}*)a[{i}]" for i, p in enumerate(kernel.params))
         lines.append(f'extern "C" void __cudasim_call_{kernel.name}(void** a) {{ {kernel.name}({args}); }}')
+        if kernel.bounds:
+            lines.append(f'extern "C" const int __cudasim_bounds_{kernel.name} = (int)({kernel.bounds});')
     return "\n".join(lines)
 
 

@@ -270,6 +270,12 @@ class Function:
     def __init__(self, library: _Library, kernel: Kernel, source: str) -> None:
         self.library, self.kernel, self.source = library, kernel, source
         self.address = ctypes.cast(getattr(library.handle, f"__cudasim_call_{kernel.name}"), ctypes.c_void_p)
+        self.bounds = None  # __launch_bounds__: the most threads a block of this kernel may have
+        if kernel.bounds:
+            self.bounds = ctypes.c_int.in_dll(library.handle, f"__cudasim_bounds_{kernel.name}").value
+        # CuPy's Function attribute: dynamic shared memory over 48 KiB needs this raised first
+        # (cudaFuncAttributeMaxDynamicSharedMemorySize), or the launch fails on a GPU.
+        self.max_dynamic_shared_size_bytes = MAX_STATIC_SHARED
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
         grid3, block3 = _dims(grid), _dims(block)
@@ -314,6 +320,13 @@ class Function:
             raise CudasimError(f"{name}: block {block}: at most {MAX_THREADS} threads (z <= 64), at least 1")
         if not 1 <= grid[0] < 2**31 or not 1 <= grid[1] <= 65535 or not 1 <= grid[2] <= 65535:
             raise CudasimError(f"{name}: grid {grid}: x in 1..2^31-1, y and z in 1..65535")
+        if self.bounds is not None and threads > self.bounds:
+            raise CudasimError(f"{name}: block {block}: {threads} threads > __launch_bounds__ {self.bounds}")
+        if shared > max(self.max_dynamic_shared_size_bytes, MAX_STATIC_SHARED):
+            raise CudasimError(
+                f"{name}: {shared} bytes of dynamic shared memory: over 48 KiB needs "
+                "max_dynamic_shared_size_bytes raised first (cudaFuncSetAttribute)"
+            )
         static = self.library.shared.get(name, 0)
         if static > MAX_STATIC_SHARED:
             raise CudasimError(f"{name}: {static} bytes of static __shared__ memory, more than 48 KiB")
