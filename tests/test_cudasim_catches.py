@@ -246,3 +246,22 @@ def test_dynamic_shared_memory_over_48_kib_needs_the_opt_in():
     kernel.max_dynamic_shared_size_bytes = 64 * 1024  # what CuPy code sets before such a launch
     kernel((1,), (32,), (out,), shared_mem=64 * 1024)
     assert np.array_equal(cudasim.device.asnumpy(out), np.ones(32, np.float32))
+
+
+@pytest.mark.parametrize("back,says", [(1, None), (4096, r"4096 bytes before argument 0 \(x\)")], ids=["one", "a page"])
+def test_reads_before_an_array_are_caught(back, says):
+    """A planted off-by-one below zero (x[i - 1] at i = 0) reads 0xff bytes (NaN) between the
+    front guard page and the array; a read a page before it faults on the guard page."""
+    source = (
+        'extern "C" __global__ void shifted(const float* x, float* out, int back) '
+        "{ const int i = threadIdx.x; out[i] = x[i - back]; }"
+    )
+    kernel = RawModule(code=source, name="shifted.cu").get_function("shifted")
+    x = cudasim.device.asarray(np.arange(8, dtype=np.float32))
+    out = cudasim.device.asarray(np.zeros(8, np.float32))
+    if says is None:
+        kernel((1,), (8,), (x, out, np.int32(back)))
+        assert np.isnan(cudasim.device.asnumpy(out)[0]) and np.array_equal(cudasim.device.asnumpy(out)[1:], np.arange(7))
+    else:
+        with pytest.raises(CudasimError, match=says):
+            kernel((1,), (8,), (x, out, np.int32(back // 4)))

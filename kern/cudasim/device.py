@@ -43,18 +43,22 @@ class CudasimError(RuntimeError):
 
 
 class Allocation:
-    """`nbytes` of memory that end where a guard page begins."""
+    """`nbytes` of memory that end where a guard page begins, with a guard page before them
+    too; the bytes between that page and the array are 0xff (a NaN as float32, -1 as int), so
+    a read just before the array gives garbage that shows, and one further off faults."""
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
         data_pages = -(-max(nbytes, 1) // PAGE) * PAGE
-        self.map = mmap.mmap(-1, data_pages + PAGE)
+        self.map = mmap.mmap(-1, PAGE + data_pages + PAGE)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-        self.end = base + data_pages
+        self.end = base + PAGE + data_pages
         self.start = self.end - nbytes
-        if _libc.mprotect(ctypes.c_void_p(self.end), ctypes.c_size_t(PAGE), 0) != 0:
-            raise OSError(ctypes.get_errno(), "mprotect")
-        self.offset = data_pages - nbytes
+        self.offset = PAGE + data_pages - nbytes
+        self.map[PAGE : self.offset] = b"\xff" * (self.offset - PAGE)
+        for guard in (base, self.end):
+            if _libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(PAGE), 0) != 0:
+                raise OSError(ctypes.get_errno(), "mprotect")
 
     def view(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         count = int(np.prod(shape))
@@ -384,11 +388,17 @@ class Function:
             return f"{who}: stack overflow{at}"
         if signal == 11:
             for i, arg in enumerate(args):
-                if isinstance(arg, ndarray) and arg.allocation.end <= address < arg.allocation.end + PAGE:
-                    past = address - arg.allocation.end + 1
-                    name = self.kernel.params[i].name
+                if not isinstance(arg, ndarray):
+                    continue
+                name, end = self.kernel.params[i].name, arg.allocation.end
+                if end <= address < end + PAGE:
+                    past = address - end + 1
                     unit = "byte" if past == 1 else "bytes"
                     return f"{who}: an access {past} {unit} past the end of argument {i} ({name}){at}"
+                front = end + PAGE - len(arg.allocation.map)  # the guard page before the array
+                if front <= address < front + PAGE:
+                    before = arg.allocation.start - address
+                    return f"{who}: an access {before} bytes before argument {i} ({name}){at}"
         return f"{who}: {SIGNALS.get(signal, f'signal {signal}')} at address {address:#x}{at}"
 
 
