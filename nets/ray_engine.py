@@ -124,7 +124,7 @@ def connect(address: str | None) -> None:
             ray.init(address=address, **quiet)
         else:
             ray.init(address="local", **quiet)  # embedded: started now, stopped by shutdown()
-    except (ConnectionError, TimeoutError, ValueError, RuntimeError, ray_authentication_error()) as error:
+    except (ConnectionError, TimeoutError, ValueError, RuntimeError, _ray_authentication_error()) as error:
         if _says_token(error):
             raise KernError(f"Ray cluster {where} asks for a token: {_token_state()}") from None
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -134,13 +134,13 @@ def connect(address: str | None) -> None:
 def _says_token(error: BaseException | None) -> bool:
     """Whether Ray's error, or one it came from, is a refused or missing token."""
     while error is not None:
-        if isinstance(error, ray_authentication_error()) or "InvalidAuthToken" in str(error):
+        if isinstance(error, _ray_authentication_error()) or "InvalidAuthToken" in str(error):
             return True
         error = error.__cause__ or error.__context__
     return False
 
 
-def ray_authentication_error() -> type:
+def _ray_authentication_error() -> type:
     import ray
 
     return ray.exceptions.AuthenticationError
