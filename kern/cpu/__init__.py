@@ -135,7 +135,7 @@ class CpuBackend:
             return grouped.conv2d_lane_groups(
                 x, c.packed, c.bias, c.ksize, c.stride, c.padding, c.act, c.input_ready, lanes_out, out
             )
-        if c.plain_winograd is not None and c.out_planes == 1 and not lanes_out:
+        if c.plain_winograd is not None:  # never set on a conv linked in lane order (link_convs clears it)
             return winograd_plain.conv2d_winograd(
                 x, c.plain_winograd, c.bias, c.filters, c.act, out=out, input_padded=c.input_padded,
                 out_padding=c.out_padding,
@@ -151,7 +151,7 @@ class CpuBackend:
             summed = self.conv2d(x, c)
             return self.shortcut(summed, residual, alpha=1.0, beta=1.0, activation=activation, out=out)
         self._use_threads()  # the add and its activation are fused into the GEMM's store
-        if c.plain_winograd is not None and c.out_planes == 1 and c.out_order is None:
+        if c.plain_winograd is not None:
             return winograd_plain.conv2d_winograd(
                 x, c.plain_winograd, c.bias, c.filters, c.act, residual, activation_code(activation), out=out,
                 input_padded=c.input_padded, out_padding=c.out_padding,

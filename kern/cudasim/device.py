@@ -253,11 +253,17 @@ class RawModule:
         handle.cudasim_launch.restype = ctypes.c_int
         self.library = _Library(path, handle, {k.name: k for k in kernels_of(code)}, static_shared_bytes(path))
         self.name = name
+        # One Function per kernel, as a GPU has one function handle: an attribute set on it
+        # (max_dynamic_shared_size_bytes) holds for later launches, and the symbols are looked
+        # up once, not per launch.
+        self._functions: dict[str, Function] = {}
 
     def get_function(self, name: str) -> Function:
         if name not in self.library.kernels:
             raise AttributeError(f"cudasim: no kernel {name!r} in {self.name}")
-        return Function(self.library, self.library.kernels[name], self.name)
+        if name not in self._functions:
+            self._functions[name] = Function(self.library, self.library.kernels[name], self.name)
+        return self._functions[name]
 
 
 def _source_name(code: str, default: str) -> str:
