@@ -14,7 +14,9 @@ import numpy as np
 
 from kern import __version__
 from kern.backend import Backend, TrainingBackend, get_backend, get_training_backend
+from kern.errors import KernError
 from nets.augment import read_augmentation
+from nets.caffe.names import is_prototxt
 from nets.cfg import parse_cfg
 from nets.data import DEFAULT_DATA, SAMPLE_IMAGE, find_cfg, load_names
 from nets.network import Network, NetworkSpec, build_network, check_memory
@@ -49,7 +51,8 @@ def load(
     neither, `<cfg name>.weights` found beside the cfg, among the shipped weights, in the
     working directory or in the download cache (nets.fetch).
 
-    cfg: a path, or the name of a shipped cfg ("tiny", "darknet19", ...).
+    cfg: a path, or the name of a shipped cfg ("tiny", "darknet19", ...); or a Caffe deploy
+    .prototxt, with its .caffemodel as `weights` (Caffe's preprocessing: nets.caffe.preprocess).
     backend: 'ref' (NumPy; `dtype=np.float64` for ground truth), 'cpu' (Numba), 'cuda' or
     'cudasim' (the CUDA kernels on the CPU).
 
@@ -62,6 +65,8 @@ def load(
     if training:
         options = dict(backend=backend, threads=threads, dtype=dtype, seed=seed, clear=clear)
         return _load_training(cfg, weights, **options)
+    if is_prototxt(cfg):
+        return _load_caffe(cfg, weights, backend=backend, threads=threads, dtype=dtype, random_seed=random_seed)
     spec = load_spec(cfg)
     check_memory(spec)
     if random_seed is not None:
@@ -72,6 +77,23 @@ def load(
         values = read_weights(weights, spec.layers)
     labels = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else None
     return Network(spec, values, make_backend(backend, threads=threads, dtype=dtype), labels)
+
+
+def _load_caffe(
+    prototxt: str | Path, weights: str | Path | None, *, backend: str, threads: int | None, dtype: type,
+    random_seed: int | None, labels: str | Path | None = None,
+) -> Network:
+    """A Caffe deploy .prototxt with a .caffemodel (or seeded random weights): nets/caffe."""
+    from nets.caffe import caffe_values, read_net
+    from nets.caffe.preprocess import caffe_labels
+
+    if weights is None and random_seed is None:
+        raise KernError(f"{prototxt}: a Caffe model needs its .caffemodel weights (or random_seed=)")
+    model = read_net(prototxt)
+    check_memory(model.spec)
+    values = caffe_values(model, weights, random_seed)
+    names = caffe_labels(model.spec.outputs, labels)
+    return Network(model.spec, values, make_backend(backend, threads=threads, dtype=dtype), names)
 
 
 def _load_training(

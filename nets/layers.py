@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from kern.backend import Backend
-from kern.params import ACTIVATIONS, BatchNorm, conv_output_size, maxpool_output_size
+from kern.params import ACTIVATIONS, BatchNorm, conv_output_size, fold_batchnorm, maxpool_output_size
 from nets.cfg import Section
 
 Shape = tuple[int, int, int]
@@ -76,6 +76,11 @@ def _dims(shape: Shape) -> tuple[int, int, int]:
     """Darknet prints w x h x c."""
     c, h, w = shape
     return w, h, c
+
+
+def shape_line(kind: str, layer: Layer) -> str:
+    """A table line for a layer that keeps to one map: kind, input -> output."""
+    return "%-22s  %4d x%4d x%4d   ->  %4d x%4d x%4d" % (kind, *_dims(layer.in_shape), *_dims(layer.out_shape))
 
 
 def _batchnorm(values: dict[str, np.ndarray]) -> BatchNorm | None:
@@ -285,6 +290,55 @@ class Cost(Layer):
         return "cost                                           %4d" % int(np.prod(self.in_shape))
 
 
+@dataclass(frozen=True)
+class Affine(Layer):
+    """activation(x * scale[c] + bias[c]); values "scale" and "bias"."""
+
+    activation: str
+
+    kind = "affine"
+
+    def prepare(self, backend, values):
+        return backend.prepare_affine(values["scale"], values["bias"], activation=self.activation)
+
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.affine(x, prepared, **into(out))
+
+    def describe(self) -> str:
+        return shape_line(f"affine {self.activation}", self)
+
+
+@dataclass(frozen=True)
+class BatchNormalization(Affine):
+    """Darknet's [batchnorm] at inference: scales * (x - mean) / (sqrt(variance) + 1e-6), as
+    its convolutions' batchnorm, with no bias; parameters scales, rolling mean and variance."""
+
+    kind = "batchnorm"
+
+    def params(self) -> list[ParamSpec]:
+        return [ParamSpec(name, (self.in_shape[0],)) for name in ("scales", "rolling_mean", "rolling_variance")]
+
+    def prepare(self, backend, values):
+        scale, bias = fold_batchnorm(np.ones(self.in_shape[0]), np.zeros(self.in_shape[0]), _batchnorm(values))
+        return backend.prepare_affine(scale, bias, activation=self.activation)
+
+    def describe(self) -> str:
+        return shape_line("batchnorm", self)
+
+
+@dataclass(frozen=True)
+class Activation(Layer):
+    activation: str
+
+    kind = "activation"
+
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.activate(x, self.activation, **into(out))
+
+    def describe(self) -> str:
+        return shape_line(self.activation, self)
+
+
 # ---- builders: (section, index, input shape, shapes of all earlier layers) -> Layer ----------
 
 
@@ -432,6 +486,14 @@ def build_cost(s: Section, index: int, shape: Shape, shapes: list[Shape]) -> Lay
     return Cost(index, shape, shape)
 
 
+def build_batchnorm(s: Section, index: int, shape: Shape, shapes: list[Shape]) -> Layer:
+    return BatchNormalization(index, shape, shape, "linear")
+
+
+def build_activation(s: Section, index: int, shape: Shape, shapes: list[Shape]) -> Layer:
+    return Activation(index, shape, shape, s.choice("activation", "linear", ACTIVATIONS))
+
+
 BUILDERS: dict[str, Callable[[Section, int, Shape, list[Shape]], Layer]] = {
     "convolutional": build_convolutional,
     "conv": build_convolutional,
@@ -448,6 +510,8 @@ BUILDERS: dict[str, Callable[[Section, int, Shape, list[Shape]], Layer]] = {
     "crop": build_crop,
     "dropout": build_dropout,
     "cost": build_cost,
+    "batchnorm": build_batchnorm,
+    "activation": build_activation,
 }
 
 # Training-time options Darknet reads from these sections and inference ignores (nets/train_layers.py

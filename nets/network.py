@@ -31,6 +31,9 @@ class NetworkSpec:
     cfg_path: str
     input_shape: Shape
     layers: tuple[Layer, ...]
+    # Darknet's networks take pixels in [0, 1] and forward() refuses 0-255 ones (check_range);
+    # Caffe's take mean-subtracted 0-255 values.
+    pixel_check: bool = True
 
     @property
     def outputs(self) -> int:
@@ -239,7 +242,8 @@ class Network:
                 f"{self.spec.cfg_path}: expected images of shape (N, {expected.replace('x', ', ')}), "
                 f"got {images.shape}"
             )
-        check_range(images, self.spec.cfg_path)
+        if self.spec.pixel_check:
+            check_range(images, self.spec.cfg_path)
         if self.memory is not None and until is None:  # copied straight into the arena
             return self.backend.to_numpy(self._run_planned(images, layer_seconds, from_host=True))
         return self.backend.to_numpy(self.run(self.backend.asarray(images), until, layer_seconds))

@@ -9,6 +9,7 @@ name of a shipped cfg (`--list` shows them). With a cfg but no image it asks
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ import nets
 from kern.backend import BACKENDS
 from kern.errors import KernError
 from nets import cli, fetch
+from nets.caffe.names import is_caffemodel, is_prototxt
 from nets.data import CFG_DIR, DEFAULT_DATA, SAMPLE_IMAGE, data_top, find_cfg, load_names, shipped_cfgs
 from nets.files import check_writable
 from nets.image import IMAGE_SUFFIXES, PREPROCESS, images_under, load_image
@@ -50,6 +52,14 @@ def parse_args(argv: list[str] | None):
     parser.add_argument(
         "--preprocess", default="letterbox", choices=list(PREPROCESS),
         help="letterbox (classifier predict), crop (centre crop, as classifier valid), resize",
+    )
+    parser.add_argument(
+        "--mean", default=None, metavar="B,G,R|FILE",
+        help="Caffe models: the per-channel mean subtracted from 0-255 BGR pixels, or a mean .binaryproto "
+        "(default 104,117,123, ImageNet's)",
+    )
+    parser.add_argument(
+        "--labels", metavar="FILE", help="Caffe models: class names, one per line, in the model's output order"
     )
     parser.add_argument("--download", action="store_true", help="fetch missing weights into the cache")
     parser.add_argument("--weights-url", help="where --download fetches from (default: Darknet's site)")
@@ -84,9 +94,14 @@ def parse_args(argv: list[str] | None):
 
 
 def split_paths(cfg: str | None, paths: list[str]) -> tuple[Path, Path | None, list[str]]:
-    """(cfg, weights or None, images): a second path ending in .weights is the weights file."""
+    """(cfg, weights or None, images): a second path ending in .weights (.caffemodel after a
+    .prototxt) is the weights file."""
     if cfg is None:
         return DEFAULT_CFG, None, [str(SAMPLE_IMAGE)]
+    if is_prototxt(cfg):
+        if paths and is_caffemodel(paths[0]):
+            return Path(cfg), Path(paths[0]), paths[1:]
+        return Path(cfg), None, paths
     if paths and paths[0].endswith(".weights"):
         return find_cfg(cfg), Path(paths[0]), paths[1:]
     return find_cfg(cfg), None, paths
@@ -123,13 +138,24 @@ def say_on_stderr(quiet: bool):
     return say
 
 
-def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]) -> Network:
+def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str], model=None) -> Network:
+    """The network with its weights; `model`: a translated Caffe prototxt (nets.caffe.CaffeNet)."""
     cfg = Path(spec.cfg_path)
     check_memory(spec)
     backend = nets.make_backend(args.backend, threads=args.threads)  # fail fast if unavailable
     say = say_on_stderr(args.quiet)
     say(spec.table())
-    if args.random_weights is not None:
+    if model is not None:
+        from nets.caffe import caffe_values
+
+        say(f"Loading weights from {weights or f'random seed {args.random_weights}'}...", end="")
+        try:
+            values = caffe_values(model, weights, args.random_weights)
+        except KernError:
+            say()  # the error goes on a line of its own
+            raise
+        say("Done!")
+    elif args.random_weights is not None:
         say(f"Random weights, seed {args.random_weights}...", end="")
         values = random_weights(spec.layers, args.random_weights)
         say("Done!")
@@ -153,7 +179,7 @@ def load_network(args, spec: NetworkSpec, weights: Path | None, names: list[str]
 def predict_one(net: Network, path: str, top: int, args, features: list | None = None) -> None:
     image = load_image(path)
     _, height, width = net.input_shape
-    x = PREPROCESS[args.preprocess](image, width, height)
+    x = args.prepare(image, width, height)
     if features is not None:
         features.append(net.forward(x[None], until=args.features)[0])
         say_on_stderr(args.quiet)(f"{path}: features of layer {args.features}, {features[-1].shape}")
@@ -222,14 +248,29 @@ def main(argv: list[str] | None = None) -> int:
         print(list_cfgs())
         return 0
     cfg, weights, images = split_paths(args.cfg, args.paths)
-    spec = nets.load_spec(cfg)
-    names = load_names(args.data, spec.outputs)
-    top = args.top or data_top(args.data)
+    model = None
+    if is_prototxt(cfg):  # a Caffe model: Caffe's preprocessing and label order
+        from nets.caffe import read_net
+        from nets.caffe.preprocess import IMAGENET_MEAN_BGR, caffe_input, caffe_labels, parse_mean
+
+        model = read_net(cfg)
+        if weights is None and args.random_weights is None:
+            raise KernError(f"{cfg}: expected its .caffemodel after the prototxt (or --random-weights SEED)")
+        spec = model.spec
+        names = caffe_labels(spec.outputs, args.labels)
+        top = min(args.top or 5, spec.outputs)
+        mean = parse_mean(args.mean) if args.mean else IMAGENET_MEAN_BGR
+        args.prepare = functools.partial(caffe_input, mean=mean)
+    else:
+        spec = nets.load_spec(cfg)
+        names = load_names(args.data, spec.outputs)
+        top = args.top or data_top(args.data)
+        args.prepare = PREPROCESS[args.preprocess]
     if args.features is not None:
         if not 0 <= args.features < len(spec.layers):
             raise KernError(f"--features {args.features}: {spec.cfg_path} has layers 0..{len(spec.layers) - 1}")
         check_writable(args.out)
-    net = load_network(args, spec, weights, names)
+    net = load_network(args, spec, weights, names, model)
     features: list | None = [] if args.features is not None else None
     failed = 0
     try:

@@ -301,6 +301,9 @@ def trainable_layers(
     layers: tuple[Layer, ...], sections: list[Section], values: list[dict[str, np.ndarray]], ops: Any
 ) -> list[Trainable]:
     """The training counterpart of every layer; one line for a network kern cannot train."""
+    for layer, section in zip(layers, sections):
+        if type(layer) not in TRAINABLE:
+            raise section.error(f"kern does not train [{section.name}] layers yet (it runs them)")
     trainables = [TRAINABLE[type(layer)](layer, s, v, ops) for layer, s, v in zip(layers, sections, values)]
     for t in trainables:
         if isinstance(t, TrainShortcut):

@@ -2,10 +2,12 @@
 called through ctypes in a child process (Darknet prints freely and exits on errors).
 
     python tests/darknet_oracle.py CFG WEIGHTS_IN INPUTS.npz WEIGHTS_OUT
+    python tests/darknet_oracle.py predict CFG WEIGHTS IMAGES.npy OUTPUTS.npy
 
 INPUTS.npz holds `images` (steps, batch, C, H, W) float32, `labels` (steps, batch) and
 `classes`; each step is one call of Darknet's train_network (all its subdivisions and one
-update). The losses it returned are printed, one per line. Not part of kern: it needs
+update). The losses it returned are printed, one per line. `predict` runs Darknet's
+network_predict on each image of IMAGES.npy (N, C, H, W) and saves the outputs. Not part of kern: it needs
 `apt-get install darknet`, and tests that use it skip without it.
 """
 
@@ -58,5 +60,28 @@ def main(cfg: str, weights_in: str, inputs: str, weights_out: str) -> None:
     lib.save_weights(net, weights_out.encode())
 
 
+def predict(cfg: str, weights: str, images: str, outputs: str) -> None:
+    lib = ctypes.CDLL(str(LIBRARY))
+    lib.load_network.restype = ctypes.c_void_p
+    lib.load_network.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+    lib.network_predict.restype = ctypes.POINTER(ctypes.c_float)
+    lib.network_predict.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)]
+    lib.network_outputs.restype = ctypes.c_int
+    lib.network_outputs.argtypes = [ctypes.c_void_p]
+    lib.set_batch_network.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    net = lib.load_network(cfg.encode(), weights.encode(), 0)
+    lib.set_batch_network(net, 1)
+    count = lib.network_outputs(net)
+    results = []
+    for image in np.load(images):
+        x = np.ascontiguousarray(image, dtype=np.float32)
+        y = lib.network_predict(net, x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        results.append(np.ctypeslib.as_array(y, (count,)).copy())
+    np.save(outputs, np.stack(results))
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    if sys.argv[1] == "predict":
+        predict(*sys.argv[2:6])
+    else:
+        main(*sys.argv[1:5])

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from kern.cpu import conv, elementwise, grouped, pool, winograd, winograd_plain
+from kern.cpu import channels, conv, elementwise, grouped, pool, winograd, winograd_plain
 from kern.cpu.connected import connected, pack_connected
 from kern.cpu.simd import aligned_empty, choose_simd, output_array
 from kern.errors import KernError
@@ -80,6 +80,13 @@ class CpuConnected:
     packed: np.ndarray
     bias: np.ndarray
     outputs: int
+    act: int
+
+
+@dataclass(frozen=True)
+class CpuAffine:
+    scale: np.ndarray
+    bias: np.ndarray
     act: int
 
 
@@ -270,6 +277,39 @@ class CpuBackend:
         elementwise.activate(np.ascontiguousarray(x), activation_code(activation), out)
         return out
 
+    # ---- per-channel ops (Caffe's networks; Darknet's [batchnorm]): kern/cpu/channels.py
+    def prepare_affine(self, scale, bias, *, activation) -> CpuAffine:
+        scale, bias = (np.ascontiguousarray(v, dtype=np.float32) for v in (scale, bias))
+        return CpuAffine(scale, bias, activation_code(activation))
+
+    def affine(self, x, a: CpuAffine, *, out=None):
+        self._use_threads()
+        out = output_array(x.shape, out)
+        channels.affine(_rows(x), a.scale, a.bias, a.act, _rows(out))
+        return out
+
+    def scale_channels(self, x, factors, add=None, *, out=None):
+        self._use_threads()
+        n_images, channels_in = x.shape[0], x.shape[3]
+        out = output_array(x.shape, out)
+        x3 = np.ascontiguousarray(x).reshape(n_images, -1, channels_in)
+        add3 = x3 if add is None else np.ascontiguousarray(add).reshape(x3.shape)
+        factors2 = np.ascontiguousarray(factors).reshape(n_images, channels_in)
+        channels.scale_channels(x3, factors2, add3, add is not None, out.reshape(x3.shape))
+        return out
+
+    def lrn(self, x, *, size, alpha, beta, k, out=None):
+        self._use_threads()
+        out = output_array(x.shape, out)
+        channels.lrn(_rows(x), int(size), float(alpha), float(beta), float(k), _rows(out))
+        return out
+
+    def slice_channels(self, x, *, first, count, out=None):
+        self._use_threads()
+        out = output_array(x.shape[:3] + (count,), out)
+        channels.slice_channels(_rows(x), int(first), _rows(out))
+        return out
+
     # ---- planned memory (kern/backend.py): a network's outputs in one arena per batch size
     planned_memory = True
     route_slices = False  # NHWC slices are strided: convolutions reading them ran slower (docs/benchmarks.md)
@@ -299,6 +339,11 @@ class CpuBackend:
         channels, height, width = shape
         q = c.out_padding
         return channels, height + 2 * q, width + 2 * q
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """NHWC as (pixels, channels) rows."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
 
 
 def _written(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:

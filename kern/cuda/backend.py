@@ -79,6 +79,13 @@ class CudaConv:
     tap_table: cupy.ndarray | None
 
 
+@dataclass(frozen=True)
+class CudaAffine:
+    scale: cupy.ndarray
+    bias: cupy.ndarray
+    act: int
+
+
 TAP_CHANNELS = 1 << 19  # channel << 12 stays below 2^31 (it wrapped at 2^15 when shifted by 16)
 TAP_SIZE = 64
 
@@ -282,4 +289,43 @@ class CudaBackend:
         y = self._out(out, x.shape)
         args = (x, y, np.int64(x.size), np.int32(activation_code(activation)))
         self._kernel("elementwise.cu", "activate_all")(_grid(x.size), (BLOCK,), args)
+        return y
+
+    # ---- per-channel ops (Caffe's networks; Darknet's [batchnorm])
+    def prepare_affine(self, scale, bias, *, activation) -> CudaAffine:
+        scale, bias = (cupy.asarray(np.asarray(v, dtype=np.float32)) for v in (scale, bias))
+        return CudaAffine(scale, bias, activation_code(activation))
+
+    def affine(self, x, a: CudaAffine, *, out=None):
+        x = cupy.ascontiguousarray(x)
+        n, c, h, w = x.shape
+        y = self._out(out, x.shape)
+        args = (x, y, a.scale, a.bias, np.int64(x.size), np.int32(c), np.int32(h * w), np.int32(a.act))
+        self._kernel("elementwise.cu", "affine_channels")(_grid(x.size), (BLOCK,), args)
+        return y
+
+    def scale_channels(self, x, factors, add=None, *, out=None):
+        x, factors = cupy.ascontiguousarray(x), cupy.ascontiguousarray(factors)
+        y = self._out(out, x.shape)
+        has_add = add is not None
+        add = cupy.ascontiguousarray(add) if has_add else x
+        args = (x, factors, add, y, np.int64(x.size), np.int32(x.shape[2] * x.shape[3]), np.int32(has_add))
+        self._kernel("elementwise.cu", "scale_channels")(_grid(x.size), (BLOCK,), args)
+        return y
+
+    def lrn(self, x, *, size, alpha, beta, k, out=None):
+        x = cupy.ascontiguousarray(x)
+        n, c, h, w = x.shape
+        y = self._out(out, x.shape)
+        args = (x, y, *map(np.int32, (n, c, h * w, size)), *map(np.float32, (alpha, beta, k)))
+        self._kernel("elementwise.cu", "lrn_channels")(_grid(x.size), (BLOCK,), args)
+        return y
+
+    def slice_channels(self, x, *, first, count, out=None):
+        """Channels first..first+count of x (copy_channels reads the strided view)."""
+        n, _, h, w = x.shape
+        y = self._out(out, (n, count, h, w))
+        place = x[:, first: first + count]
+        args = (place, y, *map(np.int32, (n, count, h * w)), _image_stride(place), _image_stride(y))
+        self._kernel("elementwise.cu", "copy_channels")(_grid(y.size), (BLOCK,), args)
         return y

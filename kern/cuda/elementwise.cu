@@ -88,3 +88,46 @@ extern "C" __global__ void softmax_rows(const float* __restrict__ x, float* __re
     const float total = partial[0];
     for (int i = threadIdx.x; i < width; i += blockDim.x) out[i] /= total;
 }
+
+// Per-channel ops (Caffe's networks; kern/ref/channels.py says what each computes).
+// Channel affine: y = act(x*scale[c] + bias[c]) over (N, C, hw).
+extern "C" __global__ void affine_channels(const float* __restrict__ x, float* __restrict__ y,
+                                           const float* __restrict__ scale,
+                                           const float* __restrict__ bias, long long count, int c,
+                                           int hw, int act)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    const int ch = (i / hw) % c;
+    y[i] = activate(x[i] * scale[ch] + bias[ch], act);
+}
+
+// y = x * factors[n, c] (+ add where has_add): factors holds one value per image and channel.
+extern "C" __global__ void scale_channels(const float* __restrict__ x,
+                                          const float* __restrict__ factors,
+                                          const float* __restrict__ add, float* __restrict__ y,
+                                          long long count, int hw, int has_add)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    float v = x[i] * factors[i / hw];
+    if (has_add) v += add[i];
+    y[i] = v;
+}
+
+// Caffe's LRN across channels: x / (k + alpha/size * sum of squares over the channel window)^beta.
+extern "C" __global__ void lrn_channels(const float* __restrict__ x, float* __restrict__ y, int n,
+                                        int c, int hw, int size, float alpha, float beta, float k)
+{
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)n * c * hw) return;
+    const int p = idx % hw, ch = (idx / hw) % c;
+    const long long image = idx / ((long long)hw * c) * c * hw;
+    const int first = ch - (size - 1) / 2;
+    float total = 0.f;
+    for (int d = max(first, 0); d < min(first + size, c); ++d) {
+        const float v = x[image + (long long)d * hw + p];
+        total += v * v;
+    }
+    y[idx] = x[idx] * powf(k + alpha / size * total, -beta);
+}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kern.params import BatchNorm
-from kern.ref import elementwise, pool
+from kern.ref import channels, elementwise, pool
 from kern.ref.conv import conv2d_im2col, conv2d_loops, im2col
 
 __all__ = ["RefBackend", "conv2d_im2col", "conv2d_loops", "im2col"]
@@ -34,6 +34,13 @@ class RefConnected:
     weights: np.ndarray
     bias: np.ndarray
     bn: BatchNorm | None
+    activation: str
+
+
+@dataclass(frozen=True)
+class RefAffine:
+    scale: np.ndarray
+    bias: np.ndarray
     activation: str
 
 
@@ -89,6 +96,21 @@ class RefBackend:
 
     def activate(self, x, activation):
         return elementwise.activate(x, activation)
+
+    def prepare_affine(self, scale, bias, *, activation) -> RefAffine:
+        return RefAffine(scale.astype(self.dtype), bias.astype(self.dtype), activation)
+
+    def affine(self, x, a: RefAffine):
+        return channels.affine(x, a.scale, a.bias, a.activation)
+
+    def scale_channels(self, x, factors, add=None):
+        return channels.scale_channels(x, factors, add)
+
+    def lrn(self, x, *, size, alpha, beta, k):
+        return channels.lrn(x, size, alpha, beta, k)
+
+    def slice_channels(self, x, *, first, count):
+        return channels.slice_channels(x, first, count)
 
     @staticmethod
     def _bias_bn_activate(y, bias, bn, activation):

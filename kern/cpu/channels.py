@@ -1,0 +1,54 @@
+"""Per-channel ops, channels-last (NHWC) as the rest of the CPU backend (the same ops in NumPy:
+kern/ref/channels.py). Each works on (pixels, channels) rows, parallel over pixels: a pixel's
+channels are contiguous, so the inner loop runs along them in vector lanes."""
+
+import numpy as np
+from numba import njit, prange
+
+from kern.cpu.activation import activate_scalar
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def affine(x, scale, bias, act, out):
+    """out = activation(x * scale[c] + bias[c]); x, out (pixels, C)."""
+    pixels, channels = x.shape
+    for p in prange(pixels):
+        for c in range(channels):
+            out[p, c] = activate_scalar(x[p, c] * scale[c] + bias[c], act)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def scale_channels(x, factors, add, has_add, out):
+    """out = x * factors[n, c] (+ add where has_add); x, add, out (N, pixels, C), factors (N, C)."""
+    n_images, pixels, channels = x.shape
+    for job in prange(n_images * pixels):
+        n, p = job // pixels, job % pixels
+        if has_add:
+            for c in range(channels):
+                out[n, p, c] = x[n, p, c] * factors[n, c] + add[n, p, c]
+        else:
+            for c in range(channels):
+                out[n, p, c] = x[n, p, c] * factors[n, c]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def lrn(x, size, alpha, beta, k, out):
+    """Caffe's LRN across channels (kern/ref/channels.py); x, out (pixels, C). The window's sum
+    of squares is summed afresh per channel (size is 5 in every shipped network), in float64."""
+    pixels, channels = x.shape
+    before = (size - 1) // 2
+    for p in prange(pixels):
+        for c in range(channels):
+            total = 0.0
+            for d in range(max(c - before, 0), min(c - before + size, channels)):
+                total += np.float64(x[p, d]) * x[p, d]
+            out[p, c] = x[p, c] * (k + alpha / size * total) ** -beta
+
+
+@njit(parallel=True, cache=True)
+def slice_channels(x, first, out):
+    """out = channels first .. first + out's channels of x; x (pixels, C), out (pixels, count)."""
+    pixels, count = out.shape
+    for p in prange(pixels):
+        for c in range(count):
+            out[p, c] = x[p, first + c]

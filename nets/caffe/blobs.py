@@ -1,0 +1,129 @@
+"""A .caffemodel's blobs -> the parameters of kern's layers (the recipes of nets/caffe/graph.py),
+and seeded random blobs written as a .caffemodel (for tests, timing and teaching).
+
+Folding is done in float64: a convolution's (or inner product's) weights W and bias b, then
+for each per-channel layer folded into it, y = a*y + c, so W' = a*W and b' = a*b + c, with
+- BatchNorm (blobs mean, variance, factor; Caffe divides both by the factor, 0 meaning 0):
+  a = 1/sqrt(variance/factor + eps), c = -a*mean/factor;
+- Scale (blobs gamma, and beta where bias_term): a = gamma, c = beta.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kern.errors import KernError
+from nets.caffe.graph import CaffeNet
+from nets.caffe.proto import net_parameter_class, read_caffemodel
+
+
+def read_blobs(path: str | Path, model: CaffeNet) -> dict[str, list[np.ndarray]]:
+    """The blobs of every layer the prototxt gives parameters, by layer name, checked against
+    the shapes the prototxt implies (layers of the file that the prototxt lacks are ignored:
+    a training snapshot's data and loss layers)."""
+    net = read_caffemodel(path)
+    stored = {layer.name: layer.blobs for layer in (*net.layer, *net.layers)}
+    blobs = {}
+    for name, shapes in model.blob_shapes.items():
+        if name not in stored:
+            raise KernError(f'{path}: no weights for layer "{name}" (the file has {len(stored)} layers, '
+                            "matched by name)")
+        found = stored[name]
+        if len(found) != len(shapes):
+            raise KernError(f'{path}: layer "{name}" has {len(found)} blobs, expected {len(shapes)}')
+        blobs[name] = [_array(path, name, i, blob, shape) for i, (blob, shape) in enumerate(zip(found, shapes))]
+    return blobs
+
+
+def _array(path: str | Path, name: str, index: int, blob: Any, shape: tuple[int, ...]) -> np.ndarray:
+    values = blob.data if len(blob.data) else blob.double_data
+    count = int(np.prod(shape))
+    if len(values) != count:
+        stored = list(blob.shape.dim) or [blob.num, blob.channels, blob.height, blob.width]
+        raise KernError(f'{path}: layer "{name}" blob {index} holds {len(values)} values '
+                        f"(shape {stored}), expected {count} for shape {list(shape)}")
+    return np.array(values, dtype=np.float64).reshape(shape)
+
+
+def values_from_blobs(model: CaffeNet, blobs: dict[str, list[np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Each kern layer's parameters ("weights" and "biases", or "scale" and "bias")."""
+    return [_cook(recipe, blobs) for recipe in model.recipes]
+
+
+def _cook(recipe: tuple[tuple, ...], blobs: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    if not recipe:
+        return {}
+    first, *steps = recipe
+    if first[0] in ("conv", "ip"):
+        _, name, bias_term = first
+        weights = blobs[name][0]
+        bias = blobs[name][1] if bias_term else np.zeros(weights.shape[0])
+    elif first[0] == "average":  # a depthwise convolution that averages k x k windows
+        _, size, channels = first
+        weights, bias = np.full((channels, 1, size, size), 1.0 / (size * size)), np.zeros(channels)
+    else:  # "affine": a standalone per-channel layer, starting from the identity
+        weights, bias = np.ones(first[1]), np.zeros(first[1])
+    for step in steps:
+        a, c = _per_channel(step, blobs)
+        weights = weights * a.reshape((-1,) + (1,) * (weights.ndim - 1))
+        bias = bias * a + c
+    if first[0] == "affine":
+        return {"scale": weights.astype(np.float32), "bias": bias.astype(np.float32)}
+    return {"weights": weights.astype(np.float32), "biases": bias.astype(np.float32)}
+
+
+def _per_channel(step: tuple, blobs: dict[str, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(a, c) of y = a*x + c for a BatchNorm or Scale layer."""
+    kind, name, option = step
+    found = blobs[name]
+    if kind == "bn":
+        factor = found[2].reshape(-1)[0]
+        inverse = 0.0 if factor == 0 else 1.0 / factor
+        a = 1.0 / np.sqrt(found[1] * inverse + option)
+        return a, -a * found[0] * inverse
+    return found[0], found[1] if option else np.zeros_like(found[0])
+
+
+BLOB_KINDS = {
+    "conv": ("weights", "bias"), "ip": ("weights", "bias"), "bn": ("mean", "variance", "factor"),
+    "scale": ("gamma", "beta"),
+}
+
+
+def random_blobs(model: CaffeNet, seed: int) -> dict[str, list[np.ndarray]]:
+    """Seeded blobs of the right shapes that keep activations near unit size through deep nets:
+    weights N(0, 1/fan_in), biases and means small, variances and scales near 1."""
+    rng = np.random.default_rng(seed)
+    steps = (step for recipe in model.recipes for step in recipe)
+    kinds = {step[1]: BLOB_KINDS[step[0]] for step in steps if step[0] in BLOB_KINDS}
+    blobs = {}
+    for name, shapes in model.blob_shapes.items():
+        made = []
+        for kind, shape in zip(kinds[name], shapes):
+            if kind == "weights":
+                made.append(rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:])))
+            elif kind in ("variance", "gamma"):
+                made.append(rng.uniform(0.5, 1.5, shape))
+            elif kind == "factor":
+                made.append(rng.uniform(0.5, 2.0, shape))
+            else:  # bias, mean, beta
+                made.append(rng.uniform(-0.1, 0.1, shape))
+        # As a .caffemodel holds them: float32.
+        blobs[name] = [m.astype(np.float32).astype(np.float64) for m in made]
+    return blobs
+
+
+def write_caffemodel(path: str | Path, blobs: dict[str, list[np.ndarray]]) -> None:
+    """Blobs by layer name as a binary .caffemodel (V2 layers, blobs with `shape`)."""
+    net = net_parameter_class()()
+    for name, arrays in blobs.items():
+        layer = net.layer.add()
+        layer.name = name
+        for array in arrays:
+            blob = layer.blobs.add()
+            blob.shape.dim.extend(array.shape)
+            blob.data.extend(np.asarray(array, dtype=np.float32).reshape(-1).tolist())
+    Path(path).write_bytes(net.SerializeToString())

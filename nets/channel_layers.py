@@ -1,0 +1,66 @@
+"""Layers that Caffe's networks need (nets/caffe) and Darknet's do not, on the backends'
+per-channel ops (kern/ref/channels.py): scaling by another layer's per-channel values
+(squeeze-and-excitation), cross-channel LRN and a slice of channels. (The channel affine and
+the standalone activation are Darknet's [batchnorm] and [activation] too: nets/layers.py.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nets.layers import Layer, into, shape_line
+
+
+@dataclass(frozen=True)
+class ScaleChannels(Layer):
+    """x * outputs[factors] (one value per image and channel), + outputs[add] where set."""
+
+    factors: int
+    add: int | None
+
+    kind = "scale"
+
+    def sources(self) -> tuple[int, ...]:
+        return (self.factors,) if self.add is None else (self.factors, self.add)
+
+    def forward(self, backend, prepared, x, outputs, out=None):
+        add = None if self.add is None else outputs[self.add]
+        return backend.scale_channels(x, outputs[self.factors], add, **into(out))
+
+    @property
+    def flops(self) -> float:
+        return float((1 if self.add is None else 2) * np.prod(self.out_shape))
+
+    def describe(self) -> str:
+        plus = "" if self.add is None else f" + {self.add}"
+        return shape_line(f"scale by {self.factors}{plus}", self)
+
+
+@dataclass(frozen=True)
+class LRN(Layer):
+    size: int
+    alpha: float
+    beta: float
+    k: float
+
+    kind = "lrn"
+
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.lrn(x, size=self.size, alpha=self.alpha, beta=self.beta, k=self.k, **into(out))
+
+    def describe(self) -> str:
+        return shape_line(f"lrn {self.size}", self)
+
+
+@dataclass(frozen=True)
+class SliceChannels(Layer):
+    first: int
+
+    kind = "slice"
+
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.slice_channels(x, first=self.first, count=self.out_shape[0], **into(out))
+
+    def describe(self) -> str:
+        return shape_line(f"slice {self.first}..{self.first + self.out_shape[0] - 1}", self)

