@@ -1,6 +1,7 @@
 """Whole-network benchmark: kern against PyTorch CPU, OpenCV DNN and Darknet, in one run.
 
     python -m bench.nets darknet19 resnet50 --threads 2 --batch 1,8
+    python -m bench.nets ResNet-50-deploy deploy_densenet121 --peers kern,torch,opencv   # Caffe models
 
 Every peer runs the same cfg with the same random weights (written once as a .weights file)
 in its own process, so its peak memory (VmHWM) is its own. Times are medians of --repeat
@@ -10,7 +11,8 @@ that is not installed, or cannot load a cfg, gets a note. Each measurement is an
 stderr with the time so far and an estimate of the time left.
 - kern: nets.Network on the Numba CPU backend.
 - torch: the same graph through bench/torch_backend.py (batchnorm folded, channels-last).
-- opencv: cv2.dnn.readNetFromDarknet (opencv-python-headless<5; 5.x dropped the importer).
+- opencv: cv2.dnn.readNetFromDarknet, or readNetFromCaffe for a .prototxt (a Caffe model, with
+  random blobs written as a .caffemodel; opencv-python-headless<5; 5.x dropped the importers).
 - the host's limit: PyTorch's float32 matrix product 2048^3 on the same threads (when torch
   is installed), and each row's share of it.
 - darknet: Debian's `darknet` CPU build, `classifier predict` fed the same image `--repeat`
@@ -34,6 +36,9 @@ import numpy as np
 
 from bench.progress import Progress
 from kern.timing import busy_warning
+from nets.caffe import caffe_values, read_net
+from nets.caffe.blobs import random_blobs, write_caffemodel
+from nets.caffe.names import is_prototxt
 
 PEERS = ("kern", "torch", "opencv", "darknet")
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +49,8 @@ def measure(peer: str, cfg: str, weights: str, batch: int, threads: int, repeat:
     import nets
     from bench.forward import median_seconds
 
-    spec = nets.load_spec(cfg)
+    model = read_net(cfg) if is_prototxt(cfg) else None
+    spec = model.spec if model else nets.load_spec(cfg)
     images = np.random.default_rng(0).random((batch, *spec.input_shape), dtype=np.float32)
     if peer == "kern":
         net = nets.load(cfg, weights, backend="cpu", threads=threads)
@@ -53,18 +59,20 @@ def measure(peer: str, cfg: str, weights: str, batch: int, threads: int, repeat:
         from bench.torch_backend import TorchBackend
         from nets.weights import read_weights
 
-        net = nets.Network(spec, read_weights(weights, spec.layers), TorchBackend(threads))
+        values = caffe_values(model, weights) if model else read_weights(weights, spec.layers)
+        net = nets.Network(spec, values, TorchBackend(threads))
         return median_seconds(lambda: net.predict(images), repeat)
     if peer == "opencv":
         import cv2
 
         cv2.setNumThreads(threads)
-        model = cv2.dnn.readNetFromDarknet(cfg, weights)
-        model.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        reader = cv2.dnn.readNetFromCaffe if model else cv2.dnn.readNetFromDarknet
+        peer_net = reader(cfg, weights)
+        peer_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
 
         def run():
-            model.setInput(images)
-            model.forward()
+            peer_net.setInput(images)
+            peer_net.forward()
 
         return median_seconds(run, repeat)
     raise ValueError(peer)
@@ -225,16 +233,21 @@ def main() -> None:
             print(f"# host limit: PyTorch's sgemm 2048^3 on {args.threads} threads, {limit:.1f} GFLOP/s")
     if warning := busy_warning():
         print(warning)
-    header = f"{'network':<18} {'batch':>5} {'peer':<8} {'ms':>9} {'GFLOP/s':>8} {'peak MB':>8}"
+    header = f"{'network':<28} {'batch':>5} {'peer':<8} {'ms':>9} {'GFLOP/s':>8} {'peak MB':>8}"
     print(f"{header} {'ratio':>6} {'of limit':>8}")
     batches = list(map(int, args.batch.split(",")))
     steps = sum(len([p for p in peers if p != "darknet" or b == 1]) for b in batches)
     progress = Progress(len(args.cfgs) * args.rounds * steps)
     with tempfile.TemporaryDirectory() as folder:
         for cfg in map(str, map(find_cfg, args.cfgs)):
-            spec = nets.load_spec(cfg)
-            weights = str(Path(folder) / "random.weights")
-            write_weights(weights, spec.layers, random_weights(spec.layers, seed=0))
+            if is_prototxt(cfg):  # a Caffe model: random blobs in a .caffemodel
+                model = read_net(cfg)
+                spec, weights = model.spec, str(Path(folder) / "random.caffemodel")
+                write_caffemodel(weights, random_blobs(model, seed=0))
+            else:
+                spec = nets.load_spec(cfg)
+                weights = str(Path(folder) / "random.weights")
+                write_weights(weights, spec.layers, random_weights(spec.layers, seed=0))
             name = Path(cfg).stem
             for batch in batches:
                 kern_seconds = None
@@ -244,7 +257,7 @@ def main() -> None:
                 )
                 for peer, result in results.items():
                     if "error" in result:
-                        print(f"{name:<18} {batch:>5} {peer:<8} cannot run it: {result['error']}")
+                        print(f"{name:<28} {batch:>5} {peer:<8} cannot run it: {result['error']}")
                         continue
                     seconds = result["seconds"]
                     kern_seconds = kern_seconds or (seconds if peer == "kern" else None)
@@ -257,7 +270,7 @@ def main() -> None:
                     if limit and gflops > limit:
                         share += " ! above the limit: Winograd's fewer multiplies, or a limit measured busy"
                     print(
-                        f"{name:<18} {batch:>5} {peer:<8} {1e3 * seconds:>9.1f} {gflops:>8.1f} "
+                        f"{name:<28} {batch:>5} {peer:<8} {1e3 * seconds:>9.1f} {gflops:>8.1f} "
                         f"{result['peak_mb']:>8.0f} {ratio} {share}",
                         flush=True,
                     )

@@ -132,3 +132,25 @@ class TorchBackend:
     def activate(self, x, activation):
         with torch.inference_mode():
             return _activate(x, activation)
+
+    # ---- per-channel ops (Caffe's networks; kern/ref/channels.py)
+    def prepare_affine(self, scale, bias, *, activation):
+        shape = (1, -1, 1, 1)
+        return self._tensor(scale).reshape(shape), self._tensor(bias).reshape(shape), activation
+
+    def affine(self, x, a):
+        scale, bias, activation = a
+        with torch.inference_mode():
+            return _activate(x * scale + bias, activation)
+
+    def scale_channels(self, x, factors, add=None):
+        with torch.inference_mode():
+            y = x * factors.reshape(x.shape[0], x.shape[1], 1, 1)
+            return y if add is None else y + add
+
+    def lrn(self, x, *, size, alpha, beta, k):
+        with torch.inference_mode():
+            return F.local_response_norm(x, size, alpha=alpha, beta=beta, k=k)
+
+    def slice_channels(self, x, *, first, count):
+        return x[:, first : first + count]

@@ -22,6 +22,7 @@ def _shipped_root() -> Path:
 
 SHIPPED = _shipped_root()
 CFG_DIR = SHIPPED / "cfg"
+CAFFE_DIR = CFG_DIR / "caffe"
 WEIGHTS_DIR = SHIPPED / "weights"
 DEFAULT_DATA = CFG_DIR / "imagenet1k.data"
 DEFAULT_LABELS = SHIPPED / "data" / "imagenet.labels.list"
@@ -42,6 +43,11 @@ def shipped_cfgs() -> list[Path]:
     return sorted(CFG_DIR.glob("*.cfg"))
 
 
+def shipped_prototxts() -> list[Path]:
+    """The shipped Caffe deploy prototxts (cfg/caffe), by name."""
+    return sorted(CAFFE_DIR.glob("*.prototxt"))
+
+
 def _plain(name: str) -> str:
     """A cfg name as people spell it: any case, with or without - and _ ("VGG16", "vgg-16")."""
     return name.lower().replace("-", "").replace("_", "")
@@ -50,16 +56,17 @@ def _plain(name: str) -> str:
 def find_cfg(name: str | Path) -> Path:
     """A cfg path as given if it exists, else a shipped cfg by its short name ("darknet19",
     "darknet19.cfg" or "cfg/darknet19.cfg" from any folder; "Tiny", "vgg16" and "darknet-19"
-    find tiny, vgg-16 and darknet19); else the path as given, for the reader to report."""
+    find tiny, vgg-16 and darknet19) or a shipped Caffe prototxt by its name ("bvlc_googlenet",
+    "ResNet-50-deploy"); else the path as given, for the reader to report."""
     path = Path(name)
     if path.exists():
         return path
-    stem = path.stem if path.suffix == ".cfg" else path.name
-    shipped = CFG_DIR / f"{stem}.cfg"
-    if path.parent in (Path("."), Path("cfg")):
-        if shipped.is_file():
-            return shipped
-        alike = [cfg for cfg in shipped_cfgs() if _plain(cfg.stem) == _plain(stem)]
+    stem = path.stem if path.suffix in (".cfg", ".prototxt") else path.name
+    if path.parent in (Path("."), Path("cfg"), Path("cfg/caffe")):
+        for shipped in (CFG_DIR / f"{stem}.cfg", CAFFE_DIR / f"{stem}.prototxt"):
+            if shipped.is_file():
+                return shipped
+        alike = [cfg for cfg in shipped_cfgs() + shipped_prototxts() if _plain(cfg.stem) == _plain(stem)]
         if len(alike) == 1:
             return alike[0]
     return path

@@ -21,8 +21,17 @@ import nets
 from kern.backend import BACKENDS
 from kern.errors import KernError
 from nets import cli, fetch
-from nets.caffe.names import is_caffemodel, is_prototxt
-from nets.data import CFG_DIR, DEFAULT_DATA, SAMPLE_IMAGE, data_top, find_cfg, load_names, shipped_cfgs
+from nets.caffe.names import is_caffemodel, is_prototxt, where_published
+from nets.data import (
+    CFG_DIR,
+    DEFAULT_DATA,
+    SAMPLE_IMAGE,
+    data_top,
+    find_cfg,
+    load_names,
+    shipped_cfgs,
+    shipped_prototxts,
+)
 from nets.files import check_writable
 from nets.image import IMAGE_SUFFIXES, PREPROCESS, images_under, load_image
 from nets.network import Network, NetworkSpec, check_memory
@@ -98,10 +107,10 @@ def split_paths(cfg: str | None, paths: list[str]) -> tuple[Path, Path | None, l
     .prototxt) is the weights file."""
     if cfg is None:
         return DEFAULT_CFG, None, [str(SAMPLE_IMAGE)]
-    if is_prototxt(cfg):
+    if is_prototxt(find_cfg(cfg)):
         if paths and is_caffemodel(paths[0]):
-            return Path(cfg), Path(paths[0]), paths[1:]
-        return Path(cfg), None, paths
+            return find_cfg(cfg), Path(paths[0]), paths[1:]
+        return find_cfg(cfg), None, paths
     if paths and paths[0].endswith(".weights"):
         return find_cfg(cfg), Path(paths[0]), paths[1:]
     return find_cfg(cfg), None, paths
@@ -124,6 +133,17 @@ def list_cfgs() -> str:
         lines.append(
             f"{cfg.stem:<20} {f'{width}x{height}x{channels}':>11} {spec.flops / 1e9:>7.2f} "
             f"{expected_bytes(spec.layers) / 1e6:>10.1f}  {where}"
+        )
+    lines.append("")
+    lines.append(f"{'Caffe prototxt':<28} {'input':>11} {'BFLOPs':>7}  trained weights (.caffemodel) are at")
+    from nets.caffe import read_net
+
+    for prototxt in shipped_prototxts():
+        spec = read_net(prototxt).spec
+        channels, height, width = spec.input_shape
+        lines.append(
+            f"{prototxt.stem:<28} {f'{width}x{height}x{channels}':>11} {spec.flops / 1e9:>7.2f}  "
+            f"{where_published(prototxt)}"
         )
     return "\n".join(lines)
 
@@ -255,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
 
         model = read_net(cfg)
         if weights is None and args.random_weights is None:
-            raise KernError(f"{cfg}: expected its .caffemodel after the prototxt (or --random-weights SEED)")
+            raise KernError(
+                f"{cfg}: expected its .caffemodel after the prototxt (or --random-weights SEED); "
+                f"the trained weights are at {where_published(cfg)}"
+            )
         spec = model.spec
         names = caffe_labels(spec.outputs, args.labels)
         top = min(args.top or 5, spec.outputs)

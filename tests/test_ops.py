@@ -48,6 +48,9 @@ CONV_SHAPES = [
     (2, 300, 1, 1, 50, 1, 1, 0, 1),  # a connected layer at batch 2: split-K, 300 taps
     (2, 64, 9, 7, 72, 3, 1, 1, 1),  # 64+ channels, 3x3 stride 1: the CPU's Winograd, odd sizes
     (1, 96, 6, 8, 40, 3, 1, 1, 1),  # the same, even sizes, filters not whole panels of 16
+    (2, 37, 11, 9, 37, 3, 2, 1, 37),  # depthwise (the CPU's own kernel): stride 2, odd channels
+    (1, 19, 8, 10, 19, 5, 1, 2, 19),  # depthwise 5x5
+    (3, 16, 7, 7, 16, 2, 2, 0, 16),  # depthwise 2x2 stride 2, no padding: Caffe's AVE pooling
 ]
 
 
@@ -89,7 +92,7 @@ def test_conv_matches_ref(rng, fast, ref64, shape, activation):
     assert_close(got, expected, tolerance(shape))
 
 
-FUSED_SHAPES = [CONV_SHAPES[i] for i in (1, 2, 6, 0, 15, 12, 13, 19, 20, 22, 23, 24, 25)]  # 12-23: CUDA's GEMMs
+FUSED_SHAPES = [CONV_SHAPES[i] for i in (1, 2, 6, 0, 15, 12, 13, 19, 20, 22, 23, 24, 25, 26)]  # 12-23: CUDA's GEMMs
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES, ids=str)

@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from kern.cpu import channels, conv, elementwise, grouped, pool, winograd, winograd_plain
+from kern.cpu import channels, conv, depthwise, elementwise, grouped, pool, winograd, winograd_plain
 from kern.cpu.connected import connected, pack_connected
 from kern.cpu.simd import aligned_empty, choose_simd, output_array
 from kern.errors import KernError
-from kern.params import activation_code, fold_batchnorm, maxpool_output_size
+from kern.params import activation_code, conv_output_size, fold_batchnorm, maxpool_output_size
 
 # Numba tries tbb first when it is installed (PyTorch brings it). Measured here, alternating
 # processes, 2 threads: omp ran tiny in 18-27 ms vs 20-31 with tbb, darknet19 in 70-74 vs
@@ -73,6 +73,7 @@ class CpuConv:
     winograd: np.ndarray | None = None  # linked and 3x3 stride 1: winograd.pack_winograd_weights
     # One group, 3x3 stride 1 padding 1, 64+ channels: winograd_plain.pack_weights (fewer multiplies)
     plain_winograd: np.ndarray | None = None
+    depthwise: np.ndarray | None = None  # one channel per group: depthwise.pack_weights (never linked)
 
 
 @dataclass(frozen=True)
@@ -124,17 +125,28 @@ class CpuBackend:
         filters, group_channels, ksize, _ = w.shape
         in_lanes = grouped.lane_groups_fit(groups, group_channels, filters // groups)
         plain = None
+        act = activation_code(activation)
+        if depthwise.fits(groups, group_channels, filters // groups):
+            packed = depthwise.pack_weights(w)
+            return CpuConv(packed, b, False, filters, ksize, stride, padding, act, depthwise=packed)
         if in_lanes:
             packed, b = grouped.pack_lane_weights(w, b, groups)
         else:
             packed = conv.pack_weights(w, groups)
             if winograd_plain.fits(ksize, stride, padding, groups, group_channels):
                 plain = winograd_plain.pack_weights(w)
-        act = activation_code(activation)
         return CpuConv(packed, b, in_lanes, filters, ksize, stride, padding, act, plain_winograd=plain)
 
     def conv2d(self, x: np.ndarray, c: CpuConv, *, out: np.ndarray | None = None) -> np.ndarray:
         self._use_threads()
+        if c.depthwise is not None:
+            n_images, height, width, _ = x.shape
+            out_h = conv_output_size(height, c.ksize, c.stride, c.padding)
+            out_w = conv_output_size(width, c.ksize, c.stride, c.padding)
+            out = output_array((n_images, out_h, out_w, c.filters), out)
+            x = np.ascontiguousarray(x)
+            depthwise.conv2d_depthwise(x, c.depthwise, c.bias, c.stride, c.padding, c.act, out)
+            return out
         lanes_out = c.out_order is not None
         if c.winograd is not None and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:  # even outputs
             return winograd.conv2d_lane_winograd(x, c.winograd, c.bias, c.filters, c.act, lanes_out, out)
@@ -154,7 +166,7 @@ class CpuBackend:
         )
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation, out=None):
-        if c.groups_in_lanes:  # not fused there: no network has a shortcut after a grouped layer
+        if c.groups_in_lanes or c.depthwise is not None:  # not fused: the add after the grouped conv
             summed = self.conv2d(x, c)
             return self.shortcut(summed, residual, alpha=1.0, beta=1.0, activation=activation, out=out)
         self._use_threads()  # the add and its activation are fused into the GEMM's store
@@ -176,7 +188,7 @@ class CpuBackend:
         permuted at load time to match. Where neither is grouped and the second pads its
         input, the first writes that zero border around its output. None where nothing
         applies."""
-        if producer.out_order is not None:
+        if producer.out_order is not None or producer.depthwise is not None or consumer.depthwise is not None:
             return None
         if consumer.groups_in_lanes and not producer.groups_in_lanes:
             return self._link_into_lanes(producer, consumer)
