@@ -31,8 +31,14 @@ __all__ = [
 
 
 def load_spec(cfg: str | Path) -> NetworkSpec:
-    """Parse and shape-check a cfg (a path, or a shipped cfg's name), without any weights."""
-    return build_network(parse_cfg(find_cfg(cfg)))
+    """Parse and shape-check a cfg (a path, or a shipped cfg's name) or a Caffe prototxt,
+    without any weights."""
+    path = find_cfg(cfg)
+    if is_prototxt(path):
+        from nets.caffe import read_net
+
+        return read_net(path).spec
+    return build_network(parse_cfg(path))
 
 
 def load(
@@ -65,8 +71,9 @@ def load(
     if training:
         options = dict(backend=backend, threads=threads, dtype=dtype, seed=seed, clear=clear)
         return _load_training(cfg, weights, **options)
-    if is_prototxt(cfg):
-        return _load_caffe(cfg, weights, backend=backend, threads=threads, dtype=dtype, random_seed=random_seed)
+    if is_prototxt(find_cfg(cfg)):
+        options = dict(backend=backend, threads=threads, dtype=dtype, random_seed=random_seed)
+        return _load_caffe(find_cfg(cfg), weights, **options)
     spec = load_spec(cfg)
     check_memory(spec)
     if random_seed is not None:

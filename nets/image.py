@@ -129,10 +129,29 @@ def center_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return resize_image(image[:, top : top + side, left : left + side], width, height)
 
 
+IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)  # BVLC's ilsvrc_2012_mean, per channel
+CAFFE_RESIZE = 256
+
+
+def caffe_input(
+    image: np.ndarray, width: int, height: int, mean: tuple[float, float, float] = IMAGENET_MEAN_BGR,
+    scale: float = 1.0, resize: int = CAFFE_RESIZE,
+) -> np.ndarray:
+    """An RGB image in [0, 1], (3, H, W) -> Caffe's input (3, height, width): resized to
+    resize x resize (bilinear), the centre cropped, BGR, (255 * value - mean[c]) * scale."""
+    side_w, side_h = max(resize, width), max(resize, height)
+    resized = resize_image(image, side_w, side_h)
+    top, left = (side_h - height) // 2, (side_w - width) // 2
+    crop = resized[::-1, top : top + height, left : left + width]
+    means = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    return ((crop * np.float32(255) - means) * np.float32(scale)).astype(np.float32)
+
+
 PREPROCESS = {
     "letterbox": letterbox,
     "crop": center_crop,
     "resize": resize_image,
+    "caffe": caffe_input,  # Caffe models (docs/caffe.md): BGR, 0-255 minus ImageNet's mean
 }
 
 

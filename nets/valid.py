@@ -1,7 +1,7 @@
 """Darknet's `classifier valid`: top-1 / top-5 accuracy of a network over labelled images.
 
     python -m nets.valid CFG WEIGHTS SOURCE [--top 5] [--batch N] [--workers N]
-                         [--preprocess crop|letterbox|resize] [--crops 1|10] [--limit N] [--json F]
+                         [--preprocess crop|letterbox|resize|caffe] [--crops 1|10] [--limit N] [--json F]
                          [--engine local|ray [--address ADDR] [--actors N|MIN,MAX]
                           [--threads-per-actor N] [--gpus-per-actor N]]
 
@@ -31,7 +31,9 @@ from tqdm import tqdm
 from kern.backend import BACKENDS
 from kern.errors import KernError
 from nets import cli, fetch
-from nets.data import DEFAULT_DATA, DEFAULT_LABELS, load_names, read_data_file, read_lines, resolve
+from nets.caffe.names import is_prototxt
+from nets.caffe.preprocess import caffe_labels, caffe_synsets
+from nets.data import DEFAULT_DATA, DEFAULT_LABELS, find_cfg, load_names, read_data_file, read_lines, resolve
 from nets.files import check_writable
 from nets.image import PREPROCESS, images_under, load_image, resize_image
 from nets.network import check_memory
@@ -165,9 +167,9 @@ def parse_args(argv):
         "--workers", type=int, default=1, help="decoding processes (0: in-process; Ray actors decode their own)"
     )
     parser.add_argument(
-        "--preprocess", default="crop", choices=list(PREPROCESS),
-        help="crop: centre square, resized (classifier valid); letterbox: aspect kept, grey bars "
-        "(classifier predict); resize: stretched",
+        "--preprocess", choices=list(PREPROCESS),
+        help="crop: centre square, resized (classifier valid; the default); letterbox: aspect kept, grey "
+        "bars (classifier predict); resize: stretched; caffe: Caffe's (the default for a .prototxt)",
     )
     parser.add_argument(
         "--crops", type=int, default=1, choices=(1, 10),
@@ -216,12 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     spec = nets.load_spec(args.cfg)
     check_memory(spec, args.batch * args.crops)
     source = read_source(args.source, args.labels)
-    labels = read_lines(source.labels_path, "labels list")[: spec.outputs]
+    caffe = is_prototxt(find_cfg(args.cfg))
+    if caffe and args.labels is None and spec.outputs == 1000:  # Caffe's order: sorted synsets
+        labels = caffe_synsets()
+    else:
+        labels = read_lines(source.labels_path, "labels list")[: spec.outputs]
     if len(labels) < spec.outputs:
         raise KernError(
             f"{source.labels_path}: has {len(labels)} labels, the network has {spec.outputs} outputs"
         )
-    names = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else labels
+    if caffe:
+        names = caffe_labels(spec.outputs) if spec.outputs == 1000 else labels
+    else:
+        names = load_names(DEFAULT_DATA, spec.outputs) if spec.outputs == 1000 else labels
+    args.preprocess = args.preprocess or ("caffe" if caffe else "crop")
     paths = source.paths[: args.limit] if args.limit else source.paths
     if not paths:
         raise KernError(f"{args.source}: no images found")

@@ -5,6 +5,7 @@ prototxts and caffemodels."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -270,3 +271,22 @@ def test_caffe_preprocessing_and_label_order():
     assert parse_mean("104,117,123") == (104.0, 117.0, 123.0)
     with pytest.raises(KernError, match="expected B,G,R"):
         parse_mean("104,117")
+
+
+def test_valid_runs_a_caffe_model_in_caffes_label_order(tmp_path):
+    """nets.valid on a prototxt: Caffe's preprocessing by default, and the true class looked up
+    in sorted synset order (Caffe's), not Darknet's."""
+    from nets.caffe.preprocess import caffe_synsets
+
+    synsets = caffe_synsets()
+    assert synsets == sorted(synsets) and synsets[0] == "n01440764" and len(set(synsets)) == 1000
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for synset in ("n01440764", "n09999999"):  # a known class, and one no label matches
+        (folder / f"{synset}_dog.jpg").write_bytes((REPO / "data" / "dog.jpg").read_bytes())
+    command = [sys.executable, "-m", "nets.valid", "bvlc_googlenet", "random", str(folder), "--json", str(tmp_path / "r.json")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["preprocess"] == "caffe" and report["counted"] == 1
+    assert report["unlabelled"] == [str(folder / "n09999999_dog.jpg")]

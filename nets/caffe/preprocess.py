@@ -14,25 +14,9 @@ import numpy as np
 
 from kern.errors import KernError
 from nets.data import DEFAULT_LABELS, SHIPPED, read_lines
-from nets.image import resize_image
+from nets.image import IMAGENET_MEAN_BGR, caffe_input
 
-IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)  # BVLC's ilsvrc_2012_mean, per channel
-RESIZE = 256
-
-
-def caffe_input(
-    image: np.ndarray, width: int, height: int, mean: tuple[float, float, float] = IMAGENET_MEAN_BGR,
-    scale: float = 1.0, resize: int = RESIZE,
-) -> np.ndarray:
-    """An RGB image in [0, 1], (3, H, W) -> Caffe's input (3, height, width): resized to
-    resize x resize (bilinear), the centre cropped, BGR, (255 * value - mean[c]) * scale."""
-    side_w, side_h = max(resize, width), max(resize, height)
-    resized = resize_image(image, side_w, side_h)
-    top, left = (side_h - height) // 2, (side_w - width) // 2
-    crop = resized[::-1, top : top + height, left : left + width]
-    means = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    return ((crop * np.float32(255) - means) * np.float32(scale)).astype(np.float32)
-
+__all__ = ["IMAGENET_MEAN_BGR", "caffe_input", "caffe_labels", "caffe_synsets", "parse_mean", "read_mean"]
 
 def read_mean(path: str | Path) -> tuple[float, float, float]:
     """A mean.binaryproto (a BlobProto of 1 x 3 x H x W) -> its per-channel means, as
@@ -74,7 +58,12 @@ def caffe_labels(classes: int, labels: str | Path | None = None) -> list[str]:
             raise KernError(f"{labels}: has {len(names)} names, the network has {classes} outputs")
         return names[:classes]
     if classes == 1000:
-        synsets = read_lines(DEFAULT_LABELS, "labels list")
+        synsets = read_lines(DEFAULT_LABELS, "labels list")[:1000]
         names = read_lines(SHIPPED / "data" / "imagenet.shortnames.list", "names list")[:1000]
         return [name for _, name in sorted(zip(synsets, names))]
     return [f"class {i}" for i in range(classes)]
+
+
+def caffe_synsets() -> list[str]:
+    """ImageNet's 1000 synset ids in Caffe's output order (sorted): what nets.valid finds in paths."""
+    return sorted(read_lines(DEFAULT_LABELS, "labels list")[:1000])
