@@ -6,6 +6,7 @@ for each per-channel layer folded into it, y = a*y + c, so W' = a*W and b' = a*b
 - BatchNorm (blobs mean, variance, factor; Caffe divides both by the factor, 0 meaning 0):
   a = 1/sqrt(variance/factor + eps), c = -a*mean/factor;
 - Scale (blobs gamma, and beta where bias_term): a = gamma, c = beta.
+A non-square kernel is first placed inside a square one of zeros ("embed", graph._square).
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def _cook(recipe: tuple[tuple, ...], blobs: dict[str, list[np.ndarray]]) -> dict
     else:  # "affine": a standalone per-channel layer, starting from the identity
         weights, bias = np.ones(first[1]), np.zeros(first[1])
     for step in steps:
+        if step[0] == "embed":  # a kh x kw kernel inside a k x k one of zeros (graph._square)
+            _, size, dy, dx = step
+            square = np.zeros(weights.shape[:2] + (size, size))
+            square[:, :, dy : dy + weights.shape[2], dx : dx + weights.shape[3]] = weights
+            weights = square
+            continue
         a, c = _per_channel(step, blobs)
         weights = weights * a.reshape((-1,) + (1,) * (weights.ndim - 1))
         bias = bias * a + c

@@ -221,26 +221,44 @@ class _Builder:
         stride = _pair(layer, self, p.stride, p.stride_h, p.stride_w, "stride", 1)
         if any(d != 1 for d in p.dilation):
             raise self.error(layer, "dilation is not supported (kern's convolutions are not dilated)")
-        if kernel[0] != kernel[1] or pad[0] != pad[1] or stride[0] != stride[1]:
-            raise self.error(
-                layer, f"a {kernel[0]}x{kernel[1]} kernel with pad {pad[0]},{pad[1]} and stride "
-                f"{stride[0]},{stride[1]}: kern's convolutions take square kernels, pads and strides",
-            )
         groups = p.group if p.HasField("group") else 1
         filters = p.num_output
         if filters < 1 or groups < 1 or channels % groups or filters % groups:
             raise self.error(layer, f"num_output {filters} and group {groups} for {channels} input channels: "
                              "expected group to divide both")
-        size, padding, step = kernel[0], pad[0], stride[0]
-        out_h = (height + 2 * padding - size) // step + 1
-        out_w = (width + 2 * padding - size) // step + 1
+        out_h = (height + 2 * pad[0] - kernel[0]) // stride[0] + 1
+        out_w = (width + 2 * pad[1] - kernel[1]) // stride[1] + 1
         if out_h < 1 or out_w < 1:
-            raise self.error(layer, f"a {size}x{size} window does not fit the {width}x{height} input")
-        shapes = [(filters, channels // groups, size, size)] + ([(filters,)] if p.bias_term else [])
+            raise self.error(layer, f"a {kernel[0]}x{kernel[1]} window does not fit the {width}x{height} input")
+        shapes = [(filters, channels // groups, *kernel)] + ([(filters,)] if p.bias_term else [])
         self.blob_shapes[layer.name] = shapes
-        options = dict(filters=filters, size=size, stride=step, padding=padding, groups=groups)
         recipe = [("conv", layer.name, p.bias_term)]
+        size, padding = kernel[0], pad[0]
+        if kernel[0] != kernel[1] or pad[0] != pad[1] or stride[0] != stride[1]:
+            size, padding, offsets = self._square(layer, kernel, pad, stride)
+            recipe.append(("embed", size, *offsets))
+        options = dict(filters=filters, size=size, stride=stride[0], padding=padding, groups=groups)
         return [self._add(Node("conv", [producers[0]], (filters, out_h, out_w), options, recipe))]
+
+    def _square(self, layer, kernel, pad, stride) -> tuple[int, int, tuple[int, int]]:
+        """A kh x kw kernel (Inception's 1x7 and 7x1) as a k x k one, k = max(kh, kw), its taps
+        placed at row and column offsets (dy, dx) inside zeros, with one padding P for both
+        axes: exact where it reads the same cells, P - dy = pad_h, P - dx = pad_w, and gives
+        the same output size, 2P - k = 2 pad_h - kh = 2 pad_w - kw (and strides are equal).
+        It multiplies by the zeros too: k / min(kh, kw) times the layer's work (docs/caffe.md)."""
+        size = max(kernel)
+        twice = 2 * pad[0] - kernel[0] + size
+        offsets = (twice // 2 - pad[0], twice // 2 - pad[1])
+        fits = (
+            stride[0] == stride[1] and 2 * pad[0] - kernel[0] == 2 * pad[1] - kernel[1] and twice % 2 == 0
+            and all(0 <= d <= size - k for d, k in zip(offsets, kernel))
+        )
+        if not fits:
+            raise self.error(
+                layer, f"a {kernel[0]}x{kernel[1]} kernel with pad {pad[0]},{pad[1]} and stride {stride[0]},"
+                f"{stride[1]}: kern runs non-square kernels only as a square one with the same padding",
+            )
+        return size, twice // 2, offsets
 
     _convolutiondepthwise = _convolution
 
