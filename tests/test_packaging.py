@@ -72,8 +72,13 @@ def test_version_and_list(tmp_path):
     assert version.returncode == 0 and version.stdout.strip() == f"{kern.DISTRIBUTION} {kern.__version__}"
     listing = cli("--list", cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
-    rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
+    darknet, caffe = listing.stdout.split("\n\n")
+    rows = {line.split()[0]: line for line in darknet.splitlines()[1:]}
     assert set(rows) == {p.stem for p in CFG_DIR.glob("*.cfg")} and len(rows) == 20  # 18 ImageNet + 2 CIFAR
+    prototxts = {line.split()[0]: line for line in caffe.splitlines()[1:]}
+    assert set(prototxts) == {p.stem for p in (CFG_DIR / "caffe").glob("*.prototxt")} and len(prototxts) == 6
+    assert prototxts["bvlc_googlenet"].split()[1:3] == ["224x224x3", "3.17"]
+    assert "dl.caffe.berkeleyvision.org" in prototxts["bvlc_googlenet"]
     assert rows["darknet19"].split()[1:4] == ["256x256x3", "7.29", "83.4"]
     assert str(SHIPPED / "weights" / "tiny.weights") in rows["tiny"]
     assert "--download" in rows["darknet53"]
