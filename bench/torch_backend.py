@@ -41,6 +41,8 @@ def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
         return F.relu(x)
     if activation == "logistic":
         return torch.sigmoid(x)
+    if activation == "tanh":
+        return torch.tanh(x)
     return x
 
 
@@ -134,14 +136,20 @@ class TorchBackend:
             return _activate(x, activation)
 
     # ---- per-channel ops (Caffe's networks; kern/ref/channels.py)
-    def prepare_affine(self, scale, bias, *, activation):
+    def prepare_affine(self, scale, bias, *, activation, slope=None):
         shape = (1, -1, 1, 1)
-        return self._tensor(scale).reshape(shape), self._tensor(bias).reshape(shape), activation
+        slope = None if slope is None else self._tensor(slope).reshape(shape)
+        return self._tensor(scale).reshape(shape), self._tensor(bias).reshape(shape), slope, activation
 
     def affine(self, x, a):
-        scale, bias, activation = a
+        scale, bias, slope, activation = a
         with torch.inference_mode():
-            return _activate(x * scale + bias, activation)
+            v = x * scale + bias
+            return _activate(v if slope is None else torch.where(v > 0, v, v * slope), activation)
+
+    def combine(self, x, other, *, operation):
+        with torch.inference_mode():
+            return torch.maximum(x, other) if operation == "max" else x * other
 
     def scale_channels(self, x, factors, add=None):
         with torch.inference_mode():

@@ -13,8 +13,9 @@ BN_BACKWARD_EPSILON = 1e-5
 # Its rolling statistics in training: rolling = 0.99 * rolling + 0.01 * this batch's.
 ROLLING_RATE = 0.01
 
-# The activations the classification cfgs use. Numba kernels take the index as an int code.
-ACTIVATIONS = ("linear", "leaky", "relu", "logistic")
+# The activations the classification cfgs use, and tanh (Darknet's and Caffe's TanH). Numba
+# and CUDA kernels take the index as an int code.
+ACTIVATIONS = ("linear", "leaky", "relu", "logistic", "tanh")
 
 
 def activation_code(name: str) -> int:

@@ -1,6 +1,7 @@
 """Layers that Caffe's networks need (nets/caffe) and Darknet's do not, on the backends'
 per-channel ops (kern/ref/channels.py): scaling by another layer's per-channel values
-(squeeze-and-excitation), cross-channel LRN and a slice of channels. (The channel affine and
+(squeeze-and-excitation), cross-channel LRN, a slice of channels, and the product or maximum
+of two layers' outputs. (The channel affine and
 the standalone activation are Darknet's [batchnorm] and [activation] too: nets/layers.py.)"""
 
 from __future__ import annotations
@@ -64,3 +65,22 @@ class SliceChannels(Layer):
 
     def describe(self) -> str:
         return shape_line(f"slice {self.first}..{self.first + self.out_shape[0] - 1}", self)
+
+
+@dataclass(frozen=True)
+class Combine(Layer):
+    """Caffe's Eltwise PROD or MAX: x with the output of layer `other`, element by element."""
+
+    other: int
+    operation: str  # "prod" or "max"
+
+    kind = "combine"
+
+    def sources(self) -> tuple[int, ...]:
+        return (self.other,)
+
+    def forward(self, backend, prepared, x, outputs, out=None):
+        return backend.combine(x, outputs[self.other], operation=self.operation, **into(out))
+
+    def describe(self) -> str:
+        return shape_line(f"{self.operation} with {self.other}", self)

@@ -299,7 +299,8 @@ class Affine(Layer):
     kind = "affine"
 
     def prepare(self, backend, values):
-        return backend.prepare_affine(values["scale"], values["bias"], activation=self.activation)
+        slope = {"slope": values["slope"]} if "slope" in values else {}  # PReLU
+        return backend.prepare_affine(values["scale"], values["bias"], activation=self.activation, **slope)
 
     def forward(self, backend, prepared, x, outputs, out=None):
         return backend.affine(x, prepared, **into(out))

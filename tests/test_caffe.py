@@ -126,6 +126,34 @@ layer { name: "d" type: "Convolution" bottom: "c" top: "d" convolution_param { n
 """
 
 
+MORE_KINDS = """name: "kinds"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 13 dim: 12 }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 8 kernel_size: 3 pad: 2 dilation: 2 } }
+layer { name: "p1" type: "PReLU" bottom: "c1" top: "c1" }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "t2" type: "TanH" bottom: "c2" top: "c2" }
+layer { name: "c3" type: "Convolution" bottom: "c1" top: "c3" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "prod" type: "Eltwise" bottom: "c1" bottom: "c2" bottom: "c3" top: "prod" eltwise_param { operation: PROD } }
+layer { name: "max" type: "Eltwise" bottom: "prod" bottom: "c3" top: "max" eltwise_param { operation: MAX } }
+layer { name: "bn" type: "BatchNorm" bottom: "max" top: "bn" batch_norm_param { eps: 0.001 } }
+layer { name: "p2" type: "PReLU" bottom: "bn" top: "bn" prelu_param { channel_shared: true } }
+layer { name: "s" type: "Sigmoid" bottom: "bn" top: "s" }
+layer { name: "c4" type: "Convolution" bottom: "s" top: "c4" convolution_param { num_output: 4 kernel_size: 3 dilation: 3 stride: 2 pad: 1 } }
+"""
+
+
+@pytest.mark.parametrize("backends", [("cpu", "ref"), pytest.param(("cudasim",), marks=pytest.mark.cudasim)], ids=str)
+def test_prelu_tanh_prod_max_and_dilation_match_opencv(tmp_path, backends, request):
+    if backends == ("cudasim",):
+        request.getfixturevalue("cudasim")  # skips where there is no C++ compiler
+    prototxt = tmp_path / "kinds.prototxt"
+    prototxt.write_text(MORE_KINDS)
+    kinds = {layer.kind for layer in read_net(prototxt).spec.layers}
+    assert {"affine", "combine", "conv"} <= kinds
+    compare_with_opencv(prototxt, tmp_path, None, backends=backends, batch=2)
+
+
 def test_non_square_kernels_match_opencv(tmp_path):
     prototxt = tmp_path / "rect.prototxt"
     prototxt.write_text(NON_SQUARE)
@@ -196,7 +224,7 @@ BAD_PROTOTXTS = [
     (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 9 } }', r"window does not fit the 8x8 input"),
     (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 1 group: 2 } }', r"group 2 for 3 input channels"),
     ('layer { name: "c" type: "ReLU" bottom: "data" top: "c" }', r"expected one input"),
-    (HEAD + CONV + 'layer { name: "e" type: "Eltwise" bottom: "c1" bottom: "data" top: "e" eltwise_param { operation: MAX } }', r"operation MAX is not supported"),
+    (HEAD + CONV + 'layer { name: "e" type: "Eltwise" bottom: "c1" bottom: "data" top: "e" eltwise_param { operation: MAX } }', r"cannot combine blobs of shapes \[\(3, 8, 8\), \(4, 6, 6\)\]"),
     (HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } }', r"STOCHASTIC pooling"),
 ]
 

@@ -30,6 +30,25 @@ def test_affine_matches_ref(rng, fast, ref64, shape, activation):
     assert_close(fast.to_numpy(got), expected, 1e-6)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_affine_with_a_prelu_slope_matches_ref(rng, fast, ref64, shape):
+    x, scale, bias, slope = data(rng, shape), data(rng, shape[1]), data(rng, shape[1]), data(rng, shape[1])
+    options = dict(activation="linear", slope=slope)
+    expected = ref64.affine(ref64.asarray(x), ref64.prepare_affine(scale, bias, **options))
+    got = fast.affine(fast.asarray(x), fast.prepare_affine(scale, bias, **options), out=poisoned(fast, shape))
+    assert_close(fast.to_numpy(got), expected, 1e-6)
+    assert (expected < 0).any() and (expected > 0).any()
+
+
+@pytest.mark.parametrize("operation", ["max", "prod"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_combine_matches_ref(rng, fast, ref64, shape, operation):
+    x, other = data(rng, shape), data(rng, shape)
+    expected = ref64.combine(ref64.asarray(x), ref64.asarray(other), operation=operation)
+    got = fast.combine(fast.asarray(x), fast.asarray(other), operation=operation, out=poisoned(fast, shape))
+    assert_close(fast.to_numpy(got), expected, 1e-6)
+
+
 @pytest.mark.parametrize("with_add", [False, True])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_scale_channels_matches_ref(rng, fast, ref64, shape, with_add):

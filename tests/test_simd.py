@@ -67,7 +67,7 @@ def test_vector_activations_equal_the_scalar_ones(rng):
     for code, name in enumerate(ACTIVATIONS):
         vector, scalar = np.full(8, np.nan, np.float32), np.full(8, np.nan, np.float32)
         _activations(x, code, vector, scalar)
-        if name == "logistic":  # exp per lane through LLVM, against NumPy's scalar exp
+        if name in ("logistic", "tanh"):  # exp per lane through LLVM, against NumPy's scalar exp
             np.testing.assert_allclose(vector, scalar, rtol=1e-6)
         else:
             assert np.array_equal(vector, scalar), name
@@ -96,3 +96,31 @@ def test_shuffles_and_half_vectors_move_the_right_lanes(rng):
     assert np.isnan(out[:2, 8:]).all() and np.isnan(out[2, [0, 5, 6, 7, 8, 9, 10, 15]]).all()
     with pytest.raises(ValueError, match="8 lane indices"):
         shuffle8((0, 1, 2, 16, 4, 5, 6, 7))
+
+
+def test_cached_kernels_are_dropped_when_a_source_they_inline_changes(tmp_path):
+    """Numba keys its cache on a kernel's own file only (kern/cpu/cache.py)."""
+    from kern.cpu.cache import drop_stale_kernels
+
+    source, cache = tmp_path / "activation.py", tmp_path / "__pycache__"
+    source.write_text("LEAK = 0.1\n")
+    assert drop_stale_kernels((source,), cache)  # no stamp yet
+    (cache / "gemm.conv_gemm-151.py311.nbi").write_bytes(b"index")
+    (cache / "gemm.conv_gemm-151.py311.1.nbc").write_bytes(b"code")
+    assert not drop_stale_kernels((source,), cache) and len(list(cache.glob("*.nb?"))) == 2
+    source.write_text("LEAK = 0.2\n")
+    assert drop_stale_kernels((source,), cache) and not list(cache.glob("*.nb?"))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activations_of_huge_values_are_finite(cpu, ref64, activation):
+    """fastmath kernels assume no infinities: e^-v for v far below 0 overflowed to NaN in the
+    logistic (a Caffe net's Sigmoid after values of -77,000) before the exponent was floored."""
+    x = np.array([-1e30, -77340.0, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1e30] * 2, np.float32)
+    x = x.reshape(1, 1, 4, 5)
+    got = cpu.to_numpy(cpu.activate(cpu.asarray(x), activation))
+    with np.errstate(over="ignore"):  # NumPy's e^1e30: inf, and 1 / inf = 0
+        expected = ref64.activate(x.astype(np.float64), activation)
+    assert np.all(np.isfinite(got)), got
+    if activation in ("logistic", "tanh"):
+        np.testing.assert_allclose(got, expected, atol=1e-6)

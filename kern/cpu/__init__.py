@@ -21,11 +21,15 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from kern.cpu import channels, conv, depthwise, elementwise, grouped, pool, winograd, winograd_plain
-from kern.cpu.connected import connected, pack_connected
-from kern.cpu.simd import aligned_empty, choose_simd, output_array
-from kern.errors import KernError
-from kern.params import activation_code, conv_output_size, fold_batchnorm, maxpool_output_size
+from kern.cpu.cache import drop_stale_kernels
+
+drop_stale_kernels()  # before any kernel's module loads its cached code (kern/cpu/cache.py)
+
+from kern.cpu import channels, conv, depthwise, elementwise, grouped, pool, winograd, winograd_plain  # noqa: E402
+from kern.cpu.connected import connected, pack_connected  # noqa: E402
+from kern.cpu.simd import aligned_empty, choose_simd, output_array  # noqa: E402
+from kern.errors import KernError  # noqa: E402
+from kern.params import activation_code, conv_output_size, fold_batchnorm, maxpool_output_size  # noqa: E402
 
 # Numba tries tbb first when it is installed (PyTorch brings it). Measured here, alternating
 # processes, 2 threads: omp ran tiny in 18-27 ms vs 20-31 with tbb, darknet19 in 70-74 vs
@@ -88,6 +92,7 @@ class CpuConnected:
 class CpuAffine:
     scale: np.ndarray
     bias: np.ndarray
+    slope: np.ndarray  # PReLU's below 0, per channel (ones: none)
     act: int
 
 
@@ -290,14 +295,21 @@ class CpuBackend:
         return out
 
     # ---- per-channel ops (Caffe's networks; Darknet's [batchnorm]): kern/cpu/channels.py
-    def prepare_affine(self, scale, bias, *, activation) -> CpuAffine:
-        scale, bias = (np.ascontiguousarray(v, dtype=np.float32) for v in (scale, bias))
-        return CpuAffine(scale, bias, activation_code(activation))
+    def prepare_affine(self, scale, bias, *, activation, slope=None) -> CpuAffine:
+        slope = np.ones_like(scale) if slope is None else slope
+        scale, bias, slope = (np.ascontiguousarray(v, dtype=np.float32) for v in (scale, bias, slope))
+        return CpuAffine(scale, bias, slope, activation_code(activation))
 
     def affine(self, x, a: CpuAffine, *, out=None):
         self._use_threads()
         out = output_array(x.shape, out)
-        channels.affine(_rows(x), a.scale, a.bias, a.act, _rows(out))
+        channels.affine(_rows(x), a.scale, a.bias, a.slope, a.act, _rows(out))
+        return out
+
+    def combine(self, x, other, *, operation, out=None):
+        self._use_threads()
+        out = output_array(x.shape, out)
+        channels.combine(np.ascontiguousarray(x), np.ascontiguousarray(other), operation == "max", out)
         return out
 
     def scale_channels(self, x, factors, add=None, *, out=None):

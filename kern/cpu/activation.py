@@ -3,9 +3,12 @@
 import numpy as np
 from numba import njit
 
-from kern.cpu.simd import add8, div8, exp8, max8, mul8, splat8
+from kern.cpu.simd import add8, div8, exp8, max8, mul8, splat8, sub8
 
-LINEAR, LEAKY, RELU, LOGISTIC = 0, 1, 2, 3  # the order of kern.params.ACTIVATIONS
+LINEAR, LEAKY, RELU, LOGISTIC, TANH = 0, 1, 2, 3, 4  # the order of kern.params.ACTIVATIONS
+_TWO = np.float32(2.0)
+TANH_FLOOR = np.float32(-15.0)
+LOGISTIC_FLOOR = np.float32(-88.0)  # e^88 < FLT_MAX
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 LEAK = np.float32(0.1)  # leaky's slope below 0
@@ -17,8 +20,11 @@ def activate_scalar(v, code):
         return v if v > _ZERO else v * LEAK
     if code == RELU:
         return v if v > _ZERO else _ZERO
-    if code == LOGISTIC:
-        return _ONE / (_ONE + np.exp(-v))
+    if code == LOGISTIC:  # e^-v finite (v >= -88), which fastmath's kernels assume: NaN else
+        return _ONE / (_ONE + np.exp(-max(v, LOGISTIC_FLOOR)))
+    if code == TANH:  # as activate8 computes it: 2 / (1 + e^-2v) - 1, v >= -15 (-1 in float32
+        # already; e^-2v stays finite, which fastmath's kernels assume)
+        return _TWO / (_ONE + np.exp(-_TWO * max(v, TANH_FLOOR))) - _ONE
     return v
 
 
@@ -32,7 +38,11 @@ def activate8(v, code):
         return max8(v, splat8(_ZERO))
     if code == LOGISTIC:
         one = splat8(_ONE)
-        return div8(one, add8(one, exp8(mul8(v, splat8(-_ONE)))))
+        return div8(one, add8(one, exp8(mul8(max8(v, splat8(LOGISTIC_FLOOR)), splat8(-_ONE)))))
+    if code == TANH:
+        one = splat8(_ONE)
+        floored = max8(v, splat8(TANH_FLOOR))
+        return sub8(div8(splat8(_TWO), add8(one, exp8(mul8(floored, splat8(-_TWO))))), one)
     return v
 
 
@@ -45,4 +55,6 @@ def gradient_scalar(y, code):
         return _ONE if y > _ZERO else _ZERO
     if code == LOGISTIC:
         return (_ONE - y) * y
+    if code == TANH:
+        return _ONE - y * y
     return _ONE

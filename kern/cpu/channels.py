@@ -9,12 +9,22 @@ from kern.cpu.activation import activate_scalar
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def affine(x, scale, bias, act, out):
-    """out = activation(x * scale[c] + bias[c]); x, out (pixels, C)."""
+def affine(x, scale, bias, slope, act, out):
+    """out = activation(v), v = x * scale[c] + bias[c], times slope[c] where v < 0 (PReLU;
+    slope 1: none); x, out (pixels, C)."""
     pixels, channels = x.shape
     for p in prange(pixels):
         for c in range(channels):
-            out[p, c] = activate_scalar(x[p, c] * scale[c] + bias[c], act)
+            v = x[p, c] * scale[c] + bias[c]
+            out[p, c] = activate_scalar(v if v > 0 else v * slope[c], act)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def combine(x, other, is_max, out):
+    """out = max(x, other) where is_max, else x * other (Caffe's Eltwise MAX and PROD); flat."""
+    a, b, target = x.reshape(-1), other.reshape(-1), out.reshape(-1)
+    for i in prange(a.size):
+        target[i] = max(a[i], b[i]) if is_max else a[i] * b[i]
 
 
 @njit(parallel=True, fastmath=True, cache=True)

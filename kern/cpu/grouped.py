@@ -43,7 +43,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import LEAK, LEAKY, LOGISTIC, RELU, activate8
+from kern.cpu.activation import LEAK, LEAKY, LINEAR, activate8
 from kern.cpu.simd import (
     aligned_empty,
     fma8,
@@ -243,7 +243,7 @@ def conv_lane_groups(
     # Linear and leaky are max(v, slope * v), applied in registers; relu and the logistic in
     # place after each tile (12 inlined copies of every activation: compile 5.7 s longer).
     slope = splat8(LEAK if act == LEAKY else 1.0)
-    in_place = act == RELU or act == LOGISTIC
+    in_place = act != LINEAR and act != LEAKY  # relu, logistic, tanh
     for job in prange(blocks // span * n_images * bands):
         first_block = job // (n_images * bands) * span
         n = job // bands % n_images

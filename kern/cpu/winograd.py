@@ -21,7 +21,7 @@ by one thread in a fixed order: results do not depend on the thread count.
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import LEAK, LEAKY, LOGISTIC, RELU
+from kern.cpu.activation import LEAK, LEAKY, LINEAR
 from kern.cpu.grouped import LANES, TILE_F, activate_columns, fma_tile, store_tile_row
 from kern.cpu.simd import add8, aligned_empty, load8, output_array, splat8, store8, sub8
 
@@ -99,7 +99,7 @@ def conv_lane_winograd(x, u, bias, act, lanes_out, band_rows, out):
     out_rows = out.reshape(-1, filters)
     slope = splat8(LEAK if act == LEAKY else 1.0)
     zero = splat8(0.0)
-    in_place = act == RELU or act == LOGISTIC
+    in_place = act != LINEAR and act != LEAKY  # relu, logistic, tanh
     bands = (out_h + band_rows - 1) // band_rows
     row_stride = x_w * depth8
     for job in prange(blocks * n_images * bands):

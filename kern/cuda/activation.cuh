@@ -9,12 +9,14 @@
 #define ACT_LEAKY 1
 #define ACT_RELU 2
 #define ACT_LOGISTIC 3
+#define ACT_TANH 4
 
 __device__ __forceinline__ float activate(float v, int act) {
     switch (act) {
         case ACT_LEAKY: return v > 0.f ? v : 0.1f * v;
         case ACT_RELU: return v > 0.f ? v : 0.f;
         case ACT_LOGISTIC: return 1.f / (1.f + expf(-v));
+        case ACT_TANH: return tanhf(v);
         default: return v;
     }
 }

@@ -83,6 +83,7 @@ class CudaConv:
 class CudaAffine:
     scale: cupy.ndarray
     bias: cupy.ndarray
+    slope: cupy.ndarray  # PReLU's below 0 (ones: none)
     act: int
 
 
@@ -292,16 +293,24 @@ class CudaBackend:
         return y
 
     # ---- per-channel ops (Caffe's networks; Darknet's [batchnorm])
-    def prepare_affine(self, scale, bias, *, activation) -> CudaAffine:
-        scale, bias = (cupy.asarray(np.asarray(v, dtype=np.float32)) for v in (scale, bias))
-        return CudaAffine(scale, bias, activation_code(activation))
+    def prepare_affine(self, scale, bias, *, activation, slope=None) -> CudaAffine:
+        slope = np.ones_like(scale) if slope is None else slope
+        scale, bias, slope = (cupy.asarray(np.asarray(v, dtype=np.float32)) for v in (scale, bias, slope))
+        return CudaAffine(scale, bias, slope, activation_code(activation))
 
     def affine(self, x, a: CudaAffine, *, out=None):
         x = cupy.ascontiguousarray(x)
         n, c, h, w = x.shape
         y = self._out(out, x.shape)
-        args = (x, y, a.scale, a.bias, np.int64(x.size), np.int32(c), np.int32(h * w), np.int32(a.act))
+        args = (x, y, a.scale, a.bias, a.slope, np.int64(x.size), np.int32(c), np.int32(h * w), np.int32(a.act))
         self._kernel("elementwise.cu", "affine_channels")(_grid(x.size), (BLOCK,), args)
+        return y
+
+    def combine(self, x, other, *, operation, out=None):
+        x, other = cupy.ascontiguousarray(x), cupy.ascontiguousarray(other)
+        y = self._out(out, x.shape)
+        args = (x, other, y, np.int64(x.size), np.int32(operation == "max"))
+        self._kernel("elementwise.cu", "combine")(_grid(x.size), (BLOCK,), args)
         return y
 
     def scale_channels(self, x, factors, add=None, *, out=None):

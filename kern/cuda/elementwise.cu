@@ -90,16 +90,27 @@ extern "C" __global__ void softmax_rows(const float* __restrict__ x, float* __re
 }
 
 // Per-channel ops (Caffe's networks; kern/ref/channels.py says what each computes).
-// Channel affine: y = act(x*scale[c] + bias[c]) over (N, C, hw).
+// Channel affine: y = act(v), v = x*scale[c] + bias[c], times slope[c] below 0 (PReLU; slope
+// 1: none), over (N, C, hw).
 extern "C" __global__ void affine_channels(const float* __restrict__ x, float* __restrict__ y,
                                            const float* __restrict__ scale,
-                                           const float* __restrict__ bias, long long count, int c,
+                                           const float* __restrict__ bias,
+                                           const float* __restrict__ slope, long long count, int c,
                                            int hw, int act)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= count) return;
     const int ch = (i / hw) % c;
-    y[i] = activate(x[i] * scale[ch] + bias[ch], act);
+    const float v = x[i] * scale[ch] + bias[ch];
+    y[i] = activate(v > 0.f ? v : v * slope[ch], act);
+}
+
+// Caffe's Eltwise MAX (is_max) or PROD of two arrays of one shape.
+extern "C" __global__ void combine(const float* __restrict__ a, const float* __restrict__ b,
+                                   float* __restrict__ y, long long count, int is_max)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) y[i] = is_max ? fmaxf(a[i], b[i]) : a[i] * b[i];
 }
 
 // y = x * factors[n, c] (+ add where has_add): factors holds one value per image and channel.

@@ -42,6 +42,7 @@ class RefAffine:
     scale: np.ndarray
     bias: np.ndarray
     activation: str
+    slope: np.ndarray | None = None  # PReLU's, per channel
 
 
 class RefBackend:
@@ -97,11 +98,15 @@ class RefBackend:
     def activate(self, x, activation):
         return elementwise.activate(x, activation)
 
-    def prepare_affine(self, scale, bias, *, activation) -> RefAffine:
-        return RefAffine(scale.astype(self.dtype), bias.astype(self.dtype), activation)
+    def prepare_affine(self, scale, bias, *, activation, slope=None) -> RefAffine:
+        slope = None if slope is None else slope.astype(self.dtype)
+        return RefAffine(scale.astype(self.dtype), bias.astype(self.dtype), activation, slope)
 
     def affine(self, x, a: RefAffine):
-        return channels.affine(x, a.scale, a.bias, a.activation)
+        return channels.affine(x, a.scale, a.bias, a.activation, a.slope)
+
+    def combine(self, x, other, *, operation):
+        return channels.combine(x, other, operation)
 
     def scale_channels(self, x, factors, add=None):
         return channels.scale_channels(x, factors, add)

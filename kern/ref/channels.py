@@ -13,9 +13,23 @@ def _per_channel(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.asarray(values, dtype=dtype).reshape(1, -1, 1, 1)
 
 
-def affine(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, activation: str) -> np.ndarray:
-    """activation(x * scale[c] + bias[c])."""
-    return activate(x * _per_channel(scale, x.dtype) + _per_channel(bias, x.dtype), activation)
+def affine(
+    x: np.ndarray, scale: np.ndarray, bias: np.ndarray, activation: str, slope: np.ndarray | None = None
+) -> np.ndarray:
+    """activation(v) with v = x * scale[c] + bias[c], or v * slope[c] where v < 0 (PReLU)."""
+    v = x * _per_channel(scale, x.dtype) + _per_channel(bias, x.dtype)
+    if slope is not None:
+        v = np.where(v > 0, v, v * _per_channel(slope, x.dtype))
+    return activate(v, activation)
+
+
+def combine(x: np.ndarray, other: np.ndarray, operation: str) -> np.ndarray:
+    """Caffe's Eltwise PROD ("prod") or MAX ("max") of two blobs of one shape."""
+    if operation == "prod":
+        return x * other
+    if operation == "max":
+        return np.maximum(x, other)
+    raise ValueError(f"unknown operation {operation!r}")
 
 
 def scale_channels(x: np.ndarray, factors: np.ndarray, add: np.ndarray | None = None) -> np.ndarray:

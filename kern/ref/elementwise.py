@@ -18,12 +18,14 @@ def activate(x: np.ndarray, activation: str) -> np.ndarray:
         return np.maximum(x, 0)
     if activation == "logistic":
         return 1 / (1 + np.exp(-x))
+    if activation == "tanh":
+        return np.tanh(x)
     raise ValueError(f"unknown activation {activation!r}")
 
 
 def activation_gradient(y: np.ndarray, activation: str) -> np.ndarray:
     """d activation / d x, from the OUTPUT y, as Darknet's gradient_array takes it: leaky 1 or
-    0.1 (0.1 where y = 0), relu 1 or 0, logistic y (1 - y), linear 1."""
+    0.1 (0.1 where y = 0), relu 1 or 0, logistic y (1 - y), tanh 1 - y^2, linear 1."""
     one = y.dtype.type(1)
     if activation == "linear":
         return np.ones_like(y)
@@ -33,6 +35,8 @@ def activation_gradient(y: np.ndarray, activation: str) -> np.ndarray:
         return np.where(y > 0, one, y.dtype.type(0))
     if activation == "logistic":
         return (one - y) * y
+    if activation == "tanh":
+        return one - y * y
     raise ValueError(f"unknown activation {activation!r}")
 
 

@@ -58,6 +58,7 @@ def _cook(recipe: tuple[tuple, ...], blobs: dict[str, list[np.ndarray]]) -> dict
     if not recipe:
         return {}
     first, *steps = recipe
+    slope = None  # PReLU's, per channel
     if first[0] in ("conv", "ip"):
         _, name, bias_term = first
         weights = blobs[name][0]
@@ -68,17 +69,23 @@ def _cook(recipe: tuple[tuple, ...], blobs: dict[str, list[np.ndarray]]) -> dict
     else:  # "affine": a standalone per-channel layer, starting from the identity
         weights, bias = np.ones(first[1]), np.zeros(first[1])
     for step in steps:
-        if step[0] == "embed":  # a kh x kw kernel inside a k x k one of zeros (graph._square)
-            _, size, dy, dx = step
+        if step[0] == "embed":  # taps every d-th cell of a k x k kernel of zeros (graph._square)
+            _, size, dy, dx, dh, dw = step
             square = np.zeros(weights.shape[:2] + (size, size))
-            square[:, :, dy : dy + weights.shape[2], dx : dx + weights.shape[3]] = weights
+            rows = slice(dy, dy + dh * (weights.shape[2] - 1) + 1, dh)
+            square[:, :, rows, dx : dx + dw * (weights.shape[3] - 1) + 1 : dw] = weights
             weights = square
+            continue
+        if step[0] == "prelu":
+            slope = blobs[step[1]][0].reshape(-1)
+            slope = np.full(len(bias), slope[0]) if step[2] else slope
             continue
         a, c = _per_channel(step, blobs)
         weights = weights * a.reshape((-1,) + (1,) * (weights.ndim - 1))
         bias = bias * a + c
     if first[0] == "affine":
-        return {"scale": weights.astype(np.float32), "bias": bias.astype(np.float32)}
+        values = {"scale": weights.astype(np.float32), "bias": bias.astype(np.float32)}
+        return values if slope is None else {**values, "slope": slope.astype(np.float32)}
     return {"weights": weights.astype(np.float32), "biases": bias.astype(np.float32)}
 
 
@@ -96,7 +103,7 @@ def _per_channel(step: tuple, blobs: dict[str, list[np.ndarray]]) -> tuple[np.nd
 
 BLOB_KINDS = {
     "conv": ("weights", "bias"), "ip": ("weights", "bias"), "bn": ("mean", "variance", "factor"),
-    "scale": ("gamma", "beta"),
+    "scale": ("gamma", "beta"), "prelu": ("slope",),
 }
 
 
@@ -112,7 +119,7 @@ def random_blobs(model: CaffeNet, seed: int) -> dict[str, list[np.ndarray]]:
         for kind, shape in zip(kinds[name], shapes):
             if kind == "weights":
                 made.append(rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:])))
-            elif kind in ("variance", "gamma"):
+            elif kind in ("variance", "gamma", "slope"):
                 made.append(rng.uniform(0.5, 1.5, shape))
             elif kind == "factor":
                 made.append(rng.uniform(0.5, 2.0, shape))

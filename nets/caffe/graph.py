@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kern.errors import KernError
-from nets.channel_layers import LRN, ScaleChannels, SliceChannels
+from nets.channel_layers import LRN, Combine, ScaleChannels, SliceChannels
 from nets.layers import (
     Activation,
     Affine,
@@ -54,8 +54,8 @@ V1_TYPES = {
     "ACCURACY": "Accuracy",
 }
 SUPPORTED = (
-    "Convolution ConvolutionDepthwise BatchNorm Scale ReLU Sigmoid Pooling LRN Eltwise Concat Slice "
-    "Split InnerProduct Softmax Dropout Flatten Reshape Axpy Input"
+    "Convolution ConvolutionDepthwise BatchNorm Scale ReLU PReLU Sigmoid TanH Pooling LRN Eltwise Concat "
+    "Slice Split InnerProduct Softmax Dropout Flatten Reshape Axpy Input"
 ).split()
 FOLDS_INTO = {"conv", "connected", "affine"}  # what BatchNorm and Scale fold into
 
@@ -210,7 +210,8 @@ class _Builder:
         if producer == INPUT or not single_reader:
             return None
         node = self.nodes[producer]
-        return node if node.kind in kinds and node.activation == "linear" else None
+        plain = node.activation == "linear" and not node.options.get("prelu")
+        return node if node.kind in kinds and plain else None
 
     # ---- one method per Caffe type: (layer, producers of its bottoms, single reader) -> producers of its tops
     def _convolution(self, layer, producers, single_reader):
@@ -219,33 +220,33 @@ class _Builder:
         kernel = _pair(layer, self, p.kernel_size, p.kernel_h, p.kernel_w, "kernel", None)
         pad = _pair(layer, self, p.pad, p.pad_h, p.pad_w, "pad", 0)
         stride = _pair(layer, self, p.stride, p.stride_h, p.stride_w, "stride", 1)
-        if any(d != 1 for d in p.dilation):
-            raise self.error(layer, "dilation is not supported (kern's convolutions are not dilated)")
         groups = p.group if p.HasField("group") else 1
         filters = p.num_output
         if filters < 1 or groups < 1 or channels % groups or filters % groups:
             raise self.error(layer, f"num_output {filters} and group {groups} for {channels} input channels: "
                              "expected group to divide both")
-        out_h = (height + 2 * pad[0] - kernel[0]) // stride[0] + 1
-        out_w = (width + 2 * pad[1] - kernel[1]) // stride[1] + 1
+        dilation = _pair(layer, self, p.dilation, 0, 0, "dilation", 1)
+        span = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))  # the window a dilated kernel spans
+        out_h = (height + 2 * pad[0] - span[0]) // stride[0] + 1
+        out_w = (width + 2 * pad[1] - span[1]) // stride[1] + 1
         if out_h < 1 or out_w < 1:
-            raise self.error(layer, f"a {kernel[0]}x{kernel[1]} window does not fit the {width}x{height} input")
+            raise self.error(layer, f"a {span[0]}x{span[1]} window does not fit the {width}x{height} input")
         shapes = [(filters, channels // groups, *kernel)] + ([(filters,)] if p.bias_term else [])
         self.blob_shapes[layer.name] = shapes
         recipe = [("conv", layer.name, p.bias_term)]
-        size, padding = kernel[0], pad[0]
-        if kernel[0] != kernel[1] or pad[0] != pad[1] or stride[0] != stride[1]:
-            size, padding, offsets = self._square(layer, kernel, pad, stride)
-            recipe.append(("embed", size, *offsets))
+        size, padding = span[0], pad[0]
+        if span[0] != span[1] or pad[0] != pad[1] or stride[0] != stride[1] or dilation != (1, 1):
+            size, padding, offsets = self._square(layer, span, pad, stride)
+            recipe.append(("embed", size, *offsets, *dilation))
         options = dict(filters=filters, size=size, stride=stride[0], padding=padding, groups=groups)
         return [self._add(Node("conv", [producers[0]], (filters, out_h, out_w), options, recipe))]
 
     def _square(self, layer, kernel, pad, stride) -> tuple[int, int, tuple[int, int]]:
-        """A kh x kw kernel (Inception's 1x7 and 7x1) as a k x k one, k = max(kh, kw), its taps
-        placed at row and column offsets (dy, dx) inside zeros, with one padding P for both
-        axes: exact where it reads the same cells, P - dy = pad_h, P - dx = pad_w, and gives
-        the same output size, 2P - k = 2 pad_h - kh = 2 pad_w - kw (and strides are equal).
-        It multiplies by the zeros too: k / min(kh, kw) times the layer's work (docs/caffe.md)."""
+        """A kernel spanning kh x kw (Inception's 1x7 and 7x1; a dilated one spans d(k-1)+1) as
+        a k x k one, k = max(kh, kw), its taps placed at row and column offsets (dy, dx) inside
+        zeros, with one padding P for both axes: exact where it reads the same cells, P - dy =
+        pad_h, P - dx = pad_w, and gives the same output size, 2P - k = 2 pad_h - kh = 2 pad_w - kw
+        (and strides are equal). It multiplies by the zeros too (docs/caffe.md)."""
         size = max(kernel)
         twice = 2 * pad[0] - kernel[0] + size
         offsets = (twice // 2 - pad[0], twice // 2 - pad[1])
@@ -315,6 +316,18 @@ class _Builder:
     def _sigmoid(self, layer, producers, single_reader):
         return self._activation(layer, producers, single_reader, "logistic")
 
+    def _tanh(self, layer, producers, single_reader):
+        return self._activation(layer, producers, single_reader, "tanh")
+
+    def _prelu(self, layer, producers, single_reader):
+        """A slope per channel below 0 (one for all with channel_shared): a channel-affine layer
+        of its own, that nothing folds into afterwards."""
+        shared = layer.message.prelu_param.channel_shared
+        shape = self._shape(producers[0])
+        self.blob_shapes[layer.name] = [(1,) if shared else (shape[0],)]
+        recipe = [("affine", shape[0]), ("prelu", layer.name, shared)]
+        return [self._add(Node("affine", [producers[0]], shape, {"prelu": True}, recipe))]
+
     def _pooling(self, layer, producers, single_reader):
         p = layer.message.pooling_param
         channels, height, width = self._shape(producers[0])
@@ -364,7 +377,7 @@ class _Builder:
         p = layer.message.eltwise_param
         operation = p.DESCRIPTOR.fields_by_name["operation"].enum_type.values_by_number[p.operation].name
         if operation != "SUM":
-            raise self.error(layer, f"operation {operation} is not supported (SUM is)")
+            return self._combine(layer, producers, operation.lower())
         coeffs = list(p.coeff) or [1.0] * len(producers)
         if len(coeffs) != len(producers) or len(producers) < 2:
             raise self.error(layer, f"expected 2+ bottoms, a coeff each: got {len(producers)}, {len(coeffs)}")
@@ -380,6 +393,18 @@ class _Builder:
         for i in reversed(order[:-2]):
             options = dict(source=producers[i], alpha=1.0, beta=coeffs[i])
             top = self._add(Node("shortcut", [top, producers[i]], shape, options))
+        return [top]
+
+    def _combine(self, layer, producers, operation):
+        """Eltwise PROD or MAX: a chain of two-input layers, each reading the previous one and
+        the next bottom."""
+        shapes = {self._shape(q) for q in producers}
+        if len(shapes) > 1 or INPUT in producers or len(producers) < 2:
+            raise self.error(layer, f"cannot combine blobs of shapes {sorted(shapes)}: expected 2+, one shape")
+        shape = shapes.pop()
+        top = producers[0]
+        for other in producers[1:]:
+            top = self._add(Node("combine", [top, other], shape, dict(other=other, operation=operation)))
         return [top]
 
     def _concat(self, layer, producers, single_reader):
@@ -517,6 +542,8 @@ class _Builder:
             return SliceChannels(index, in_shape, out, o["first"])
         if node.kind == "softmax":
             return Softmax(index, in_shape, out, 1, 1.0)
+        if node.kind == "combine":
+            return Combine(index, in_shape, out, index_of[o["other"]], o["operation"])
         if node.kind == "scale_channels":
             add = None if o["add"] is None else index_of[o["add"]]
             return ScaleChannels(index, in_shape, out, index_of[o["factors"]], add)
@@ -529,7 +556,8 @@ def _pair(layer: CaffeLayer, builder: _Builder, values, height: int, width: int,
     field (one value for both, or two), else the default."""
     is_conv = layer.type.startswith("Convolution")
     message = layer.message.convolution_param if is_conv else layer.message.pooling_param
-    if message.HasField(f"{what}_h") or message.HasField(f"{what}_w"):
+    fields = message.DESCRIPTOR.fields_by_name
+    if f"{what}_h" in fields and (message.HasField(f"{what}_h") or message.HasField(f"{what}_w")):
         return int(height), int(width)
     values = list(values)
     if len(values) == 1:
