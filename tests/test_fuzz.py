@@ -410,9 +410,9 @@ def pick_images(folder: Path, images: list[Path], rnd: random.Random) -> list[st
     return chosen
 
 
-def network_files(folder: Path, root: Path, rnd: random.Random) -> tuple[str, str]:
-    """A cfg (or a Caffe prototxt) and a weights path for a case: the originals, or mutated copies."""
-    if rnd.random() < 0.2:
+def network_files(folder: Path, root: Path, rnd: random.Random, caffe: bool) -> tuple[str, str]:
+    """A cfg (or, in a Caffe case, a prototxt) and a weights path: the originals, or mutated copies."""
+    if caffe:
         prototxt, caffemodel = root / "small.prototxt", root / "small.caffemodel"
         if rnd.random() < 0.5:
             (folder / "net.prototxt").write_bytes(mutate_prototxt(CAFFE_NET, rnd))
@@ -442,8 +442,8 @@ def option_value(rnd: random.Random, good: list, bad: list):
     return rnd.choice(good if rnd.random() < 0.8 else bad)
 
 
-def predict_case(folder: Path, root: Path, images: list[Path], rnd: random.Random) -> dict:
-    cfg, weights = network_files(folder, root, rnd)
+def predict_case(folder: Path, root: Path, images: list[Path], rnd: random.Random, caffe: bool) -> dict:
+    cfg, weights = network_files(folder, root, rnd, caffe)
     argv = [cfg]
     if rnd.random() < 0.5:
         argv.append(weights)
@@ -475,8 +475,8 @@ def predict_case(folder: Path, root: Path, images: list[Path], rnd: random.Rando
     return {"tool": "predict", "argv": argv, "stdin": stdin}
 
 
-def valid_case(folder: Path, root: Path, images: list[Path], rnd: random.Random) -> dict:
-    cfg, weights = network_files(folder, root, rnd)
+def valid_case(folder: Path, root: Path, images: list[Path], rnd: random.Random, caffe: bool) -> dict:
+    cfg, weights = network_files(folder, root, rnd, caffe)
     labelled = sorted(str(p) for p in (root / "labelled").rglob("*") if p.is_file())
     roll = rnd.random()
     if roll < 0.5:
@@ -550,12 +550,16 @@ def fuzz(corpus, tmp_path: Path, cases: int, seed: int, plant: str | None = None
     )
     failures, outcomes = [], Counter()
     try:
-        for number in range(cases):
-            rnd = random.Random(f"{seed}:{number}")
+        # `cases` Darknet cases, and after every fourth a Caffe case of its own seed (so that the
+        # Darknet cases, and the planted bugs they find, stay what they were before Caffe's).
+        numbers = [(f"{n}", False) for n in range(cases)]
+        numbers = [item for n, item in enumerate(numbers) for item in [item] + ([(f"{n}c", True)] if n % 4 == 3 else [])]
+        for number, caffe in numbers:
+            rnd = random.Random(f"{seed}:{number}" if not caffe else f"{seed}:{number}:caffe")
             folder = tmp_path / f"case{number}"
             folder.mkdir()
             make = predict_case if rnd.random() < 0.7 else valid_case
-            case = make(folder, root, images, rnd) | {"cwd": str(folder), "timeout": timeout}
+            case = make(folder, root, images, rnd, caffe) | {"cwd": str(folder), "timeout": timeout}
             server.stdin.write(json.dumps(case) + "\n")
             server.stdin.flush()
             result = json.loads(server.stdout.readline())
