@@ -115,6 +115,30 @@ def test_every_shared_prototxt_translates():
         assert read_net(path).spec.layers[-1].out_shape == (1000, 1, 1), path
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [str(p.relative_to(SHARED)) for p in shared_prototxts()] or ["none"])
+def test_every_shared_prototxts_shapes_are_opencvs(tmp_path, name):
+    """Every layer's output shape, by Caffe's rules (pooling rounded up, ...), as OpenCV's
+    importer infers it (its shape inference wants weights: random ones)."""
+    if name == "none":
+        pytest.skip(f"the shared Caffe prototxts are not at {SHARED}")
+    model = read_net(SHARED / name)
+    write_caffemodel(tmp_path / "random.caffemodel", random_blobs(model, 0))
+    oracle = cv2.dnn.readNetFromCaffe(str(SHARED / name), str(tmp_path / "random.caffemodel"))
+    ids, _, outs = oracle.getLayersShapes([1, *model.spec.input_shape])
+    compared = 0
+    for layer_id, shapes in zip(ids, outs):
+        layer = oracle.getLayerNames()[layer_id - 1] if layer_id > 0 else None
+        if layer in model.top_shapes and len(shapes):
+            theirs, ours = tuple(int(d) for d in shapes[0][1:]), model.top_shapes[layer]
+            if len(theirs) == 3:
+                assert theirs == ours, (layer, theirs, ours)
+            else:  # flattened (InnerProduct, Flatten, Reshape): kern keeps C, H, W
+                assert int(np.prod(theirs)) == int(np.prod(ours)), (layer, theirs, ours)
+            compared += 1
+    assert compared >= len(model.spec.layers) // 3
+
+
 NON_SQUARE = """name: "rect"
 input: "data"
 input_shape { dim: 1 dim: 4 dim: 9 dim: 11 }

@@ -92,6 +92,7 @@ class CaffeNet:
     spec: NetworkSpec
     recipes: tuple[tuple[tuple, ...], ...]
     blob_shapes: dict[str, list[tuple[int, ...]]]
+    top_shapes: dict[str, Shape]  # each Caffe layer's first top, (C, H, W) as kern holds it
 
 
 def caffe_layers(net: Any, text: str) -> list[CaffeLayer]:
@@ -127,6 +128,7 @@ class _Builder:
         self.nodes: list[Node] = []
         self.blob: dict[str, int] = {}  # blob name -> its producer now (node index or INPUT)
         self.shape_of: dict[int, Shape] = {}
+        self.top_shapes: dict[str, Shape] = {}
         self.blob_shapes: dict[str, list[tuple[int, ...]]] = {}
         self.readers = self._count_readers()
 
@@ -173,12 +175,14 @@ class _Builder:
             for top, producer in zip(layer.tops, tops):
                 self.blob[top] = producer
                 writer[top] = i
+            if layer.tops:
+                self.top_shapes[layer.name] = self._shape(tops[0])
         if not self.nodes:
             raise KernError(f"{self.path}: no layers kern can run after the input")
         last = self.blob[self.layers[-1].tops[0]] if self.layers[-1].tops else len(self.nodes) - 1
         layers, recipes = self._linearize(input_shape, last)
         spec = NetworkSpec(self.path, input_shape, tuple(layers), pixel_check=False)
-        return CaffeNet(spec, tuple(recipes), self.blob_shapes)
+        return CaffeNet(spec, tuple(recipes), self.blob_shapes, self.top_shapes)
 
     def _input(self, net: Any) -> Shape:
         """(C, H, W) from `input` + `input_dim` or `input_shape`, or an Input layer."""
