@@ -133,6 +133,37 @@ class Convolutional(Layer):
 
 
 @dataclass(frozen=True)
+class RectangularConvolutional(Convolutional):
+    """A convolution with a non-square kernel or padding (Caffe's 1x7 and 7x1): `size` and
+    `padding` are the height's, these the width's."""
+
+    size_w: int = 1
+    padding_w: int = 0
+
+    def params(self) -> list[ParamSpec]:
+        group_channels = self.in_shape[0] // self.groups
+        return [ParamSpec("biases", (self.filters,)),
+                ParamSpec("weights", (self.filters, group_channels, self.size, self.size_w))]
+
+    @property
+    def flops(self) -> float:
+        _, out_h, out_w = self.out_shape
+        return 2.0 * self.filters * self.size * self.size_w * self.in_shape[0] // self.groups * out_h * out_w
+
+    def prepare(self, backend, values):
+        return backend.prepare_conv(
+            values["weights"], values["biases"], None, stride=self.stride,
+            padding=(self.padding, self.padding_w), groups=self.groups, activation=self.activation,
+        )
+
+    def describe(self) -> str:
+        return "conv  %5d %2d x%2d /%2d  %4d x%4d x%4d   ->  %4d x%4d x%4d  %5.3f BFLOPs" % (
+            self.filters, self.size, self.size_w, self.stride,
+            *_dims(self.in_shape), *_dims(self.out_shape), self.flops / 1e9,
+        )
+
+
+@dataclass(frozen=True)
 class Connected(Layer):
     outputs: int
     batch_normalize: bool

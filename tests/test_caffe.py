@@ -244,7 +244,7 @@ BAD_PROTOTXTS = [
     (HEAD + 'layer { name: "x" type: "Convolution" bottom: "data" top: "x" convolution_param { num_output: 4 kernel_size: 3 }\n', r"net.prototxt:\d+:\d+: not a Caffe prototxt"),
     (HEAD + 'layer { name: "x" type: "Fancy" bottom: "data" top: "x" }', r'net.prototxt:6: layer "x" \(Fancy\): kern cannot run this layer type'),
     (HEAD + CONV + 'layer { name: "r" type: "ReLU" bottom: "nowhere" top: "r" }', r'net.prototxt:13: layer "r" \(ReLU\): bottom "nowhere" is not the top'),
-    (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_h: 1 kernel_w: 7 } }', r"a 1x7 kernel with pad 0,0 .*only as a square one"),
+    (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 3 stride_h: 1 stride_w: 2 } }', r"stride 1,2: kern's convolutions take one stride"),
     (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 9 } }', r"window does not fit the 8x8 input"),
     (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 1 group: 2 } }', r"group 2 for 3 input channels"),
     ('layer { name: "c" type: "ReLU" bottom: "data" top: "c" }', r"expected one input"),

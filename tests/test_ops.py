@@ -15,6 +15,7 @@ from kern.cpu import grouped as cpu_grouped
 from kern.cpu import winograd as cpu_winograd
 from kern.cpu import winograd_plain as cpu_winograd_plain
 from kern.cpu.gemm import TILE_M, conv_gemm, conv_gemm16, pack_panels
+from kern.errors import KernError
 from kern.params import ACTIVATIONS, BatchNorm
 from kern.ref import conv2d_im2col, conv2d_loops
 from kern.ref.elementwise import activate as ref_activate
@@ -419,3 +420,41 @@ def test_cudasim_layers_past_the_tap_table_run_on_the_table_free_gemm(rng, cudas
     assert_close(cudasim.to_numpy(cudasim.conv2d(cudasim.asarray(x), conv)), expected)
     with pytest.raises(KernError, match="conv2d_implicit_gemm_128: 24 channels a group or 3x3 taps: no tap table"):
         cudasim.conv2d(cudasim.asarray(x), conv, kernel="conv2d_implicit_gemm_128")
+
+
+# Caffe's non-square kernels: (N, C, H, W, F, (KH, KW), stride, (PH, PW), groups).
+NON_SQUARE_SHAPES = [
+    (2, 5, 9, 11, 7, (1, 7), 1, (0, 3), 1),  # Inception's 1x7, "same" padding
+    (1, 8, 10, 8, 12, (7, 1), 1, (3, 0), 1),  # and 7x1
+    (2, 6, 9, 9, 10, (3, 1), 2, (1, 0), 2),  # strided, grouped
+    (1, 24, 7, 6, 40, (1, 3), 1, (0, 1), 1),  # CUDA's 128 GEMM (as a square kernel there)
+]
+
+
+def random_non_square(rng, shape):
+    n, c, h, w, f, kernel, stride, padding, groups = shape
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    weights = rng.standard_normal((f, c // groups, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(f).astype(np.float32)
+    return x, weights, bias, dict(stride=stride, padding=padding, groups=groups, activation="leaky")
+
+
+@pytest.mark.parametrize("shape", NON_SQUARE_SHAPES, ids=str)
+def test_non_square_conv_matches_ref(rng, fast, ref64, shape):
+    x, weights, bias, options = random_non_square(rng, shape)
+    x64, w64 = x.astype(np.float64), weights.astype(np.float64)
+    loops = conv2d_loops(x64, w64, options["stride"], options["padding"], options["groups"])
+    assert_close(conv2d_im2col(x64, w64, options["stride"], options["padding"], options["groups"]), loops, 1e-12)
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **options))
+    prepared = fast.prepare_conv(weights, bias, None, **options)
+    assert_close(fast.to_numpy(fast.conv2d(fast.asarray(x), prepared)), expected, 1e-5)
+    residual = rng.standard_normal(expected.shape).astype(np.float32)
+    fused = fast.conv2d_residual(fast.asarray(x), prepared, fast.asarray(residual), activation="relu")
+    assert_close(fast.to_numpy(fused), np.maximum(expected + residual, 0), 1e-5)
+
+
+def test_cuda_refuses_a_non_square_kernel_it_cannot_make_square(rng, cudasim, cpu):
+    x, weights, bias, options = random_non_square(rng, (1, 4, 6, 6, 3, (1, 3), 1, (0, 0), 1))
+    assert cpu.conv2d(cpu.asarray(x), cpu.prepare_conv(weights, bias, None, **options)).shape == (1, 6, 4, 3)
+    with pytest.raises(KernError, match="the CUDA backend runs square kernels: a 1x3 kernel with padding 0,0"):
+        cudasim.prepare_conv(weights, bias, None, **options)

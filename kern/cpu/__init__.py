@@ -29,7 +29,7 @@ from kern.cpu import channels, conv, depthwise, elementwise, grouped, pool, wino
 from kern.cpu.connected import connected, pack_connected  # noqa: E402
 from kern.cpu.simd import aligned_empty, choose_simd, output_array  # noqa: E402
 from kern.errors import KernError  # noqa: E402
-from kern.params import activation_code, conv_output_size, fold_batchnorm, maxpool_output_size  # noqa: E402
+from kern.params import activation_code, conv_output_size, fold_batchnorm, maxpool_output_size, pair  # noqa: E402
 
 # Numba tries tbb first when it is installed (PyTorch brings it). Measured here, alternating
 # processes, 2 threads: omp ran tiny in 18-27 ms vs 20-31 with tbb, darknet19 in 70-74 vs
@@ -78,6 +78,9 @@ class CpuConv:
     # One group, 3x3 stride 1 padding 1, 64+ channels: winograd_plain.pack_weights (fewer multiplies)
     plain_winograd: np.ndarray | None = None
     depthwise: np.ndarray | None = None  # one channel per group: depthwise.pack_weights (never linked)
+    # A non-square kernel or padding (Caffe's): (kernel width, padding along the width); ksize and
+    # padding are then the height's. The GEMM alone runs it (conv2d_gemm's shape_w), never linked.
+    shape_w: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,18 @@ class CpuBackend:
         return x.transpose(0, 3, 1, 2).copy()
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CpuConv:
-        _check_window(weights.shape[-1], stride, padding)  # the kernels index without bounds checks
+        (pad_h, pad_w), (k_h, k_w) = pair(padding), weights.shape[2:]
+        for size, pad in ((k_h, pad_h), (k_w, pad_w)):
+            _check_window(size, stride, pad)  # the kernels index without bounds checks
         w, b = fold_batchnorm(weights, bias, bn)
         filters, group_channels, ksize, _ = w.shape
+        act = activation_code(activation)
+        if (k_h, pad_h) != (k_w, pad_w):  # Caffe's 1x7 and 7x1: the GEMM alone, never linked
+            packed = conv.pack_weights(w, groups)
+            return CpuConv(packed, b, False, filters, k_h, stride, pad_h, act, shape_w=(k_w, pad_w))
+        padding = pad_h
         in_lanes = grouped.lane_groups_fit(groups, group_channels, filters // groups)
         plain = None
-        act = activation_code(activation)
         if depthwise.fits(groups, group_channels, filters // groups):
             packed = depthwise.pack_weights(w)
             return CpuConv(packed, b, False, filters, ksize, stride, padding, act, depthwise=packed)
@@ -167,7 +176,7 @@ class CpuBackend:
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act,
             out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes, input_padded=c.input_padded,
-            out=out,
+            out=out, shape_w=c.shape_w,
         )
 
     def conv2d_residual(self, x, c: CpuConv, residual, *, activation, out=None):
@@ -183,7 +192,7 @@ class CpuBackend:
         return conv.conv2d_gemm(
             x, c.packed, c.bias, c.filters, c.ksize, c.stride, c.padding, c.act, residual,
             activation_code(activation), out_planes=c.out_planes, out_padding=c.out_padding, lanes=self.lanes,
-            input_padded=c.input_padded, out=out,
+            input_padded=c.input_padded, out=out, shape_w=c.shape_w,
         )
 
     def link_convs(self, producer: CpuConv, consumer: CpuConv) -> tuple[CpuConv, CpuConv] | None:
@@ -193,7 +202,9 @@ class CpuBackend:
         permuted at load time to match. Where neither is grouped and the second pads its
         input, the first writes that zero border around its output. None where nothing
         applies."""
-        if producer.out_order is not None or producer.depthwise is not None or consumer.depthwise is not None:
+        if producer.out_order is not None or any(
+            c.depthwise is not None or c.shape_w is not None for c in (producer, consumer)
+        ):
             return None
         if consumer.groups_in_lanes and not producer.groups_in_lanes:
             return self._link_into_lanes(producer, consumer)

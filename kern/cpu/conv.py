@@ -64,14 +64,14 @@ def pack_weights(weights: np.ndarray, groups: int) -> np.ndarray:
     """OIHW -> gemm.pack_panels of (G', F/G', C/G'*K*K), G' = groups / merged_groups: each
     filter's taps in (ky, kx, c) order, the order of the kernel's tap table; merged groups
     get zeros for the channels of their other groups."""
-    filters, group_channels, ksize, _ = weights.shape
+    filters, group_channels, k_h, k_w = weights.shape
     per_group = filters // groups
     merge = merged_groups(groups, per_group)
-    blocks = weights.reshape(groups // merge, merge, per_group, group_channels, ksize, ksize)
-    merged = np.zeros((groups // merge, merge, per_group, merge, group_channels, ksize, ksize), np.float32)
+    blocks = weights.reshape(groups // merge, merge, per_group, group_channels, k_h, k_w)
+    merged = np.zeros((groups // merge, merge, per_group, merge, group_channels, k_h, k_w), np.float32)
     for j in range(merge):
         merged[:, j, :, j] = blocks[:, j]
-    merged = merged.reshape(filters, merge * group_channels, ksize, ksize)
+    merged = merged.reshape(filters, merge * group_channels, k_h, k_w)
     return pack_panels(merged.transpose(0, 2, 3, 1).reshape(groups // merge, merge * per_group, -1))
 
 
@@ -91,6 +91,7 @@ def conv2d_gemm(
     lanes: int = 8,
     input_padded: bool = False,
     out: np.ndarray | None = None,
+    shape_w: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """x (N, H, W, C) float32, packed from pack_weights -> (N, OH, OW, filters); with a
     residual (N, OH, OW, filters): residual_act(that + residual), fused into the store.
@@ -102,23 +103,26 @@ def conv2d_gemm(
     filters / out_planes channels as an image of its own inside a zero border of q.
 
     lanes: 8 (gemm.conv_gemm) or 16 (gemm.conv_gemm16, AVX-512); the same result either way.
-    out: where to write (a planned place: C-contiguous, as many floats), else a new array."""
+    out: where to write (a planned place: C-contiguous, as many floats), else a new array.
+    shape_w: (kernel width, padding along the width) where they differ from ksize and padding
+    (Caffe's 1x7 and 7x1 kernels): the tap table only needs the width (gemm.gemm_tables)."""
     n_images, height, width, channels = x.shape
+    k_w, pad_w = shape_w or (ksize, padding)
     if input_padded:
-        height, width = height - 2 * padding, width - 2 * padding
+        height, width = height - 2 * padding, width - 2 * pad_w
     out_h = conv_output_size(height, ksize, stride, padding) + 2 * out_padding
-    out_w = conv_output_size(width, ksize, stride, padding) + 2 * out_padding
+    out_w = conv_output_size(width, k_w, stride, pad_w) + 2 * out_padding
     out_shape = (n_images * out_planes, out_h, out_w, filters // out_planes)
     out = output_array(out_shape, out)
     if out_padding:
         zero_border(out, out_padding)
     images = x
-    if padding and not input_padded:  # a zero border once: the kernel reads every tap without a test
-        images = pad(x, padding)
+    if (padding or pad_w) and not input_padded:  # a zero border once: every tap read without a test
+        images = pad(x, padding) if pad_w == padding else pad_rectangle(x, padding, pad_w)
     if residual is None:
         residual, residual_act = out, -1  # not read
     kernel = conv_gemm16 if lanes == 16 else conv_gemm
-    kernel(images, packed, bias, act, ksize, stride, out, out_planes, out_padding, residual, residual_act)
+    kernel(images, packed, bias, act, k_w, stride, out, out_planes, out_padding, residual, residual_act)
     return out
 
 
@@ -134,6 +138,14 @@ def pad(x: np.ndarray, padding: int) -> np.ndarray:
         return images
     images = np.zeros((n_images, height + 2 * padding, width + 2 * padding, channels), dtype=np.float32)
     images[:, padding : padding + height, padding : padding + width] = x
+    return images
+
+
+def pad_rectangle(x: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
+    """NHWC images inside a zero border of pad_h rows and pad_w columns."""
+    n_images, height, width, channels = x.shape
+    images = np.zeros((n_images, height + 2 * pad_h, width + 2 * pad_w, channels), dtype=np.float32)
+    images[:, pad_h : pad_h + height, pad_w : pad_w + width] = x
     return images
 
 

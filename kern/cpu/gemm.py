@@ -113,8 +113,9 @@ def finish_tile(out_at, residual, p, n_pixels, column, o, count, bias, act, resi
 
 @njit(cache=True)
 def gemm_tables(image_shape, ksize, stride, depth, groups, out_shape, planes, out_padding):
-    """conv_gemm's index tables: where tap k (ky, kx, c) lies relative to a pixel's first
-    input (the GEMM's column index, `taps`), where each output pixel's receptive field starts
+    """conv_gemm's index tables (ksize: the kernel's width; its height is depth / (width *
+    channels), so non-square kernels need nothing more): where tap k (ky, kx, c) lies relative
+    to a pixel's first input (the GEMM's column index, `taps`), where each output pixel's receptive field starts
     (its row index, `starts`), and its row of out (of plane 0, `out_row`)."""
     n_images, height, width, channels = image_shape
     _, padded_h, padded_w, _ = out_shape

@@ -20,7 +20,14 @@ import numpy as np
 
 from kern.cuda.sources import DEFINES, SOURCES, compile_options, source_code
 from kern.errors import KernError
-from kern.params import activation_code, conv_output_size, fold_batchnorm, maxpool_output_size
+from kern.params import (
+    activation_code,
+    conv_output_size,
+    fold_batchnorm,
+    maxpool_output_size,
+    pair,
+    square_kernel,
+)
 
 try:
     import cupy
@@ -175,6 +182,11 @@ class CudaBackend:
         return out
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CudaConv:
+        if weights.shape[2] != weights.shape[3] or pair(padding)[0] != pair(padding)[1]:
+            try:  # Caffe's 1x7 and 7x1: conv.cu's kernels are square
+                weights, padding = square_kernel(weights, padding)
+            except ValueError as error:
+                raise KernError(f"the CUDA backend runs square kernels: {error}") from None
         w, b = fold_batchnorm(weights, bias, bn)
         act = activation_code(activation)
         return CudaConv(cupy.asarray(w), cupy.asarray(b), stride, padding, groups, act, _tap_table(w))

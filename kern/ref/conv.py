@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from kern.params import conv_output_size
+from kern.params import conv_output_size, pair
 
 
-def _output_size(x: np.ndarray, weights: np.ndarray, stride: int, padding: int) -> tuple[int, int]:
-    ksize = weights.shape[2]
+def _output_size(x: np.ndarray, weights: np.ndarray, stride: int, padding) -> tuple[int, int]:
+    """Weights (F, C, KH, KW); padding one number or (height, width): Caffe's non-square kernels."""
+    pad_h, pad_w = pair(padding)
     return (
-        conv_output_size(x.shape[2], ksize, stride, padding),
-        conv_output_size(x.shape[3], ksize, stride, padding),
+        conv_output_size(x.shape[2], weights.shape[2], stride, pad_h),
+        conv_output_size(x.shape[3], weights.shape[3], stride, pad_w),
     )
 
 
@@ -34,7 +35,8 @@ def conv2d_loops(
 ) -> np.ndarray:
     """Seven nested loops, exactly the definition. Slow: for tests on tiny shapes only."""
     n_images, _, height, width = x.shape
-    filters, group_channels, ksize, _ = weights.shape
+    filters, group_channels, k_h, k_w = weights.shape
+    pad_h, pad_w = pair(padding)
     out_h, out_w = _output_size(x, weights, stride, padding)
     filters_per_group = filters // groups
     out = np.zeros((n_images, filters, out_h, out_w), dtype=np.float64)
@@ -45,10 +47,10 @@ def conv2d_loops(
                 for ox in range(out_w):
                     total = 0.0
                     for c in range(group_channels):
-                        for ky in range(ksize):
-                            for kx in range(ksize):
-                                iy = oy * stride - padding + ky
-                                ix = ox * stride - padding + kx
+                        for ky in range(k_h):
+                            for kx in range(k_w):
+                                iy = oy * stride - pad_h + ky
+                                ix = ox * stride - pad_w + kx
                                 if 0 <= iy < height and 0 <= ix < width:
                                     channel = group * group_channels + c
                                     total += weights[f, c, ky, kx] * x[n, channel, iy, ix]
@@ -56,19 +58,21 @@ def conv2d_loops(
     return out.astype(x.dtype)
 
 
-def im2col(x: np.ndarray, ksize: int, stride: int, padding: int) -> np.ndarray:
-    """(C, H, W) -> (C*K*K, OH*OW): one column of input taps per output pixel."""
+def im2col(x: np.ndarray, ksize, stride: int, padding) -> np.ndarray:
+    """(C, H, W) -> (C*KH*KW, OH*OW): one column of input taps per output pixel. ksize and
+    padding: one number, or (height, width)."""
     channels, height, width = x.shape
-    out_h = conv_output_size(height, ksize, stride, padding)
-    out_w = conv_output_size(width, ksize, stride, padding)
-    padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
-    columns = np.empty((channels, ksize, ksize, out_h, out_w), dtype=x.dtype)
-    for ky in range(ksize):
-        for kx in range(ksize):
+    (k_h, k_w), (pad_h, pad_w) = pair(ksize), pair(padding)
+    out_h = conv_output_size(height, k_h, stride, pad_h)
+    out_w = conv_output_size(width, k_w, stride, pad_w)
+    padded = np.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w)))
+    columns = np.empty((channels, k_h, k_w, out_h, out_w), dtype=x.dtype)
+    for ky in range(k_h):
+        for kx in range(k_w):
             rows = slice(ky, ky + stride * (out_h - 1) + 1, stride)
             cols = slice(kx, kx + stride * (out_w - 1) + 1, stride)
             columns[:, ky, kx] = padded[:, rows, cols]
-    return columns.reshape(channels * ksize * ksize, out_h * out_w)
+    return columns.reshape(channels * k_h * k_w, out_h * out_w)
 
 
 def conv2d_im2col(
@@ -76,7 +80,8 @@ def conv2d_im2col(
 ) -> np.ndarray:
     """Per image and group: (F/groups x taps) @ im2col (taps x pixels). Darknet's own method."""
     n_images = x.shape[0]
-    filters, group_channels, ksize, _ = weights.shape
+    filters, group_channels = weights.shape[:2]
+    ksize = weights.shape[2:]
     out_h, out_w = _output_size(x, weights, stride, padding)
     filters_per_group = filters // groups
     out = np.empty((n_images, filters, out_h * out_w), dtype=x.dtype)

@@ -6,7 +6,7 @@ for each per-channel layer folded into it, y = a*y + c, so W' = a*W and b' = a*b
 - BatchNorm (blobs mean, variance, factor; Caffe divides both by the factor, 0 meaning 0):
   a = 1/sqrt(variance/factor + eps), c = -a*mean/factor;
 - Scale (blobs gamma, and beta where bias_term): a = gamma, c = beta.
-A non-square kernel is first placed inside a square one of zeros ("embed", graph._square).
+A dilated kernel is first spread out, its taps every d-th cell of a kernel of zeros.
 """
 
 from __future__ import annotations
@@ -69,12 +69,12 @@ def _cook(recipe: tuple[tuple, ...], blobs: dict[str, list[np.ndarray]]) -> dict
     else:  # "affine": a standalone per-channel layer, starting from the identity
         weights, bias = np.ones(first[1]), np.zeros(first[1])
     for step in steps:
-        if step[0] == "embed":  # taps every d-th cell of a k x k kernel of zeros (graph._square)
-            _, size, dy, dx, dh, dw = step
-            square = np.zeros(weights.shape[:2] + (size, size))
-            rows = slice(dy, dy + dh * (weights.shape[2] - 1) + 1, dh)
-            square[:, :, rows, dx : dx + dw * (weights.shape[3] - 1) + 1 : dw] = weights
-            weights = square
+        if step[0] == "dilate":  # the taps every d-th cell of a kernel of zeros
+            _, d_h, d_w = step
+            k_h, k_w = weights.shape[2:]
+            spread = np.zeros(weights.shape[:2] + (d_h * (k_h - 1) + 1, d_w * (k_w - 1) + 1))
+            spread[:, :, ::d_h, ::d_w] = weights
+            weights = spread
             continue
         if step[0] == "prelu":
             slope = blobs[step[1]][0].reshape(-1)

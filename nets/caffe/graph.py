@@ -36,6 +36,7 @@ from nets.layers import (
     Convolutional,
     Layer,
     MaxPool,
+    RectangularConvolutional,
     Route,
     Shortcut,
     Softmax,
@@ -238,32 +239,14 @@ class _Builder:
         shapes = [(filters, channels // groups, *kernel)] + ([(filters,)] if p.bias_term else [])
         self.blob_shapes[layer.name] = shapes
         recipe = [("conv", layer.name, p.bias_term)]
-        size, padding = span[0], pad[0]
-        if span[0] != span[1] or pad[0] != pad[1] or stride[0] != stride[1] or dilation != (1, 1):
-            size, padding, offsets = self._square(layer, span, pad, stride)
-            recipe.append(("embed", size, *offsets, *dilation))
-        options = dict(filters=filters, size=size, stride=stride[0], padding=padding, groups=groups)
+        if dilation != (1, 1):  # the taps every d-th cell of a kernel of zeros spanning d(k-1)+1
+            recipe.append(("dilate", *dilation))
+        if stride[0] != stride[1]:
+            raise self.error(layer, f"stride {stride[0]},{stride[1]}: kern's convolutions take one stride")
+        options = dict(filters=filters, size=span[0], stride=stride[0], padding=pad[0], groups=groups)
+        if span[0] != span[1] or pad[0] != pad[1]:  # Inception's 1x7 and 7x1
+            options.update(size_w=span[1], padding_w=pad[1])
         return [self._add(Node("conv", [producers[0]], (filters, out_h, out_w), options, recipe))]
-
-    def _square(self, layer, kernel, pad, stride) -> tuple[int, int, tuple[int, int]]:
-        """A kernel spanning kh x kw (Inception's 1x7 and 7x1; a dilated one spans d(k-1)+1) as
-        a k x k one, k = max(kh, kw), its taps placed at row and column offsets (dy, dx) inside
-        zeros, with one padding P for both axes: exact where it reads the same cells, P - dy =
-        pad_h, P - dx = pad_w, and gives the same output size, 2P - k = 2 pad_h - kh = 2 pad_w - kw
-        (and strides are equal). It multiplies by the zeros too (docs/caffe.md)."""
-        size = max(kernel)
-        twice = 2 * pad[0] - kernel[0] + size
-        offsets = (twice // 2 - pad[0], twice // 2 - pad[1])
-        fits = (
-            stride[0] == stride[1] and 2 * pad[0] - kernel[0] == 2 * pad[1] - kernel[1] and twice % 2 == 0
-            and all(0 <= d <= size - k for d, k in zip(offsets, kernel))
-        )
-        if not fits:
-            raise self.error(
-                layer, f"a {kernel[0]}x{kernel[1]} kernel with pad {pad[0]},{pad[1]} and stride {stride[0]},"
-                f"{stride[1]}: kern runs non-square kernels only as a square one with the same padding",
-            )
-        return size, twice // 2, offsets
 
     _convolutiondepthwise = _convolution
 
@@ -524,8 +507,10 @@ class _Builder:
         o = node.options
         out = node.shape
         if node.kind == "conv":
-            return Convolutional(index, in_shape, out, o["filters"], o["size"], o["stride"], o["padding"],
-                                 o["groups"], False, node.activation)
+            conv = (o["filters"], o["size"], o["stride"], o["padding"], o["groups"], False, node.activation)
+            if "size_w" in o:
+                return RectangularConvolutional(index, in_shape, out, *conv, o["size_w"], o["padding_w"])
+            return Convolutional(index, in_shape, out, *conv)
         if node.kind == "connected":
             return Connected(index, in_shape, out, o["outputs"], False, node.activation)
         if node.kind == "affine":
