@@ -147,6 +147,11 @@ class TorchBackend:
             v = x * scale + bias
             return _activate(v if slope is None else torch.where(v > 0, v, v * slope), activation)
 
+    def pool_window(self, x, *, method, kernel, stride, pad, out_size):
+        from kern.ref.channels import pool_window  # Caffe's divisor rule: no PyTorch op has it
+
+        return self._tensor(pool_window(x.cpu().numpy(), method, kernel, stride, pad, out_size))
+
     def combine(self, x, other, *, operation):
         with torch.inference_mode():
             return torch.maximum(x, other) if operation == "max" else x * other

@@ -84,3 +84,23 @@ class Combine(Layer):
 
     def describe(self) -> str:
         return shape_line(f"{self.operation} with {self.other}", self)
+
+
+@dataclass(frozen=True)
+class PoolWindow(Layer):
+    """Caffe's MAX or AVE pooling with its own rules (kern/ref/channels.py: pool_window), where
+    Darknet's max pool, the global average or a depthwise convolution cannot stand in for it."""
+
+    method: str  # "max" or "ave"
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+
+    kind = "pool"
+
+    def forward(self, backend, prepared, x, outputs, out=None):
+        options = dict(method=self.method, kernel=self.kernel, stride=self.stride, pad=self.pad)
+        return backend.pool_window(x, **options, out_size=self.out_shape[1:], **into(out))
+
+    def describe(self) -> str:
+        return shape_line(f"{self.method} {self.kernel[0]}x{self.kernel[1]}/{self.stride[0]}", self)

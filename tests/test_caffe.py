@@ -178,6 +178,34 @@ def test_prelu_tanh_prod_max_and_dilation_match_opencv(tmp_path, backends, reque
     compare_with_opencv(prototxt, tmp_path, None, backends=backends, batch=2)
 
 
+POOLS = """name: "pools"
+input: "data"
+input_shape { dim: 1 dim: 4 dim: 14 dim: 13 }
+layer { name: "a" type: "Pooling" bottom: "data" top: "a" pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
+layer { name: "b" type: "Pooling" bottom: "data" top: "b" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "c" type: "Pooling" bottom: "data" top: "c" pooling_param { pool: MAX kernel_size: 3 stride: 3 pad: 1 } }
+layer { name: "d" type: "Pooling" bottom: "data" top: "d" pooling_param { pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 3 } }
+layer { name: "e" type: "Pooling" bottom: "data" top: "e" pooling_param { pool: AVE kernel_h: 3 kernel_w: 2 stride: 2 pad_h: 1 pad_w: 0 } }
+layer { name: "fa" type: "InnerProduct" bottom: "a" top: "fa" inner_product_param { num_output: 5 } }
+layer { name: "fb" type: "InnerProduct" bottom: "b" top: "fb" inner_product_param { num_output: 5 } }
+layer { name: "fc" type: "InnerProduct" bottom: "c" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "fd" type: "InnerProduct" bottom: "d" top: "fd" inner_product_param { num_output: 5 } }
+layer { name: "fe" type: "InnerProduct" bottom: "e" top: "fe" inner_product_param { num_output: 5 } }
+layer { name: "sum" type: "Eltwise" bottom: "fa" bottom: "fb" bottom: "fc" bottom: "fd" bottom: "fe" top: "sum" }
+"""
+
+
+@pytest.mark.parametrize("backends", [("cpu", "ref"), pytest.param(("cudasim",), marks=pytest.mark.cudasim)], ids=str)
+def test_caffes_pooling_rules_match_opencv(tmp_path, backends, request):
+    """Windows cut by in + pad (AVE divides by fewer), MAX with stride 3, non-square windows."""
+    if backends == ("cudasim",):
+        request.getfixturevalue("cudasim")
+    prototxt = tmp_path / "pools.prototxt"
+    prototxt.write_text(POOLS)
+    assert sum(layer.kind == "pool" for layer in read_net(prototxt).spec.layers) >= 3
+    compare_with_opencv(prototxt, tmp_path, None, backends=backends, batch=2)
+
+
 def test_non_square_kernels_match_opencv(tmp_path):
     prototxt = tmp_path / "rect.prototxt"
     prototxt.write_text(NON_SQUARE)
@@ -249,7 +277,7 @@ BAD_PROTOTXTS = [
     (HEAD + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 1 group: 2 } }', r"group 2 for 3 input channels"),
     ('layer { name: "c" type: "ReLU" bottom: "data" top: "c" }', r"expected one input"),
     (HEAD + CONV + 'layer { name: "e" type: "Eltwise" bottom: "c1" bottom: "data" top: "e" eltwise_param { operation: MAX } }', r"cannot combine blobs of shapes \[\(3, 8, 8\), \(4, 6, 6\)\]"),
-    (HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } }', r"STOCHASTIC pooling"),
+    (HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } }', r"STOCHASTIC pooling is not supported"),
 ]
 
 
@@ -329,6 +357,7 @@ def test_caffe_preprocessing_and_label_order():
     assert names[0] == "tench" and names[1] == "goldfish"  # n01440764, n01443537: sorted synsets
     assert caffe_labels(3) == ["class 0", "class 1", "class 2"]
     assert parse_mean("104,117,123") == (104.0, 117.0, 123.0)
+    assert caffe_labels(2, REPO / "cfg" / "caffe" / "README.md")[0].startswith("# Caffe")
     with pytest.raises(KernError, match="expected B,G,R"):
         parse_mean("104,117")
 
@@ -350,3 +379,20 @@ def test_valid_runs_a_caffe_model_in_caffes_label_order(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["preprocess"] == "caffe" and report["counted"] == 1
     assert report["unlabelled"] == [str(folder / "n09999999_dog.jpg")]
+
+
+def test_a_mean_binaryproto_gives_its_per_channel_means(tmp_path):
+    """BVLC's ilsvrc_2012_mean.binaryproto is a BlobProto of 1 x 3 x 256 x 256; its channel
+    means are what classification.cpp subtracts."""
+    from nets.caffe.preprocess import parse_mean
+
+    blob = message_class("caffe.BlobProto")()
+    image = np.stack([np.full((4, 5), v) for v in (100.0, 110.0, 120.0)]) + np.random.default_rng(0).normal(0, 1, (3, 4, 5))
+    blob.shape.dim.extend([1, 3, 4, 5])
+    blob.data.extend(image.astype(np.float32).reshape(-1).tolist())
+    (tmp_path / "mean.binaryproto").write_bytes(blob.SerializeToString())
+    means = parse_mean(str(tmp_path / "mean.binaryproto"))
+    np.testing.assert_allclose(means, image.reshape(3, -1).mean(axis=1), rtol=1e-6)
+    (tmp_path / "bad.binaryproto").write_bytes(b"\xff\xff")
+    with pytest.raises(KernError, match="bad.binaryproto: not a Caffe mean .binaryproto"):
+        parse_mean(str(tmp_path / "bad.binaryproto"))

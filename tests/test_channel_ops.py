@@ -87,3 +87,38 @@ def test_slice_channels_matches_ref(rng, fast, ref64, first, count):
     x = data(rng, (3, 64, 5, 7))
     got = fast.slice_channels(fast.asarray(x), first=first, count=count, out=poisoned(fast, (3, count, 5, 7)))
     assert_close(fast.to_numpy(got), ref64.slice_channels(ref64.asarray(x), first=first, count=count), 0)
+
+
+# (shape, kernel, stride, pad): windows cut by in + pad (ceil rounding), non-square, stride 3.
+POOL_CASES = [
+    ((2, 5, 14, 14), (3, 3), (2, 2), (0, 0)),
+    ((1, 7, 9, 11), (2, 3), (2, 3), (1, 1)),
+    ((2, 16, 10, 7), (3, 3), (3, 3), (1, 1)),
+    ((1, 3, 5, 5), (5, 5), (1, 1), (2, 2)),
+]
+
+
+def caffe_pooled(size, kernel, stride, pad):
+    """Caffe's output size, rounded up, less a window starting past in + pad."""
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    return out - 1 if pad and (out - 1) * stride >= size + pad else out
+
+
+@pytest.mark.parametrize("method", ["max", "ave"])
+@pytest.mark.parametrize("shape,kernel,stride,pad", POOL_CASES, ids=str)
+def test_pool_window_matches_ref(rng, fast, ref64, method, shape, kernel, stride, pad):
+    x = data(rng, shape)
+    out_size = tuple(caffe_pooled(shape[2 + a], kernel[a], stride[a], pad[a]) for a in (0, 1))
+    options = dict(method=method, kernel=kernel, stride=stride, pad=pad, out_size=out_size)
+    expected = ref64.pool_window(ref64.asarray(x), **options)
+    got = fast.pool_window(fast.asarray(x), **options, out=poisoned(fast, (*shape[:2], *out_size)))
+    assert_close(fast.to_numpy(got), expected, 1e-6)
+
+
+def test_ref_pool_window_divides_by_the_window_clipped_at_in_plus_pad():
+    x = np.ones((1, 1, 3, 3))
+    # 2x2 windows, stride 2, pad 1: rows -1..0, 1..2, and 3..4 clipped at 3 + 1 = 4 (one row).
+    out = channels.pool_window(x, "ave", (2, 2), (2, 2), (1, 1), (2, 2))
+    np.testing.assert_allclose(out[0, 0], [[1 / 4, 2 / 4], [2 / 4, 4 / 4]])
+    out = channels.pool_window(x, "ave", (3, 3), (2, 2), (0, 0), (2, 2))  # 2..4 clipped at 3: no pad
+    np.testing.assert_allclose(out[0, 0], [[1, 1], [1, 1]])  # divides by the cells inside

@@ -317,6 +317,12 @@ class CpuBackend:
         channels.affine(_rows(x), a.scale, a.bias, a.slope, a.act, _rows(out))
         return out
 
+    def pool_window(self, x, *, method, kernel, stride, pad, out_size, out=None):
+        self._use_threads()
+        out = output_array((x.shape[0], *out_size, x.shape[3]), out)
+        channels.pool_window(np.ascontiguousarray(x), method == "max", *kernel, *stride, *pad, out)
+        return out
+
     def combine(self, x, other, *, operation, out=None):
         self._use_threads()
         out = output_array(x.shape, out)

@@ -62,3 +62,29 @@ def slice_channels(x, first, out):
     for p in prange(pixels):
         for c in range(count):
             out[p, c] = x[p, first + c]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def pool_window(x, is_max, k_h, k_w, s_h, s_w, p_h, p_w, out):
+    """Caffe's MAX or AVE pooling (kern/ref/channels.py: pool_window); x (N, H, W, C), out
+    (N, OH, OW, C); parallel over output rows, the channels in vector lanes. A window wholly in
+    the padding (which Caffe's sizes never make) gives MAX -FLT_MAX."""
+    n_images, height, width, channels = x.shape
+    _, out_h, out_w, _ = out.shape
+    for job in prange(n_images * out_h):
+        n, i = job // out_h, job % out_h
+        top = i * s_h - p_h
+        bottom = min(top + k_h, height + p_h)
+        acc = np.empty(channels, dtype=np.float32)
+        for j in range(out_w):
+            left = j * s_w - p_w
+            right = min(left + k_w, width + p_w)
+            acc[:] = np.float32(-3.4028235e38) if is_max else np.float32(0.0)
+            for y in range(max(top, 0), min(bottom, height)):
+                for xx in range(max(left, 0), min(right, width)):
+                    for c in range(channels):
+                        v = x[n, y, xx, c]
+                        acc[c] = max(acc[c], v) if is_max else acc[c] + v
+            scale = np.float32(1.0) if is_max else np.float32(1.0 / ((bottom - top) * (right - left)))
+            for c in range(channels):
+                out[n, i, j, c] = acc[c] * scale

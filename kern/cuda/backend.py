@@ -318,6 +318,14 @@ class CudaBackend:
         self._kernel("elementwise.cu", "affine_channels")(_grid(x.size), (BLOCK,), args)
         return y
 
+    def pool_window(self, x, *, method, kernel, stride, pad, out_size, out=None):
+        x = cupy.ascontiguousarray(x)
+        n, c, h, w = x.shape
+        y = self._out(out, (n, c, *out_size))
+        sizes = (n * c, h, w, *kernel, *stride, *pad, *out_size, method == "max")
+        self._kernel("pool.cu", "pool_window")(_grid(y.size), (BLOCK,), (x, y, *map(np.int32, sizes)))
+        return y
+
     def combine(self, x, other, *, operation, out=None):
         x, other = cupy.ascontiguousarray(x), cupy.ascontiguousarray(other)
         y = self._out(out, x.shape)

@@ -43,3 +43,24 @@ extern "C" __global__ void avgpool(const float* __restrict__ x, float* __restric
     }
     if (threadIdx.x == 0) y[blockIdx.x] = partial[0] / hw;
 }
+
+// Caffe's MAX or AVE pooling (kern/ref/channels.py: pool_window): one thread per output; AVE
+// divides by the window clipped to [-pad, in + pad).
+extern "C" __global__ void pool_window(const float* __restrict__ x, float* __restrict__ y, int planes,
+                                       int h, int w, int kh, int kw, int sh, int sw, int ph, int pw,
+                                       int oh, int ow, int is_max)
+{
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)planes * oh * ow) return;
+    const int j = idx % ow, i = (idx / ow) % oh;
+    const long long plane = idx / ((long long)oh * ow);
+    const int top = i * sh - ph, left = j * sw - pw;
+    const int bottom = min(top + kh, h + ph), right = min(left + kw, w + pw);
+    float acc = is_max ? NEG_FLT_MAX : 0.f;
+    for (int yy = max(top, 0); yy < min(bottom, h); ++yy)
+        for (int xx = max(left, 0); xx < min(right, w); ++xx) {
+            const float v = x[(plane * h + yy) * w + xx];
+            acc = is_max ? fmaxf(acc, v) : acc + v;
+        }
+    y[idx] = is_max ? acc : acc / (float)((bottom - top) * (right - left));
+}

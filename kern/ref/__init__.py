@@ -108,6 +108,9 @@ class RefBackend:
     def combine(self, x, other, *, operation):
         return channels.combine(x, other, operation)
 
+    def pool_window(self, x, *, method, kernel, stride, pad, out_size):
+        return channels.pool_window(x, method, kernel, stride, pad, out_size)
+
     def scale_channels(self, x, factors, add=None):
         return channels.scale_channels(x, factors, add)
 

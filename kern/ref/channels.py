@@ -52,3 +52,26 @@ def lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.nda
 def slice_channels(x: np.ndarray, first: int, count: int) -> np.ndarray:
     """Channels first .. first+count-1 (a copy)."""
     return x[:, first : first + count].copy()
+
+
+def pool_window(
+    x: np.ndarray, method: str, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
+    out_size: tuple[int, int],
+) -> np.ndarray:
+    """Caffe's pooling over windows starting at (i*stride - pad): "max" over the cells inside
+    the input; "ave" the sum over them divided by the window clipped to [-pad, in + pad) (padded
+    cells inside that range count as zeros; a window cut by in + pad divides by fewer)."""
+    n_images, channels, height, width = x.shape
+    out = np.empty((n_images, channels, *out_size), dtype=x.dtype)
+    for i in range(out_size[0]):
+        top = i * stride[0] - pad[0]
+        bottom = min(top + kernel[0], height + pad[0])
+        for j in range(out_size[1]):
+            left = j * stride[1] - pad[1]
+            right = min(left + kernel[1], width + pad[1])
+            window = x[:, :, max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
+            if method == "max":
+                out[:, :, i, j] = window.max(axis=(2, 3))
+            else:
+                out[:, :, i, j] = window.sum(axis=(2, 3)) / ((bottom - top) * (right - left))
+    return out

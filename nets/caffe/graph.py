@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kern.errors import KernError
-from nets.channel_layers import LRN, Combine, ScaleChannels, SliceChannels
+from nets.channel_layers import LRN, Combine, PoolWindow, ScaleChannels, SliceChannels
 from nets.layers import (
     Activation,
     Affine,
@@ -347,11 +347,12 @@ class _Builder:
                 and (out_w - 1) * stride[1] + kernel[1] <= width + 2 * pad[1]:
             options = dict(filters=channels, size=kernel[0], stride=stride[0], padding=pad[0], groups=channels)
             return [self._add(Node("conv", [producers[0]], out, options, [("average", kernel[0], channels)]))]
-        window = f"{kernel[0]}x{kernel[1]} stride {stride[0]},{stride[1]} pad {pad[0]},{pad[1]}"
-        raise self.error(
-            layer, f"{method} pooling {window} on {width}x{height} (output {out_w}x{out_h}) is not supported"
-            + ("" if method in ("MAX", "AVE") else "; kern pools MAX and AVE"),
-        )
+        if method not in ("MAX", "AVE"):
+            raise self.error(layer, f"{method} pooling is not supported (MAX and AVE are)")
+        # Anything else (a window cut by in + pad, non-square windows, MAX strides of 3 and more):
+        # Caffe's rule as it is, on its own kernel.
+        options = dict(method=method.lower(), kernel=kernel, stride=stride, pad=pad)
+        return [self._add(Node("pool_window", [producers[0]], out, options))]
 
     def _lrn(self, layer, producers, single_reader):
         p = layer.message.lrn_param
@@ -369,7 +370,7 @@ class _Builder:
         if len(coeffs) != len(producers) or len(producers) < 2:
             raise self.error(layer, f"expected 2+ bottoms, a coeff each: got {len(producers)}, {len(coeffs)}")
         shapes = {self._shape(q) for q in producers}
-        if len(shapes) > 1 or INPUT in producers:
+        if len(shapes) > 1:
             raise self.error(layer, f"cannot add blobs of shapes {sorted(shapes)}: expected one shape")
         # The last producer is x when it is the latest node (a convolution fuses with the add).
         order = sorted(range(len(producers)), key=lambda i: producers[i] == len(self.nodes) - 1)
@@ -386,7 +387,7 @@ class _Builder:
         """Eltwise PROD or MAX: a chain of two-input layers, each reading the previous one and
         the next bottom."""
         shapes = {self._shape(q) for q in producers}
-        if len(shapes) > 1 or INPUT in producers or len(producers) < 2:
+        if len(shapes) > 1 or len(producers) < 2:
             raise self.error(layer, f"cannot combine blobs of shapes {sorted(shapes)}: expected 2+, one shape")
         shape = shapes.pop()
         top = producers[0]
@@ -402,7 +403,7 @@ class _Builder:
         if len(producers) == 1:
             return producers
         sizes = {self._shape(q)[1:] for q in producers}
-        if len(sizes) > 1 or INPUT in producers:
+        if len(sizes) > 1:
             raise self.error(layer, f"cannot concatenate maps of sizes {sorted(sizes)}: expected one H x W")
         channels = sum(self._shape(q)[0] for q in producers)
         shape = (channels, *self._shape(producers[0])[1:])
@@ -479,19 +480,24 @@ class _Builder:
     # ---- nodes -> kern's layers in order
     def _linearize(self, input_shape: Shape, last: int) -> tuple[list[Layer], list[tuple]]:
         """One kern layer per node (a route of one layer before a node whose input is not the
-        previous layer's output); node indices become layer indices."""
+        previous layer's output); node indices become layer indices. Where the input is read
+        by more than the first layer, a linear activation first copies it into a layer that
+        later ones can name (kern's networks read their input once)."""
         layers: list[Layer] = []
         recipes: list[tuple] = []
         index_of: dict[int, int] = {}
+        readers = [n for n, node in enumerate(self.nodes) if INPUT in node.inputs]
+        if readers and readers != [0] or self.nodes[0].inputs[0] != INPUT:
+            layers.append(Activation(0, input_shape, input_shape, "linear"))
+            recipes.append(())
+            index_of[INPUT] = 0
         for n, node in enumerate(self.nodes):
             x = node.inputs[0]
-            x_index = INPUT if x == INPUT else index_of[x]
+            x_index = index_of.get(x, INPUT)
             reads_previous = node.kind == "route" or x_index == (len(layers) - 1 if layers else INPUT)
             if not reads_previous:  # a route reads its inputs by index
-                if x_index == INPUT:
-                    raise KernError(f"{self.path}: the input is read again after the first layer; "
-                                    "kern's networks read it once")
-                layers.append(Route(len(layers), self.shape_of[x], self.shape_of[x], (x_index,)))
+                shape = input_shape if x == INPUT else self.shape_of[x]
+                layers.append(Route(len(layers), shape, shape, (x_index,)))
                 recipes.append(())
             in_shape = input_shape if x == INPUT else self.shape_of[x]
             layers.append(self._layer(node, len(layers), in_shape, index_of))
@@ -531,6 +537,8 @@ class _Builder:
             return SliceChannels(index, in_shape, out, o["first"])
         if node.kind == "softmax":
             return Softmax(index, in_shape, out, 1, 1.0)
+        if node.kind == "pool_window":
+            return PoolWindow(index, in_shape, out, o["method"], o["kernel"], o["stride"], o["pad"])
         if node.kind == "combine":
             return Combine(index, in_shape, out, index_of[o["other"]], o["operation"])
         if node.kind == "scale_channels":
