@@ -278,6 +278,7 @@ BAD_PROTOTXTS = [
     ('layer { name: "c" type: "ReLU" bottom: "data" top: "c" }', r"expected one input"),
     (HEAD + CONV + 'layer { name: "e" type: "Eltwise" bottom: "c1" bottom: "data" top: "e" eltwise_param { operation: MAX } }', r"cannot combine blobs of shapes \[\(3, 8, 8\), \(4, 6, 6\)\]"),
     (HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } }', r"STOCHASTIC pooling is not supported"),
+    (HEAD + 'layer { name: "a" type: "ReLU" bottom: "b" top: "a" }\nlayer { name: "b" type: "ReLU" bottom: "a" top: "b" }', r'net.prototxt:6: layer "a" \(ReLU\): bottom "b" is not the top of an earlier layer'),  # a cycle
 ]
 
 
@@ -299,6 +300,9 @@ def test_bad_caffemodels_get_one_line(tmp_path):
         "short": ({"c1": [blobs["c1"][0][:2], blobs["c1"][1]]}, r'layer "c1" blob 0 holds 54 values .* expected 108'),
         "one blob": ({"c1": blobs["c1"][:1]}, r'layer "c1" has 1 blobs, expected 2'),
     }
+    snapshot = tmp_path / "snapshot.caffemodel"  # a training snapshot's extra layers are ignored
+    write_caffemodel(snapshot, {**blobs, "loss": [np.ones(3)], "data": []})
+    assert nets.load(prototxt, snapshot).predict(np.zeros((1, 3, 8, 8), np.float32)).shape == (1, 4 * 6 * 6)
     for name, (written, message) in cases.items():
         path = tmp_path / f"{name}.caffemodel"
         write_caffemodel(path, written)
@@ -396,3 +400,43 @@ def test_a_mean_binaryproto_gives_its_per_channel_means(tmp_path):
     (tmp_path / "bad.binaryproto").write_bytes(b"\xff\xff")
     with pytest.raises(KernError, match="bad.binaryproto: not a Caffe mean .binaryproto"):
         parse_mean(str(tmp_path / "bad.binaryproto"))
+
+
+V1_NET = """name: "v1"
+input: "data"
+input_dim: 2
+input_dim: 3
+input_dim: 10
+input_dim: 10
+layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
+layers { name: "pool" type: POOLING bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layers { name: "fc" type: INNER_PRODUCT bottom: "pool" top: "fc" inner_product_param { num_output: 4 } }
+"""
+
+
+def test_v1_prototxts_and_caffemodels(tmp_path):
+    """Caffe's old format: `layers` with an enum type, in the prototxt and in the weights."""
+    prototxt = tmp_path / "v1.prototxt"
+    prototxt.write_text(V1_NET)
+    model = read_net(prototxt)
+    assert [layer.kind for layer in model.spec.layers] == ["conv", "max", "connected"]
+    blobs = random_blobs(model, 3)
+    net = message_class("caffe.NetParameter")()
+    for name, arrays in blobs.items():
+        layer = net.layers.add()
+        layer.name = name
+        for array in arrays:  # legacy num, channels, height, width
+            blob = layer.blobs.add()
+            blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - array.ndim) + array.shape
+            blob.data.extend(array.astype(np.float32).reshape(-1).tolist())
+    (tmp_path / "v1.caffemodel").write_bytes(net.SerializeToString())
+    import nets
+
+    x = np.random.default_rng(0).uniform(-50, 50, (2, 3, 10, 10)).astype(np.float32)
+    got = nets.load(prototxt, tmp_path / "v1.caffemodel").predict(x)
+    expected = Network(model.spec, values_from_blobs(model, blobs), make_backend("ref", dtype=np.float64)).predict(x)
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    oracle = cv2.dnn.readNetFromCaffe(str(prototxt), str(tmp_path / "v1.caffemodel"))
+    oracle.setInput(x)
+    assert np.abs(oracle.forward().reshape(2, -1) - expected).max() <= LOGITS_RTOL * np.abs(expected).max()
