@@ -138,6 +138,26 @@ def write_caffemodel(path: str | Path, blobs: dict[str, list[np.ndarray]]) -> No
         layer.name = name
         for array in arrays:
             blob = layer.blobs.add()
+            # protobuf parses packed floats at memory speed but fills them one Python float at a
+            # time (resnet101-v2's 42 M: 20 s against 1 s): hand it BlobProto.data as bytes.
+            blob.MergeFromString(_packed_floats(PACKED_DATA_FIELD, array))
             blob.shape.dim.extend(array.shape)
-            blob.data.extend(np.asarray(array, dtype=np.float32).reshape(-1).tolist())
     Path(path).write_bytes(net.SerializeToString())
+
+
+PACKED_DATA_FIELD = 5  # BlobProto.data: repeated float, packed
+
+
+def _packed_floats(field: int, array: np.ndarray) -> bytes:
+    """A packed repeated float field in protobuf's wire format: tag, length, little-endian floats."""
+    data = np.asarray(array, dtype="<f4").tobytes()
+    return _varint(field << 3 | 2) + _varint(len(data)) + data
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
