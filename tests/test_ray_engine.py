@@ -76,7 +76,7 @@ def test_ctrl_c_prints_the_summary_so_far_and_stops_the_cluster(images):
             shutil.copy(photo, folder / f"{i}_{photo.name}")
     process = subprocess.Popen(
         [sys.executable, "-m", "nets.valid", "tiny", "tiny", str(folder), "--engine", "ray", "--batch", "2"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
@@ -176,3 +176,9 @@ def test_an_actor_killed_mid_run_is_restarted_and_every_image_comes_once(images,
     assert [r.index for r in dying] == list(range(len(paths)))
     assert dying == calm
     assert sum(r.ranked is None for r in dying) == 1
+
+
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default action, in case this test process inherited
+    SIGINT ignored (a background job's), which the child would keep and never be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

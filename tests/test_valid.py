@@ -199,6 +199,7 @@ def test_ctrl_c_with_workers_writes_the_summary_and_exits(tmp_path):
         [sys.executable, "-m", "nets.valid", "cfg/tiny.cfg", "weights/tiny.weights", str(SAMPLE),
          "--workers", "2", "--batch", "1", "--json", str(tmp_path / "r.json")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            preexec_fn=default_sigint,
     )
     seen = ""
     while "img" not in seen:  # the progress bar: the workers are decoding
@@ -223,3 +224,9 @@ def test_weights_by_a_shipped_name_as_predict_finds_them(tmp_path, weights):
     )
     assert result.returncode == 0, result.stderr
     assert "(1/1)" in result.stdout and "top-5 100.00%" in result.stdout
+
+
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default action, in case this test process inherited
+    SIGINT ignored (a background job's), which the child would keep and never be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
