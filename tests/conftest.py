@@ -1,3 +1,4 @@
+import signal
 import zlib
 
 import numpy as np
@@ -67,3 +68,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "cudasim" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cudasim)
+
+
+def default_sigint() -> None:
+    """Popen's preexec_fn for a child the test interrupts: Ctrl-C's default action, in case this
+    test process inherited SIGINT ignored (a background job's), which the child would keep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,7 +15,7 @@ from kern.ref.training import RefTraining
 from tests.conftest import assert_close
 
 RTOL = 2e-5
-ACTIVATIONS = ["leaky", "linear", "logistic", "relu"]
+ACTIVATIONS = ["leaky", "linear", "logistic", "relu", "tanh"]
 
 
 @pytest.fixture(scope="module")

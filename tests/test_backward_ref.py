@@ -63,7 +63,7 @@ def test_conv_backward_matches_finite_differences(rng, n, c, h, w, f, k, stride,
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 4, 3), (2, 7, 1, 1), (1, 4, 6, 9)])
-@pytest.mark.parametrize("activation", ["leaky", "linear", "logistic", "relu"])
+@pytest.mark.parametrize("activation", ["leaky", "linear", "logistic", "relu", "tanh"])
 def test_batchnorm_backward_is_the_gradient_of_its_exact_forward(rng, shape, activation):
     """Darknet's backward formula is the exact gradient of the 'exact' forward (biased
     variance, sqrt(variance + 1e-5)); Darknet's own forward differs from that by O(1/M)."""
@@ -122,7 +122,7 @@ def test_avgpool_backward_matches_finite_differences(rng):
     assert_gradient(dx, lambda: float((pool.avgpool(x) * r).sum()), x, rng)
 
 
-@pytest.mark.parametrize("activation", ["leaky", "linear", "logistic", "relu"])
+@pytest.mark.parametrize("activation", ["leaky", "linear", "logistic", "relu", "tanh"])
 def test_activation_gradient_from_the_output(rng, activation):
     x = rng.standard_normal((2, 3, 4, 5))
     r = rng.standard_normal(x.shape)

@@ -17,9 +17,9 @@ from nets.cfg import parse_cfg
 from nets.network import Network, build_network
 from nets.weights import random_weights, write_weights
 from tests.conftest import assert_close
+from tests.darknet_oracle import LIBRARY
 
 ORACLE = Path(__file__).with_name("darknet_oracle.py")
-LIBRARY = Path("/usr/lib/darknet/libdarknet.so")
 
 CFG = """[net]
 height=13

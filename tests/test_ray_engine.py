@@ -17,6 +17,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'kern-nn[ray]')")
 
 from nets import ray_engine  # noqa: E402
+from tests.conftest import default_sigint  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -177,8 +178,3 @@ def test_an_actor_killed_mid_run_is_restarted_and_every_image_comes_once(images,
     assert dying == calm
     assert sum(r.ranked is None for r in dying) == 1
 
-
-def default_sigint() -> None:
-    """In the child before exec: Ctrl-C's default action, in case this test process inherited
-    SIGINT ignored (a background job's), which the child would keep and never be interrupted."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

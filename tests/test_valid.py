@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import default_sigint
+
 REPO = Path(__file__).resolve().parent.parent
 # 1,000 real ImageNet images, one per class, named <synset>_<name>.JPEG (not in the repository).
 SAMPLE = Path(os.environ.get("KERN_IMAGENET_SAMPLE", REPO.parent / "shared" / "imagenet-sample"))
@@ -225,8 +227,3 @@ def test_weights_by_a_shipped_name_as_predict_finds_them(tmp_path, weights):
     assert result.returncode == 0, result.stderr
     assert "(1/1)" in result.stdout and "top-5 100.00%" in result.stdout
 
-
-def default_sigint() -> None:
-    """In the child before exec: Ctrl-C's default action, in case this test process inherited
-    SIGINT ignored (a background job's), which the child would keep and never be interrupted."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

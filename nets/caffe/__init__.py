@@ -10,15 +10,15 @@ import numpy as np
 
 from nets.caffe.blobs import random_blobs, read_blobs, values_from_blobs
 from nets.caffe.graph import CaffeNet, translate
-from nets.caffe.proto import read_prototxt
+from nets.caffe.proto import parse_prototxt, read_prototxt_text
 
 __all__ = ["CaffeNet", "caffe_values", "read_net"]
 
 
 def read_net(path: str | Path) -> CaffeNet:
     """A deploy .prototxt, translated (shapes checked; no weights)."""
-    net = read_prototxt(path)
-    return translate(net, path, Path(path).read_text(encoding="utf-8", errors="replace"))
+    text = read_prototxt_text(path)  # read once: parsed, and searched for each layer's line
+    return translate(parse_prototxt(text, path), path, text)
 
 
 def caffe_values(

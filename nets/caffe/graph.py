@@ -41,10 +41,10 @@ from nets.layers import (
     Shortcut,
     Softmax,
 )
+from nets.memory import INPUT  # the network's input, as a producer
 from nets.network import NetworkSpec
 
 Shape = tuple[int, int, int]
-INPUT = -1  # the network's input, as a producer
 
 # Caffe's V1 layer type enum (V1LayerParameter.LayerType) -> the V2 type string.
 V1_TYPES = {

@@ -43,13 +43,21 @@ def message_class(name: str) -> Any:
 
 def read_prototxt(path: str | Path) -> Any:
     """A deploy .prototxt -> NetParameter; one line naming the file and line where it does not parse."""
+    return parse_prototxt(read_prototxt_text(path), path)
+
+
+def read_prototxt_text(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise KernError(f"{path}: cannot read: {error.strerror or error}") from None
+
+
+def parse_prototxt(text: str, path: str | Path) -> Any:
+    """A prototxt's text -> NetParameter (path: for the error line)."""
     from google.protobuf import text_format
 
     net = net_parameter_class()()
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as error:
-        raise KernError(f"{path}: cannot read: {error.strerror or error}") from None
     try:
         text_format.Parse(text, net)
     except text_format.ParseError as error:
