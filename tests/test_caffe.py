@@ -90,7 +90,9 @@ def test_squeeze_and_excitation_matches_the_float64_reference(tmp_path):
     x = np.random.default_rng(0).uniform(-120, 130, (2, *model.spec.input_shape)).astype(np.float32)
     expected = Network(model.spec, values, make_backend("ref", dtype=np.float64)).predict(x)
     got = Network(model.spec, values, make_backend("cpu")).predict(x)
-    assert np.abs(got - expected).max() / np.abs(expected).max() <= LOGITS_RTOL
+    # float32 against float64 through 50 layers on raw pixels: 1.3e-5 to 1.04e-3 of the largest
+    # logit over six random draws (ReLUs near 0 flip). A wrong channel or op is off by 10%+.
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= 3e-3
 
 
 @pytest.mark.cudasim
