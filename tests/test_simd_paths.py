@@ -82,21 +82,3 @@ def test_weight_gradient_is_the_same_on_both_widths():
         sixteen = wgrad.conv2d_backward_weights(x, dz, 3, 1, groups, lanes=16)
         np.testing.assert_array_equal(eight, sixteen)
 
-
-@pytest.mark.parametrize("groups", [1, 2])
-def test_deep_1x1_layers_read_a_packed_copy_and_give_the_same_bits(rng, ref64, paths, groups):
-    """1x1 layers of gemm.PACKED_DEPTH taps or more read their input packed tile by tile, where
-    there is more than one tile of pixels: 4 images of 5 pixels are packed, each image alone
-    (one tile) is not. Same sums in the same order: the same bits, on both widths."""
-    from kern.cpu.gemm import PACKED_DEPTH
-
-    channels = groups * (PACKED_DEPTH + 7)
-    x, weights, bias, bn, options = random_conv(rng, (4, channels, 1, 5, groups * 20, 1, 1, 0, groups), "leaky")
-    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **options))
-    for backend in paths.values():
-        conv = backend.prepare_conv(weights, bias, bn, **options)
-        whole = backend.to_numpy(backend.conv2d(backend.asarray(x), conv))
-        for n in range(len(x)):
-            alone = backend.to_numpy(backend.conv2d(backend.asarray(x[n : n + 1]), conv))
-            assert np.array_equal(whole[n : n + 1], alone)
-        assert_close(whole, expected, tolerance((4, channels, 1, 5, 20, 1, 1, 0, groups)))

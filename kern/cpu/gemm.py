@@ -62,14 +62,6 @@ MANY_PANELS = 16  # ... where there are this many panels or more (else too few j
 # 512 0.75x, 14x14x256 -> 512 0.80x, 7x7x512 -> 2048 1x1 at batch 8 0.83x; 28x28x256 -> 512
 # 0.99-1.06x (the worst seen).
 BIG_WEIGHTS_BYTES = 2 << 20
-# Deep layers (a panel of PACKED_DEPTH taps or more is 64 KB, twice a 32 KB L1) read their
-# inputs from a copy packed tile by tile, tile-major: tile t's tap k for its pixels i = 0..5
-# at packed[(t * depth + k) * 6 + i] (BLIS's packed A). The micro-kernel then reads one
-# stream instead of one per pixel of the tile. Kernel alone, interleaved A/B (AMD EPYC Zen 3,
-# 2 threads, two runs), time packed / unpacked at batch 8: 1x1 14x14x1024 -> 1024 0.79, 0.96;
-# 7x7x1024 -> 2048 0.84, 0.85; 7x7x2048 -> 1024 0.89, 0.88; batch 1 14x14x1024 -> 2048 0.98,
-# 0.91; 14x14x512 -> 1024 (512 taps, not packed) 0.94, 1.02.
-PACKED_DEPTH = 1024
 
 
 def pack_panels(weights: np.ndarray) -> np.ndarray:
@@ -156,29 +148,6 @@ def chunk_tiles(p_tiles, tile_pixels, panels):
     return (WHOLE_COLUMN_PIXELS if big else CHUNK_PIXELS) // tile_pixels
 
 
-@njit(inline="always", cache=True)
-def gemm_source(flat, starts, taps, groups, group_channels, tile_pixels):
-    """What the micro-kernel reads: the images themselves (source, taps; tap k of pixel p at
-    source[starts[p] + g*group_channels + taps[k]]) or, for deep 1x1 layers, a tile-major packed
-    copy (tap k of tile t's pixel i of group g at source[((g*tiles + t)*depth + k)*tile_pixels + i]).
-    Only 1x1: a KxK layer's copy would be K*K times its input (3x3 layers of 1152 and 2304 taps
-    ran 1.12x slower packed, 4608 no faster); one tile of pixels is one stream already."""
-    depth = taps.size
-    pixels = starts.size
-    if depth < PACKED_DEPTH or depth > group_channels or pixels <= tile_pixels:  # not 1x1
-        return flat, taps, False
-    tiles = (pixels + tile_pixels - 1) // tile_pixels
-    packed = np.empty(groups * tiles * depth * tile_pixels, dtype=np.float32)
-    for job in prange(groups * tiles):
-        g, t = job // tiles, job % tiles
-        at = job * depth * tile_pixels
-        for i in range(tile_pixels):
-            start = starts[min(t * tile_pixels + i, pixels - 1)] + g * group_channels
-            for k in range(depth):
-                packed[at + k * tile_pixels + i] = flat[start + taps[k]]
-    return packed, np.arange(depth) * tile_pixels, True
-
-
 @njit(parallel=True, cache=True)
 def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding, residual, residual_act):
     """images (N, H, W, C), zero-padded already; panels (G, M/16, K*K*C/G, 16) from
@@ -205,7 +174,6 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding
     out_rows = out.reshape(-1, plane_filters)
     residual_rows = residual.reshape(-1, filters)
     p_tiles = (pixels + TILE_P - 1) // TILE_P
-    source, taps, packed = gemm_source(flat, starts, taps, groups, group_channels, TILE_P)
     chunk = chunk_tiles(p_tiles, TILE_P, panels)
     chunks = (p_tiles + chunk - 1) // chunk
     last = pixels - 1
@@ -223,38 +191,35 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding
         count = min(TILE_M, rows - m_block * TILE_M)
         for tile in range(first_tile, min(p_tiles, first_tile + chunk)):
             p = tile * TILE_P
-            if packed:
-                s0 = (g * p_tiles + tile) * depth * TILE_P
-                s1, s2, s3, s4, s5 = s0 + 1, s0 + 2, s0 + 3, s0 + 4, s0 + 5
-            else:  # pixels past the last one re-read it; their stores are skipped
-                s0 = starts[p] + base
-                s1 = starts[min(p + 1, last)] + base
-                s2 = starts[min(p + 2, last)] + base
-                s3 = starts[min(p + 3, last)] + base
-                s4 = starts[min(p + 4, last)] + base
-                s5 = starts[min(p + 5, last)] + base
+            # Pixels past the last one re-read it; their stores are skipped.
+            s0 = starts[p] + base
+            s1 = starts[min(p + 1, last)] + base
+            s2 = starts[min(p + 2, last)] + base
+            s3 = starts[min(p + 3, last)] + base
+            s4 = starts[min(p + 4, last)] + base
+            s5 = starts[min(p + 5, last)] + base
             # Unrolled by hand: only separately named accumulators stay in registers.
             c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = splat8(0.0)
             for k in range(depth):
                 w0 = load8(panel, TILE_M * k)  # filters 0..7 of the panel, tap k
                 w1 = load8(panel, TILE_M * k + 8)  # filters 8..15
                 tap = taps[k]
-                x = broadcast8(source, s0 + tap)
+                x = broadcast8(flat, s0 + tap)
                 c00 = fma8(x, w0, c00)
                 c01 = fma8(x, w1, c01)
-                x = broadcast8(source, s1 + tap)
+                x = broadcast8(flat, s1 + tap)
                 c10 = fma8(x, w0, c10)
                 c11 = fma8(x, w1, c11)
-                x = broadcast8(source, s2 + tap)
+                x = broadcast8(flat, s2 + tap)
                 c20 = fma8(x, w0, c20)
                 c21 = fma8(x, w1, c21)
-                x = broadcast8(source, s3 + tap)
+                x = broadcast8(flat, s3 + tap)
                 c30 = fma8(x, w0, c30)
                 c31 = fma8(x, w1, c31)
-                x = broadcast8(source, s4 + tap)
+                x = broadcast8(flat, s4 + tap)
                 c40 = fma8(x, w0, c40)
                 c41 = fma8(x, w1, c41)
-                x = broadcast8(source, s5 + tap)
+                x = broadcast8(flat, s5 + tap)
                 c50 = fma8(x, w0, c50)
                 c51 = fma8(x, w1, c51)
             store_sums(out_rows, out_row[p] + plane_rows, column, count, c00, c01)
@@ -312,7 +277,6 @@ def conv_gemm16(images, panels, bias, act, ksize, stride, out, planes, out_paddi
     out_rows = out.reshape(-1, plane_filters)
     residual_rows = residual.reshape(-1, filters)
     p_tiles = (pixels + TILE_P16 - 1) // TILE_P16
-    source, taps, packed = gemm_source(flat, starts, taps, groups, group_channels, TILE_P16)
     chunk = chunk_tiles(p_tiles, TILE_P16, panels)
     chunks = (p_tiles + chunk - 1) // chunk
     last = pixels - 1
@@ -328,39 +292,34 @@ def conv_gemm16(images, panels, bias, act, ksize, stride, out, planes, out_paddi
         count = min(TILE_M, rows - m_block * TILE_M)
         for tile in range(first_tile, min(p_tiles, first_tile + chunk)):
             p = tile * TILE_P16
-            if packed:
-                s0 = (g * p_tiles + tile) * depth * TILE_P16
-                s1, s2, s3, s4, s5, s6 = s0 + 1, s0 + 2, s0 + 3, s0 + 4, s0 + 5, s0 + 6
-                s7, s8, s9, s10, s11 = s0 + 7, s0 + 8, s0 + 9, s0 + 10, s0 + 11
-            else:
-                s0 = starts[p] + base
-                s1 = starts[min(p + 1, last)] + base
-                s2 = starts[min(p + 2, last)] + base
-                s3 = starts[min(p + 3, last)] + base
-                s4 = starts[min(p + 4, last)] + base
-                s5 = starts[min(p + 5, last)] + base
-                s6 = starts[min(p + 6, last)] + base
-                s7 = starts[min(p + 7, last)] + base
-                s8 = starts[min(p + 8, last)] + base
-                s9 = starts[min(p + 9, last)] + base
-                s10 = starts[min(p + 10, last)] + base
-                s11 = starts[min(p + 11, last)] + base
+            s0 = starts[p] + base
+            s1 = starts[min(p + 1, last)] + base
+            s2 = starts[min(p + 2, last)] + base
+            s3 = starts[min(p + 3, last)] + base
+            s4 = starts[min(p + 4, last)] + base
+            s5 = starts[min(p + 5, last)] + base
+            s6 = starts[min(p + 6, last)] + base
+            s7 = starts[min(p + 7, last)] + base
+            s8 = starts[min(p + 8, last)] + base
+            s9 = starts[min(p + 9, last)] + base
+            s10 = starts[min(p + 10, last)] + base
+            s11 = starts[min(p + 11, last)] + base
             c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = c10 = c11 = splat16(0.0)
             for k in range(depth):
                 w = load16(panel, TILE_M * k)  # the panel's 16 filters, tap k
                 tap = taps[k]
-                c0 = fma16(broadcast16(source, s0 + tap), w, c0)
-                c1 = fma16(broadcast16(source, s1 + tap), w, c1)
-                c2 = fma16(broadcast16(source, s2 + tap), w, c2)
-                c3 = fma16(broadcast16(source, s3 + tap), w, c3)
-                c4 = fma16(broadcast16(source, s4 + tap), w, c4)
-                c5 = fma16(broadcast16(source, s5 + tap), w, c5)
-                c6 = fma16(broadcast16(source, s6 + tap), w, c6)
-                c7 = fma16(broadcast16(source, s7 + tap), w, c7)
-                c8 = fma16(broadcast16(source, s8 + tap), w, c8)
-                c9 = fma16(broadcast16(source, s9 + tap), w, c9)
-                c10 = fma16(broadcast16(source, s10 + tap), w, c10)
-                c11 = fma16(broadcast16(source, s11 + tap), w, c11)
+                c0 = fma16(broadcast16(flat, s0 + tap), w, c0)
+                c1 = fma16(broadcast16(flat, s1 + tap), w, c1)
+                c2 = fma16(broadcast16(flat, s2 + tap), w, c2)
+                c3 = fma16(broadcast16(flat, s3 + tap), w, c3)
+                c4 = fma16(broadcast16(flat, s4 + tap), w, c4)
+                c5 = fma16(broadcast16(flat, s5 + tap), w, c5)
+                c6 = fma16(broadcast16(flat, s6 + tap), w, c6)
+                c7 = fma16(broadcast16(flat, s7 + tap), w, c7)
+                c8 = fma16(broadcast16(flat, s8 + tap), w, c8)
+                c9 = fma16(broadcast16(flat, s9 + tap), w, c9)
+                c10 = fma16(broadcast16(flat, s10 + tap), w, c10)
+                c11 = fma16(broadcast16(flat, s11 + tap), w, c11)
             at = out_row[p] + plane_rows
             store_sums16(out_rows, at, column, count, c0)
             for q, c in ((1, c1), (2, c2), (3, c3), (4, c4), (5, c5), (6, c6), (7, c7), (8, c8), (9, c9),
