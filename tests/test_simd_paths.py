@@ -81,4 +81,3 @@ def test_weight_gradient_is_the_same_on_both_widths():
         eight = wgrad.conv2d_backward_weights(x, dz, 3, 1, groups, lanes=8)
         sixteen = wgrad.conv2d_backward_weights(x, dz, 3, 1, groups, lanes=16)
         np.testing.assert_array_equal(eight, sixteen)
-
