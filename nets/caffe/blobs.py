@@ -144,9 +144,8 @@ def write_caffemodel(path: str | Path, blobs: dict[str, list[np.ndarray]]) -> No
 
     Written piece by piece, in the order protobuf would serialize them: protobuf encodes the
     small parts (a layer's name, a blob's shape) and the floats go to the file as they lie (an
-    encoded message is the concatenation of its encoded fields). Handing protobuf the floats
-    cost four copies of them (VGG-16's 550 MB: 4.3 s, most of it first touches of fresh memory);
-    filling its repeated field one Python float at a time, 20x more."""
+    encoded message is the concatenation of its encoded fields). Through protobuf the floats
+    were copied several times or filled in one Python float at a time (figures: docs/caffe.md)."""
     layer_class, blob_class = message_class("caffe.LayerParameter"), message_class("caffe.BlobProto")
     with open(path, "wb") as out:
         for name, arrays in blobs.items():
