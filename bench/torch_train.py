@@ -16,15 +16,19 @@ from nets.layers import AvgPool, Connected, Convolutional, Cost, Dropout, MaxPoo
 
 
 class TorchTrainer:
-    def __init__(self, spec, values, solver, threads: int) -> None:
+    def __init__(self, spec, values, solver, threads: int, device: str = "cpu") -> None:
+        """device 'cuda': cuDNN, TF32 off (float32 arithmetic, as kern's)."""
         torch.set_num_threads(threads)
+        if device == "cuda":
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.spec = spec
         self.params: list[dict[str, torch.Tensor]] = []
         decayed, plain = [], []
         for arrays in values:
             tensors = {}
             for name, array in arrays.items():
-                tensor = torch.tensor(np.asarray(array, dtype=np.float32))
+                tensor = torch.tensor(np.asarray(array, dtype=np.float32), device=device)
                 if name == "weights" and tensor.ndim == 4:
                     tensor = tensor.contiguous(memory_format=torch.channels_last)
                 if name in ("weights", "biases", "scales"):

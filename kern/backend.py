@@ -125,10 +125,12 @@ BACKENDS = {
 }
 
 
-# The backends that train, so far (CUDA training: a later issue).
+# The backends that train.
 TRAINING_BACKENDS = {
     "ref": "kern.ref.training:RefTraining",
     "cpu": "kern.cpu.training:CpuTraining",
+    "cuda": "kern.cuda.training:CudaTraining",
+    "cudasim": "kern.cudasim:CudasimTraining",
 }
 
 
@@ -139,8 +141,8 @@ def get_backend(name: str, **options: Any) -> Backend:
 
 
 def get_training_backend(name: str, **options: Any) -> TrainingBackend:
-    """Make the training ops of backend `name` ('ref', 'cpu'); raises KernError if that
-    backend does not train (yet) or is unavailable."""
+    """Make the training ops of backend `name` ('ref', 'cpu', 'cuda', 'cudasim'); raises
+    KernError if that backend does not train or is unavailable."""
     return _make(TRAINING_BACKENDS, name, "training backend", options)
 
 

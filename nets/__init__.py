@@ -64,7 +64,7 @@ def load(
 
     training=True: a TrainingNetwork (nets/training.py) with the cfg's batch, subdivisions
     and schedule; without weights it starts from Darknet's initial ones (seeded by `seed`),
-    with them it continues from their `seen` count (0 with `clear`). Backends 'ref' and 'cpu'.
+    with them it continues from their `seen` count (0 with `clear`). Every backend trains.
     """
     from nets import fetch
 

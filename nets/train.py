@@ -1,7 +1,7 @@
 """Darknet's `classifier train` on kern's kernels:
 
     python -m nets.train DATA CFG [WEIGHTS] [--max-batches N] [--backup DIR] [--threads N]
-                         [--seed S] [--clear] [--backend cpu|ref]
+                         [--seed S] [--clear] [--backend cpu|cuda|cudasim|ref]
 
 DATA is a Darknet .data file: `train=` (the list of images), `labels=` (an image's class is
 the label that occurs in its path), `backup=` (where checkpoints go; --backup overrides).
@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     parser.add_argument("--seed", type=int, default=0, help="seeds initial weights, data order, every draw")
     parser.add_argument("--clear", action="store_true", help="start counting from 0 images seen")
-    parser.add_argument("--backend", choices=("cpu", "ref"), default="cpu", help="kernels to train on")
+    parser.add_argument("--backend", choices=("cpu", "cuda", "cudasim", "ref"), default="cpu",
+                        help="kernels to train on (cudasim: the CUDA kernels on the CPU, slowly)")
     args = parser.parse_args(argv)
     if args.max_batches is not None and args.max_batches < 1:
         parser.error(f"--max-batches {args.max_batches}: expected a positive number of batches")

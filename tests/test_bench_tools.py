@@ -127,6 +127,11 @@ def test_cuda_check_runs_its_rows_on_cudasim(cudasim, monkeypatch, tmp_path):
     assert len(convs) == len(distinct) and all(row.split()[-4] == "yes" for row in convs), convs
     networks = cuda_check.network_rows(kern, type(cudasim)(graphs=False), torch, names=(cfg,), batches=(1, 2))
     assert len(networks) == 2 and all(row.rstrip().endswith("yes") for row in networks)
+    small = (REPO / "cfg" / "cifar_small.cfg").read_text().replace("batch=128", "batch=2")
+    (tmp_path / "small.cfg").write_text(small)
+    runs = ((str(tmp_path / "small.cfg"), 2, None), (str(tmp_path / "small.cfg"), 1, 20))
+    training = cuda_check.training_rows("cudasim", "cpu", runs, folder=tmp_path)
+    assert [row.split()[:2] for row in training] == [["small", "2"], ["small_20", "1"]], training
 
 
 @pytest.mark.parametrize("tool", ["forward", "layers", "scaling", "nets", "train", "winograd"])

@@ -133,6 +133,29 @@ def test_resume_is_bit_exact(tmp_path):
     assert (tmp_path / "a" / "net.weights").read_bytes() == (tmp_path / "b" / "net.weights").read_bytes()
 
 
+@pytest.mark.cudasim
+def test_cudasim_trains_and_resumes_bit_exact(tmp_path):
+    """--backend cudasim (the CUDA kernels on the CPU; dropout, subdivisions, a stride-2 max
+    pool): 2 batches, then a resume to 4, give the weights of 4 straight, bit for bit; the
+    losses agree with the CPU's to 4 decimals (the leaky kinks: tests/test_training_cuda.py)."""
+    data, cfg = make_data(tmp_path)
+    runs = {
+        "straight": ("--max-batches", 4, "--backup", tmp_path / "a"),
+        "first": ("--max-batches", 2, "--backup", tmp_path / "b"),
+        "second": (tmp_path / "b" / "net.weights", "--max-batches", 4, "--backup", tmp_path / "b"),
+        "cpu": ("--max-batches", 4, "--backup", tmp_path / "c"),
+    }
+    results = {}
+    for name, args in runs.items():
+        backend = "cpu" if name == "cpu" else "cudasim"
+        results[name] = train(data, cfg, *args, "--backend", backend)
+        assert results[name].returncode == 0, results[name].stderr
+    assert losses(results["straight"].stdout)[2:] == losses(results["second"].stdout)
+    assert (tmp_path / "a" / "net.weights").read_bytes() == (tmp_path / "b" / "net.weights").read_bytes()
+    for sim, cpu in zip(iteration_lines(results["straight"].stdout), iteration_lines(results["cpu"].stdout)):
+        assert abs(float(sim.split(": ")[1].split(",")[0]) - float(cpu.split(": ")[1].split(",")[0])) < 1e-4
+
+
 def losses(stdout):
     """Batch, epoch, loss, average and rate of each iteration line (not its seconds)."""
     return [line.split(" rate, ")[0] for line in iteration_lines(stdout)]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kern.cuda.sources import DEFINES, SOURCES, compile_options, source_code
+from kern.cuda.sources import DEFINES, INFERENCE_SOURCES, compile_options, source_code
 from kern.errors import KernError
 from kern.params import (
     activation_code,
@@ -98,7 +98,9 @@ TAP_CHANNELS = 1 << 19  # channel << 12 stays below 2^31 (it wrapped at 2^15 whe
 TAP_SIZE = 64
 
 
-def _tap_table(weights: np.ndarray) -> cupy.ndarray | None:
+def make_tap_table(weights) -> cupy.ndarray | None:
+    """The 128 GEMM's and split-K's table of the taps of OIHW weights (host or device: only
+    their shape is read), or None where it does not fit."""
     channels, k = weights.shape[1], weights.shape[2]
     if channels >= TAP_CHANNELS or k > TAP_SIZE:
         return None
@@ -122,7 +124,7 @@ class CudaBackend:
         options = compile_options(cp_async)
         self._modules = {
             name: cupy.RawModule(code=source_code(name), options=options)
-            for name in SOURCES
+            for name in INFERENCE_SOURCES
         }
 
     def _kernel(self, source: str, name: str):
@@ -189,7 +191,7 @@ class CudaBackend:
                 raise KernError(f"the CUDA backend runs square kernels: {error}") from None
         w, b = fold_batchnorm(weights, bias, bn)
         act = activation_code(activation)
-        return CudaConv(cupy.asarray(w), cupy.asarray(b), stride, padding, groups, act, _tap_table(w))
+        return CudaConv(cupy.asarray(w), cupy.asarray(b), stride, padding, groups, act, make_tap_table(w))
 
     def conv2d(self, x: cupy.ndarray, conv: CudaConv, *, out: cupy.ndarray | None = None,
                kernel: str | None = None) -> cupy.ndarray:
@@ -232,7 +234,7 @@ class CudaBackend:
         w, b = fold_batchnorm(weights, bias, bn)
         act = activation_code(activation)
         w = w[:, :, None, None]
-        return CudaConv(cupy.asarray(w), cupy.asarray(b), 1, 0, 1, act, _tap_table(w))
+        return CudaConv(cupy.asarray(w), cupy.asarray(b), 1, 0, 1, act, make_tap_table(w))
 
     def connected(self, x: cupy.ndarray, fc: CudaConv, *, out=None) -> cupy.ndarray:
         x = cupy.ascontiguousarray(x)

@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
-SOURCES = ("conv.cu", "pool.cu", "elementwise.cu")
+INFERENCE_SOURCES = ("conv.cu", "pool.cu", "elementwise.cu")  # what CudaBackend compiles
+TRAINING_SOURCES = ("train.cu",)  # and what CudaTraining adds
+SOURCES = INFERENCE_SOURCES + TRAINING_SOURCES
 # Tuning constants, passed to the compiler as -D defines.
 DEFINES = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16}
 

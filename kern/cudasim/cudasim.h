@@ -290,6 +290,10 @@ inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+// Rounded once each, never contracted into a multiply-add (the compiler runs without -ffast-math).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
 inline float __ldg(const float* p) { return *p; }
 using std::max;

@@ -32,6 +32,7 @@ import numpy as np
 from kern.cudasim.compiler import Kernel, build, kernels_of, source_line, static_shared_bytes
 
 float32 = np.float32
+int32 = np.int32
 PAGE = mmap.PAGESIZE
 MAX_THREADS = 1024
 MAX_STATIC_SHARED = 48 * 1024
@@ -129,6 +130,9 @@ class ndarray:
     def __getitem__(self, key: Any) -> ndarray:
         return self._view(self.host[key])
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.host[key] = value.host if isinstance(value, ndarray) else value
+
     def reshape(self, *shape: Any) -> ndarray:
         if len(shape) == 1 and isinstance(shape[0], tuple):
             shape = shape[0]
@@ -142,6 +146,12 @@ def empty(shape: Any, dtype: Any = np.float32) -> ndarray:
     """Poisoned: every byte 0xff (NaN as float32)."""
     array = ndarray(shape if isinstance(shape, tuple) else (shape,), dtype)
     array.host.view(np.uint8).reshape(-1)[:] = 0xFF
+    return array
+
+
+def zeros(shape: Any, dtype: Any = np.float32) -> ndarray:
+    array = ndarray(shape if isinstance(shape, tuple) else (shape,), dtype)
+    array.host[...] = 0
     return array
 
 
