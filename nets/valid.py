@@ -209,6 +209,18 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _start_workers(count: int):
+    """The decoding pool, its processes started with Ctrl-C ignored: they inherit that from
+    their first instruction (Python leaves an ignored SIGINT ignored), so a Ctrl-C while they
+    are still importing cannot print a traceback in them (one did in a CI run); the initializer
+    keeps it so."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return multiprocessing.get_context("spawn").Pool(count, initializer=_ignore_interrupts)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import nets  # after argument checks: loading compiles nothing, but imports Numba
@@ -290,7 +302,7 @@ def _local_engine(args, weights, random: bool, labelled, tally: Tally, names):
     )
     pool = None
     if args.workers:
-        pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=_ignore_interrupts)
+        pool = _start_workers(args.workers)
 
     def end() -> None:
         if pool:

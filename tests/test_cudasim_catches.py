@@ -158,6 +158,9 @@ BUGS = {
         "pool.cu", "    partial[threadIdx.x] = sum;\n    __syncthreads();", "    partial[threadIdx.x] = sum;\n    if (threadIdx.x < 128) __syncthreads();",
         1, avgpool, "barrier divergence",
     ),
+    "gemm 128: float4 loads of weights whose taps are not a multiple of 4": (
+        "conv.cu", "const bool vector = taps % 4 == 0;", "const bool vector = true;", 1, big_conv, "misaligned",
+    ),
     "maxpool: row check dropped": ("pool.cu", "if (yy < 0 || yy >= h) continue;", "if (yy < 0) continue;", 1, maxpool, ""),
 }
 

@@ -82,7 +82,8 @@ def worst_difference(cpu, sim) -> float:
 
 
 @pytest.mark.cudasim
-def test_twenty_batches_of_cifar_small_agree_with_the_cpu_batch_by_batch(cifar_small, tmp_path):
+def test_twenty_batches_of_cifar_small_agree_with_the_cpu_batch_by_batch(cifar_small, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERN_CUDASIM_ORDERS", "1")  # each kernel's race check: test_backward_cuda.py
     sim = load(cifar_small, "cudasim")
     flips, worst_unflipped = 0, 0.0
     for images, labels in training_data(BATCHES):
@@ -101,8 +102,9 @@ def test_twenty_batches_of_cifar_small_agree_with_the_cpu_batch_by_batch(cifar_s
 
 
 @pytest.mark.cudasim
-def test_a_cudasim_run_repeats_bit_for_bit(cifar_small):
+def test_a_cudasim_run_repeats_bit_for_bit(cifar_small, monkeypatch):
     """Two runs of 3 batches: the same weights and momentum, bit for bit (no float atomics)."""
+    monkeypatch.setenv("KERN_CUDASIM_ORDERS", "1")
     runs = []
     for _ in range(2):
         net = load(cifar_small, "cudasim")

@@ -26,8 +26,10 @@ from kern.errors import KernError
 HERE = Path(__file__).resolve().parent
 FLAGS = (
     "-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-fno-strict-aliasing", "-w",
-    # Out-of-bounds indices into shared and local arrays trap (SIGILL), mapped back to the line.
-    "-fsanitize=bounds", "-fsanitize-undefined-trap-on-error",
+    # Out-of-bounds indices into shared and local arrays, and float2/float4 accesses off their
+    # alignment (8 and 16 bytes, as on a GPU: x86 would load them anyway), trap (SIGILL),
+    # mapped back to the line.
+    "-fsanitize=bounds,alignment", "-fsanitize-undefined-trap-on-error",
 )
 KERNEL = re.compile(
     r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\(([^)]*)\)\s*)?void\s+'

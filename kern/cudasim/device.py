@@ -399,7 +399,7 @@ class Function:
         at = f" at {where}" if where else ""
         who = f"block ({fault[3]}, {fault[4]}, {fault[5]}), thread ({fault[6]}, {fault[7]}, {fault[8]})"
         if signal == 4:
-            return f"{who}: out-of-bounds index into a shared or local array{at}"
+            return f"{who}: out-of-bounds index into a shared or local array, or a misaligned vector access{at}"
         if signal == 11 and fault[9]:
             return f"{who}: stack overflow{at}"
         if signal == 11:
