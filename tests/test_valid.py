@@ -2,11 +2,11 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -226,10 +226,9 @@ def test_ctrl_c_with_workers_writes_the_summary_and_exits(tmp_path):
             preexec_fn=default_sigint,
     )
     seen = ""
-    while "img" not in seen:  # the progress bar: the workers are decoding
+    while not re.search(r"\| [1-9]\d*/\d+", seen):  # the progress bar has counted an image
         seen += process.stderr.read(1)
         assert seen or process.poll() is None
-    time.sleep(1.5)
     os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
