@@ -51,6 +51,7 @@ def valid(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess
 def test_ray_gives_what_the_local_engine_gives(images, tmp_path):
     """Two actors over 31 images in batches of 4: the same records, in the same order, the same
     unreadable image, and an embedded cluster that is gone afterwards."""
+    before = ray_daemons()
     local, remote = tmp_path / "local.json", tmp_path / "ray.json"
     done = valid("tiny", "tiny", str(images), "--batch", "4", "--json", str(local))
     assert done.returncode == 0, done.stderr
@@ -62,23 +63,30 @@ def test_ray_gives_what_the_local_engine_gives(images, tmp_path):
     assert a["unreadable"] == b["unreadable"] and len(b["unreadable"]) == 1
     assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])
     assert "Traceback" not in done.stderr
-    assert not ray_processes()
+    assert not ray_processes(before)
 
 
-def ray_processes(grace: float = 10.0) -> list[str]:
-    """Ray's own daemons still running `grace` seconds after the run (an embedded cluster must
-    stop with its run; ray.shutdown() signals them and returns, and on a busy machine the GCS
-    server took a few seconds more to exit)."""
+def ray_daemons() -> set[str]:
+    """Ray's own daemons running on this machine, as "pid args" lines."""
+    listed = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return {line.strip() for line in listed if "raylet" in line or "gcs_server" in line}
+
+
+def ray_processes(before: set[str], grace: float = 10.0) -> list[str]:
+    """Ray daemons started since `before` and still running `grace` seconds after the run (an
+    embedded cluster must stop with its run; ray.shutdown() signals them and returns, and on a
+    busy machine the GCS server took a few seconds more to exit). Daemons running before, as
+    another test's cluster, do not count."""
     deadline = time.monotonic() + grace
     while True:
-        listed = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-        left = [line for line in listed if "raylet" in line or "gcs_server" in line]
+        left = sorted(ray_daemons() - before)
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
 
 
 def test_ctrl_c_prints_the_summary_so_far_and_stops_the_cluster(images):
+    before = ray_daemons()
     folder = images.parent / "many"
     folder.mkdir(exist_ok=True)
     for i in range(40):  # enough that the run is still going when it is interrupted
@@ -101,7 +109,7 @@ def test_ctrl_c_prints_the_summary_so_far_and_stops_the_cluster(images):
     assert process.returncode == 130, "".join(err)[-2000:]
     assert "interrupted: the summary so far" in "".join(err) and "top-1" in out
     assert "Traceback" not in "".join(err)
-    assert not ray_processes()
+    assert not ray_processes(before)
 
 
 @pytest.mark.parametrize(
