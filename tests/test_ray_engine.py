@@ -74,9 +74,9 @@ def ray_daemons() -> set[str]:
 
 def ray_processes(before: set[str], grace: float = 10.0) -> list[str]:
     """Ray daemons started since `before` and still running `grace` seconds after the run (an
-    embedded cluster must stop with its run; ray.shutdown() signals them and returns, and on a
-    busy machine the GCS server took a few seconds more to exit). Daemons running before, as
-    another test's cluster, do not count."""
+    embedded cluster must stop with its run: nets.valid waits for them, and the grace is for
+    the operating system to reap them). Daemons running before, as another test's cluster, do
+    not count."""
     deadline = time.monotonic() + grace
     while True:
         left = sorted(ray_daemons() - before)
@@ -166,7 +166,7 @@ def test_a_missing_or_wrong_token_is_one_line(images, token_cluster):
 def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-    ray.shutdown()
+    ray.shutdown(wait_for_processes=True)
 
 
 def test_an_actor_killed_mid_run_is_restarted_and_every_image_comes_once(images, local_ray, tmp_path):
