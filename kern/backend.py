@@ -108,7 +108,8 @@ class TrainingBackend(Protocol):
     activation_backward (with the bias gradient), batchnorm_forward / batchnorm_backward (Darknet's
     training batchnorm, kern/ref/batchnorm.py), connected (+ both backwards),
     maxpool_forward / maxpool_backward, avgpool / avgpool_backward, softmax_cross_entropy,
-    shortcut / shortcut_backward, route / route_backward, dropout / dropout_backward, crop,
+    shortcut / shortcut_backward, route / route_backward, dropout_mask (a pass's mask in the
+    backend's own form, made once for forward and backward) / dropout / dropout_backward, crop,
     sgd_update; and asarray, to_numpy, parameter, host, zeros, add, conv_weights.
     """
 

@@ -262,13 +262,13 @@ class TrainDropout(Trainable):
 
     def forward(self, ops, x, outputs, step):
         probability = self.layer.probability
-        self.scale = 1.0 / (1.0 - probability)
-        self.keep = step.rng.random((step.labels.size, *self.layer.in_shape), dtype=np.float32) >= probability
-        return ops.dropout(x, self.keep, self.scale)
+        keep = step.rng.random((step.labels.size, *self.layer.in_shape), dtype=np.float32) >= probability
+        self.mask = ops.dropout_mask(keep, 1.0 / (1.0 - probability))
+        return ops.dropout(x, self.mask)
 
     def backward(self, ops, dy, grads):
         if grads.wanted(self.input_index):
-            dx = ops.dropout_backward(dy, self.keep, self.scale)
+            dx = ops.dropout_backward(dy, self.mask)
             grads.set(self.input_index, ops.add(grads.get(self.input_index), dx))
 
 

@@ -196,8 +196,9 @@ def test_route_dropout_crop_and_add(ops, ref, rng):
         close(got, want)
     x = rng.standard_normal((2, 5, 4, 3))
     keep = rng.random(x.shape) >= 0.4
-    close(ops.dropout(nhwc(x), keep, 1 / 0.6), ref.dropout(x, keep, 1 / 0.6))
-    close(ops.dropout_backward(nhwc(x), keep, 1 / 0.6), ref.dropout_backward(x, keep, 1 / 0.6))
+    mask, want = ops.dropout_mask(keep, 1 / 0.6), ref.dropout_mask(keep, 1 / 0.6)
+    close(ops.dropout(nhwc(x), mask), ref.dropout(x, want))
+    close(ops.dropout_backward(nhwc(x), mask), ref.dropout_backward(x, want))
     for flip in (False, True):
         options = dict(height=3, width=2, top=1, left=1, flip=flip, scale=2.0, shift=-1.0)
         close(ops.crop(nhwc(x), **options), ref.crop(x, **options))

@@ -186,10 +186,11 @@ def test_route_dropout_crop_and_add(ops, ref, rng):
         close(ops, got, want)
     x = f32(rng.standard_normal((2, 5, 4, 3)))
     keep = rng.random(x.shape) >= 0.4
-    close(ops, ops.dropout(ops.asarray(x), keep, 1 / 0.6), ref.dropout(x, keep, 1 / 0.6))
-    close(ops, ops.dropout_backward(ops.asarray(x), keep, 1 / 0.6), ref.dropout_backward(x, keep, 1 / 0.6))
-    got = ops.dropout_backward(ops.asarray(x), keep, 1 / 0.6, into=ops.asarray(x))
-    close(ops, got, ref.dropout_backward(x, keep, 1 / 0.6) + x)
+    mask, want = ops.dropout_mask(keep, 1 / 0.6), ref.dropout_mask(keep, 1 / 0.6)
+    close(ops, ops.dropout(ops.asarray(x), mask), ref.dropout(x, want))
+    close(ops, ops.dropout_backward(ops.asarray(x), mask), ref.dropout_backward(x, want))
+    got = ops.dropout_backward(ops.asarray(x), mask, into=ops.asarray(x))
+    close(ops, got, ref.dropout_backward(x, want) + x)
     for flip in (False, True):
         options = dict(height=3, width=2, top=1, left=1, flip=flip, scale=2.0, shift=-1.0)
         close(ops, ops.crop(ops.asarray(x), **options), ref.crop(x, **options))

@@ -243,15 +243,18 @@ class CpuTraining:
         bounds = np.cumsum([0, *channels])
         return [np.ascontiguousarray(dy[..., a:b]) for a, b in zip(bounds, bounds[1:])]
 
-    def dropout(self, x, keep: np.ndarray, scale: float) -> np.ndarray:
+    def dropout_mask(self, keep: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+        """keep as NHWC bytes (the kernel's layout) and the scale of kept values."""
+        return np.ascontiguousarray(keep.transpose(0, 2, 3, 1)).view(np.uint8), float(scale)
+
+    def dropout(self, x, mask: tuple[np.ndarray, float]) -> np.ndarray:
         self._threads()
-        mask = np.ascontiguousarray(keep.transpose(0, 2, 3, 1)).view(np.uint8)
         out = np.empty_like(x)
-        elementwise.dropout(x, mask, float(scale), out)
+        elementwise.dropout(x, *mask, out)
         return out
 
-    def dropout_backward(self, dy, keep: np.ndarray, scale: float, into=None):
-        return self.add(into, self.dropout(dy, keep, scale))
+    def dropout_backward(self, dy, mask: tuple[np.ndarray, float], into=None):
+        return self.add(into, self.dropout(dy, mask))
 
     def crop(self, x, *, height, width, top, left, flip, scale, shift):
         source = x[:, :, ::-1] if flip else x

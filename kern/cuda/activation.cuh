@@ -20,3 +20,14 @@ __device__ __forceinline__ float activate(float v, int act) {
         default: return v;
     }
 }
+
+// d activation / d x from the OUTPUT y, as Darknet's gradient_array takes it (training).
+__device__ __forceinline__ float activation_gradient(float y, int act) {
+    switch (act) {
+        case ACT_LEAKY: return y > 0.f ? 1.f : 0.1f;
+        case ACT_RELU: return y > 0.f ? 1.f : 0.f;
+        case ACT_LOGISTIC: return (1.f - y) * y;
+        case ACT_TANH: return 1.f - y * y;
+        default: return 1.f;
+    }
+}

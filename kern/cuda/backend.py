@@ -257,7 +257,7 @@ class CudaBackend:
         x = cupy.ascontiguousarray(x)
         n, c, h, w = x.shape
         y = self._out(out, (n, c, 1, 1))
-        self._kernel("pool.cu", "avgpool")((n * c,), (256,), (x, y, np.int32(h * w)))
+        self._kernel("pool.cu", "avgpool")((n * c,), (DEFINES["REDUCE_THREADS"],), (x, y, np.int32(h * w)))
         return y
 
     def softmax(self, x, *, groups, temperature, out=None):
@@ -265,7 +265,8 @@ class CudaBackend:
         y = self._out(out, x.shape)
         width = x.size // (x.shape[0] * groups)
         args = (x, y, np.int32(width), np.float32(temperature))
-        self._kernel("elementwise.cu", "softmax_rows")((x.shape[0] * groups,), (256,), args)
+        rows = x.shape[0] * groups
+        self._kernel("elementwise.cu", "softmax_rows")((rows,), (DEFINES["REDUCE_THREADS"],), args)
         return y
 
     def shortcut(self, x, source, *, alpha, beta, activation, out=None):

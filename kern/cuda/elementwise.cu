@@ -1,6 +1,7 @@
 // Element-wise and data-movement ops, NCHW float32: one thread per output element unless
 // said otherwise.
 #include "activation.cuh"
+#include "reduce.cuh"
 
 extern "C" __global__ void activate_all(const float* __restrict__ x, float* __restrict__ y,
                                         long long count, int act)
@@ -54,39 +55,25 @@ extern "C" __global__ void crop(const float* __restrict__ x, float* __restrict__
     y[idx] = x[(p * h + top + i) * w + left + j] * scale + shift;
 }
 
-// Softmax over rows of `width` values (one row per image and group): one block per row,
-// max and sum by block-wide tree reductions (blockDim.x a power of two, 256).
-extern "C" __global__ void softmax_rows(const float* __restrict__ x, float* __restrict__ y,
-                                        int width, float temperature)
+// Softmax over rows of `width` values (one row per image and group): one block of
+// REDUCE_THREADS per row, max and sum by block-wide tree reductions.
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) softmax_rows(
+    const float* __restrict__ x, float* __restrict__ y, int width, float temperature)
 {
-    __shared__ float partial[256];
+    __shared__ float partial[REDUCE_THREADS];
     const float* in = x + (long long)blockIdx.x * width;
     float* out = y + (long long)blockIdx.x * width;
     float largest = NEG_INF;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) largest = fmaxf(largest, in[i]);
-    partial[threadIdx.x] = largest;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half)
-            partial[threadIdx.x] = fmaxf(partial[threadIdx.x], partial[threadIdx.x + half]);
-        __syncthreads();
-    }
-    largest = partial[0];
-    __syncthreads();
+    for (int i = threadIdx.x; i < width; i += REDUCE_THREADS) largest = fmaxf(largest, in[i]);
+    largest = block_max(largest, partial);
     float sum = 0.f;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+    for (int i = threadIdx.x; i < width; i += REDUCE_THREADS) {
         const float e = expf((in[i] - largest) / temperature);
         out[i] = e;
         sum += e;
     }
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    const float total = partial[0];
-    for (int i = threadIdx.x; i < width; i += blockDim.x) out[i] /= total;
+    const float total = block_sum(sum, partial);
+    for (int i = threadIdx.x; i < width; i += REDUCE_THREADS) out[i] /= total;
 }
 
 // Per-channel ops (Caffe's networks; kern/ref/channels.py says what each computes).

@@ -1,5 +1,6 @@
 // Pooling, NCHW float32.
 #include "activation.cuh"  // NEG_FLT_MAX
+#include "reduce.cuh"
 
 // Darknet's max pool: one thread per output; the window of output (i, j) starts at
 // (i*stride - pad/2, j*stride - pad/2) with pad the TOTAL padding; outside cells count as
@@ -27,21 +28,16 @@ extern "C" __global__ void maxpool(
     y[(p / c) * y_image + (p % c) * oh * ow + i * ow + j] = best;
 }
 
-// Global average pool: one block per (n, c) plane; a block-wide tree sum in shared memory.
-// blockDim.x must be a power of two (256).
-extern "C" __global__ void avgpool(const float* __restrict__ x, float* __restrict__ y, int hw)
+// Global average pool: one block of REDUCE_THREADS per (n, c) plane, a block-wide tree sum.
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) avgpool(const float* __restrict__ x,
+                                                                     float* __restrict__ y, int hw)
 {
-    __shared__ float partial[256];
+    __shared__ float partial[REDUCE_THREADS];
     const float* in = x + (long long)blockIdx.x * hw;
     float sum = 0.f;
-    for (int i = threadIdx.x; i < hw; i += blockDim.x) sum += in[i];
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) y[blockIdx.x] = partial[0] / hw;
+    for (int i = threadIdx.x; i < hw; i += REDUCE_THREADS) sum += in[i];
+    sum = block_sum(sum, partial);
+    if (threadIdx.x == 0) y[blockIdx.x] = sum / hw;
 }
 
 // Caffe's MAX or AVE pooling (kern/ref/channels.py: pool_window): one thread per output; AVE

@@ -9,8 +9,10 @@ FOLDER = Path(__file__).resolve().parent
 INFERENCE_SOURCES = ("conv.cu", "pool.cu", "elementwise.cu")  # what CudaBackend compiles
 TRAINING_SOURCES = ("train.cu",)  # and what CudaTraining adds
 SOURCES = INFERENCE_SOURCES + TRAINING_SOURCES
-# Tuning constants, passed to the compiler as -D defines.
-DEFINES = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16}
+# Tuning constants, passed to the compiler as -D defines (the launches read them here too):
+# the 64-GEMM's tile, the threads of every block that reduces (a power of two), and the
+# weight gradient's (filters x taps) tile and pixels per shared-memory step.
+DEFINES = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "REDUCE_THREADS": 256, "WG_TILE": 16, "WG_PIXELS": 64}
 
 
 def compile_options(cp_async: bool = False) -> tuple[str, ...]:

@@ -1,47 +1,9 @@
 // Training kernels, NCHW float32: the backward ops and the update (kern/ref/training.py says
 // what each computes; kern/cuda/training.py launches them). No float atomics: each sum is
 // made by one thread, or by one block as a tree in shared memory, always in the same order, so
-// a training run repeats bit for bit. Blocks that reduce have REDUCE_THREADS (256) threads.
+// a training run repeats bit for bit. Blocks that reduce have REDUCE_THREADS threads.
 #include "activation.cuh"
-
-#define REDUCE_THREADS 256
-
-// d activation / d x from the OUTPUT y, as Darknet's gradient_array takes it.
-__device__ __forceinline__ float activation_gradient(float y, int act) {
-    switch (act) {
-        case ACT_LEAKY: return y > 0.f ? 1.f : 0.1f;
-        case ACT_RELU: return y > 0.f ? 1.f : 0.f;
-        case ACT_LOGISTIC: return (1.f - y) * y;
-        case ACT_TANH: return 1.f - y * y;
-        default: return 1.f;
-    }
-}
-
-// The sum of every thread's `value`, a tree over `partial` (REDUCE_THREADS floats in shared
-// memory); every thread gets it, and `partial` may be used again afterwards.
-__device__ float block_sum(float value, float* partial) {
-    partial[threadIdx.x] = value;
-    __syncthreads();
-    for (int half = REDUCE_THREADS / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    const float total = partial[0];
-    __syncthreads();
-    return total;
-}
-
-__device__ float block_max(float value, float* partial) {
-    partial[threadIdx.x] = value;
-    __syncthreads();
-    for (int half = REDUCE_THREADS / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] = fmaxf(partial[threadIdx.x], partial[threadIdx.x + half]);
-        __syncthreads();
-    }
-    const float total = partial[0];
-    __syncthreads();
-    return total;
-}
+#include "reduce.cuh"
 
 // ---- convolution -----------------------------------------------------------------------------
 // dL/dx of a convolution: one thread per input element, gathering every output its value
@@ -81,8 +43,6 @@ extern "C" __global__ void conv_backward_input(
 // walking the batch's pixels WG_PIXELS at a time through shared memory; each thread adds its
 // chunk's products, then the chunk into its total (blocked: error ~ (P/64 + 64) eps, not P eps).
 // Grid: (taps / WG_TILE, filters per group / WG_TILE, groups), rounded up.
-#define WG_TILE 16
-#define WG_PIXELS 64
 extern "C" __global__ void __launch_bounds__(WG_TILE * WG_TILE) conv_backward_weights(
     const float* __restrict__ x, const float* __restrict__ dz, float* dw,
     int n, int c, int h, int wd, int f, int k, int stride, int pad, int groups, int oh, int ow)

@@ -21,11 +21,10 @@ import numpy as np
 # cupy as backend.py imported it (which says what is missing where it is not; cudasim's stand-in
 # when cudasim loads these files).
 from kern.cuda.backend import BLOCK, CudaBackend, CudaConv, cupy, make_tap_table
-from kern.cuda.sources import compile_options, source_code
+from kern.cuda.sources import DEFINES, compile_options, source_code
 from kern.params import ROLLING_RATE, activation_code, maxpool_output_size
 
-REDUCE_THREADS = 256  # train.cu's REDUCE_THREADS: the block of every kernel that sums
-WEIGHT_GRADIENT_TILE = 16  # train.cu's WG_TILE: conv_backward_weights' (filters, taps) tile
+REDUCE_THREADS = DEFINES["REDUCE_THREADS"]  # the block of every kernel that sums
 
 
 def _grid(count: int) -> tuple[int]:
@@ -152,7 +151,7 @@ class CudaTraining:
         n, c, h, w = x.shape
         _, f, oh, ow = dz.shape
         sizes = _ints(n, c, h, w, f, ksize, stride, padding, groups, oh, ow)
-        taps, tile = (c // groups) * ksize * ksize, WEIGHT_GRADIENT_TILE
+        taps, tile = (c // groups) * ksize * ksize, DEFINES["WG_TILE"]
         grid = (-(-taps // tile), -(-(f // groups) // tile), groups)
         self._launch("conv_backward_weights", grid, (tile * tile,), (x, dz, into, *sizes))
 
@@ -287,19 +286,19 @@ class CudaTraining:
         return [self.inference.slice_channels(dy, first=int(a), count=int(b - a))
                 for a, b in zip(bounds, bounds[1:])]
 
-    def _scaled_mask(self, keep: np.ndarray, scale: float) -> cupy.ndarray:
+    def dropout_mask(self, keep: np.ndarray, scale: float) -> cupy.ndarray:
+        """On the device, scale where keep (a host bool mask of x's shape), 0 elsewhere."""
         return self.asarray(np.where(keep, np.float32(scale), np.float32(0)))
 
-    def dropout(self, x, keep: np.ndarray, scale: float) -> cupy.ndarray:
-        """x * scale where keep (a host bool mask of x's shape), 0 elsewhere."""
+    def dropout(self, x, mask: cupy.ndarray) -> cupy.ndarray:
         y = cupy.empty(x.shape, dtype=cupy.float32)
-        args = (x, self._scaled_mask(keep, scale), y, y, np.int64(x.size), np.int32(0))
+        args = (x, mask, y, y, np.int64(x.size), np.int32(0))
         self._elementwise("multiply", x.size, args)
         return y
 
-    def dropout_backward(self, dy, keep: np.ndarray, scale: float, into=None):
+    def dropout_backward(self, dy, mask: cupy.ndarray, into=None):
         dx, into, accumulate = self._new_or_into(dy.shape, into)
-        args = (dy, self._scaled_mask(keep, scale), into, dx, np.int64(dy.size), accumulate)
+        args = (dy, mask, into, dx, np.int64(dy.size), accumulate)
         self._elementwise("multiply", dy.size, args)
         return dx
 

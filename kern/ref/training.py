@@ -139,12 +139,17 @@ class RefTraining:
         bounds = np.cumsum([0, *channels])
         return [dy[:, a:b].copy() for a, b in zip(bounds, bounds[1:])]
 
-    def dropout(self, x, keep: np.ndarray, scale: float) -> np.ndarray:
-        """x * scale where keep (a host bool mask of x's NCHW shape), 0 elsewhere."""
+    def dropout_mask(self, keep: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+        """A pass's mask: keep (a host bool mask of x's NCHW shape) and the scale of kept values."""
+        return keep, scale
+
+    def dropout(self, x, mask: tuple[np.ndarray, float]) -> np.ndarray:
+        """x * scale where keep, 0 elsewhere."""
+        keep, scale = mask
         return np.where(keep, x * x.dtype.type(scale), x.dtype.type(0))
 
-    def dropout_backward(self, dy, keep: np.ndarray, scale: float, into=None):
-        return _add(into, np.where(keep, dy * dy.dtype.type(scale), dy.dtype.type(0)))
+    def dropout_backward(self, dy, mask: tuple[np.ndarray, float], into=None):
+        return _add(into, self.dropout(dy, mask))
 
     def crop(self, x, *, height, width, top, left, flip, scale, shift):
         return elementwise.crop_train(x, height, width, top, left, flip, scale, shift)
