@@ -131,7 +131,7 @@ class CpuTraining:
         self._threads()
         images = conv.pad(x, padding) if padding else x
         threads, lanes = self.inference.threads, self.lanes
-        into += wgrad.conv2d_backward_weights(images, dz, ksize, stride, groups, threads, lanes)
+        wgrad.conv2d_backward_weights(images, dz, ksize, stride, groups, threads, lanes, into=into)
 
     def bias_activate(self, z, bias, activation: str) -> np.ndarray:
         self._threads()
