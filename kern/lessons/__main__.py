@@ -8,7 +8,9 @@ definition (shown: max error relative to the largest output), timed (median) and
 table: ms, GFLOP/s, % of this host's sgemm limit, speedup over the step before. The CUDA steps
 run on a GPU where there is one, else on cudasim: checked, not timed (a CPU simulating a GPU
 says nothing of a GPU's speed), with the traffic per output the kernel's design gives.
-`--out DIR` writes the table (ladder.txt, ladder.json) and the figures docs/lessons/ shows.
+Steps 14-21 go backward (kern/lessons/backward.py): the gradients of the same layer's input
+and weights, batchnorm's backward, the SGD update, their CUDA kernels, and a whole training
+pass layer by layer. `--out DIR` writes the table (ladder.txt, ladder.json) and the figures docs/lessons/ shows.
 `--quick` uses small shapes (CI runs it). docs/lessons/ explains each step.
 """
 
@@ -18,7 +20,7 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numba
@@ -26,14 +28,18 @@ import numpy as np
 
 from kern.cpu.simd import choose_simd
 from kern.errors import KernError
+from kern.lessons.backward import run_backward_steps
 from kern.lessons.steps import (
     CPU_STEPS,
     CUDA_KERNELS,
     CUDA_STEPS,
     Problem,
+    Row,
     Step,
     cpu_gemm,
     cpu_gemm_merged_groups,
+    max_error,
+    resized_cfg,
 )
 from kern.ref import conv2d_im2col
 from kern.timing import cpu_name, gpu_median_ms, median_seconds
@@ -41,21 +47,7 @@ from kern.timing import cpu_name, gpu_median_ms, median_seconds
 DEFAULT_LAYER = "darknet19:2"
 TOLERANCE = 1e-4  # max error, relative to the largest output, that a float32 step may have
 GROUPED_LAYER = "resnext50:19"
-
-
-@dataclass
-class Row:
-    step: int
-    title: str
-    where: str
-    layer: str
-    ms: float | None  # None: not timed (cudasim)
-    gflops: float | None
-    percent_of_sgemm: float | None
-    speedup: float | None  # over the step before on the same layer (step 8: over step 6's GEMM)
-    max_error: float
-    note: str
-    intensity: float  # multiply-add FLOPs per byte of memory traffic (the roofline's x)
+LAST_STEP = 21
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,17 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--layer", default=DEFAULT_LAYER, help="CFG:INDEX of a convolution (default %(default)s)"
     )
-    parser.add_argument("--only", help="comma-separated step numbers (default: all 13)")
+    parser.add_argument("--only", help=f"comma-separated step numbers (default: all {LAST_STEP})")
     parser.add_argument(
         "--repeat", type=int, default=5, help="timed runs per step, median (default %(default)s)"
     )
     args = parser.parse_args(argv)
     try:
-        only = {int(n) for n in args.only.split(",")} if args.only else set(range(1, 14))
+        only = {int(n) for n in args.only.split(",")} if args.only else set(range(1, LAST_STEP + 1))
     except ValueError:
         parser.error(f"--only {args.only}: expected step numbers such as 5,6")
-    if not only <= set(range(1, 14)):
-        parser.error(f"--only {args.only}: steps are 1 to 13")
+    if not only <= set(range(1, LAST_STEP + 1)):
+        parser.error(f"--only {args.only}: steps are 1 to {LAST_STEP}")
     if args.repeat < 1:
         parser.error("--repeat: expected 1 or more")
     try:
@@ -91,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_host(limits), file=sys.stderr)
     rows = run_cpu_steps(main_problem, grouped_problem, only, limits, args.repeat, args.quick)
     rows += run_cuda_steps(main_problem, only, limits, args.quick)
+    rows += run_backward_steps(main_problem, only, limits, args.repeat, args.quick)
     table = ladder_table(rows, main_problem, grouped_problem, limits)
     print(table)
     if args.out is not None:
@@ -195,12 +188,6 @@ def reference(p: Problem) -> np.ndarray:
     """The float64 definition's values (im2col in float64: equal to the seven loops to 1e-12,
     tests/test_ops.py)."""
     return conv2d_im2col(p.x.astype(np.float64), p.weights.astype(np.float64), p.stride, p.padding, p.groups)
-
-
-def max_error(got: np.ndarray, expected: np.ndarray) -> float:
-    if got.shape != expected.shape or not np.all(np.isfinite(got)):
-        return float("inf")
-    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
 
 
 def traffic_bytes(step: Step, p: Problem) -> int:
@@ -383,7 +370,7 @@ def network_step(step: Step, backend, on_gpu: bool, quick: bool) -> Row:
     text = find_cfg(name).read_text()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{name}{size}.cfg"
-        path.write_text(_resize(text, size))
+        path.write_text(resized_cfg(text, size))
         spec = nets.load_spec(path)
     values = random_weights(spec.layers, seed=0)
     images = np.random.default_rng(2).random((1, *spec.input_shape), dtype=np.float32)
@@ -408,14 +395,6 @@ def network_step(step: Step, backend, on_gpu: bool, quick: bool) -> Row:
     return Row(
         step.number, step.title, backend.name, f"{name} {size}x{size}", ms, None, None, None, error, note, 0.0
     )
-
-
-def _resize(cfg_text: str, size: int) -> str:
-    lines = []
-    for line in cfg_text.splitlines():
-        key = line.split("=")[0].strip()
-        lines.append(f"{key}={size}" if key in ("width", "height") else line)
-    return "\n".join(lines) + "\n"
 
 
 def ladder_table(rows: list[Row], main: Problem, grouped: Problem, limits: dict) -> str:

@@ -28,8 +28,11 @@ def write_all(folder: Path, rows: list, limits: dict, main: Problem, grouped: Pr
         ("im2col.png", _im2col),
         ("winograd.png", _winograd),
         ("lanes.png", _lanes),
+        ("caffe-time.png", _caffe_time),
     ):
         figure = draw(plt, rows=rows, limits=limits, main=main, grouped=grouped)
+        if figure is None:  # its step did not run
+            continue
         figure.savefig(folder / name, dpi=110, bbox_inches="tight")
         plt.close(figure)
         written.append(name)
@@ -40,9 +43,8 @@ def _ladder(plt, rows, limits, main, **_):
     timed = [r for r in rows if r.gflops is not None]
     figure, axes = plt.subplots(figsize=(8, 0.45 * len(timed) + 1.2))
     labels = [f"{r.step}. {r.title}" for r in timed]
-    axes.barh(
-        labels, [r.gflops for r in timed], color=["#4c72b0" if r.where == "cpu" else "#55a868" for r in timed]
-    )
+    colours = ["#55a868" if r.where != "cpu" else "#dd8452" if r.step >= 14 else "#4c72b0" for r in timed]
+    axes.barh(labels, [r.gflops for r in timed], color=colours)
     limit = limits["sgemm_gflops"]
     beyond = any(r.gflops > limit for r in timed)
     note = " (measured in a busy spell: steps pass it)" if beyond else ""
@@ -50,7 +52,7 @@ def _ladder(plt, rows, limits, main, **_):
     axes.set_xscale("log")
     axes.invert_yaxis()
     axes.set_xlabel("GFLOP/s (log scale)")
-    axes.set_title(f"{main.name}: each step, checked and timed", fontsize=10)
+    axes.set_title(f"{main.name}: each step, checked and timed (backward: orange)", fontsize=10)
     axes.legend(loc="lower right")
     return figure
 
@@ -159,4 +161,25 @@ def _lanes(plt, grouped, **_):
     axes.set_xlabel("vector lane")
     axes.set_ylabel("vector (one per channel of a group)")
     axes.set_title(f"{grouped.name}: eight groups side by side in the lanes", fontsize=10)
+    return figure
+
+
+def _caffe_time(plt, rows, **_):
+    """Step 21: each layer's forward and backward milliseconds in one training pass."""
+    found = [r for r in rows if r.per_layer]
+    if not found:
+        return None
+    row = found[0]
+    names = [name for name, _, _ in row.per_layer]
+    forward = np.array([f for _, f, _ in row.per_layer])
+    backward = np.array([b for _, _, b in row.per_layer])
+    figure, axes = plt.subplots(figsize=(8, 0.28 * len(names) + 1.2))
+    at = np.arange(len(names))
+    axes.barh(at - 0.2, forward, height=0.4, color="#4c72b0", label=f"forward, {forward.sum():.0f} ms")
+    axes.barh(at + 0.2, backward, height=0.4, color="#dd8452", label=f"backward, {backward.sum():.0f} ms")
+    axes.set_yticks(at, names, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("ms per layer (median)")
+    axes.set_title(f"{row.layer}, batch 1: one training pass, layer by layer", fontsize=10)
+    axes.legend(loc="lower right")
     return figure

@@ -26,6 +26,32 @@ from kern.params import conv_output_size
 from kern.ref import conv2d_loops, im2col
 
 
+@dataclass
+class Row:
+    """One step's line of the ladder (ladder.json's rows)."""
+
+    step: int
+    title: str
+    where: str
+    layer: str
+    ms: float | None  # None: not timed (cudasim)
+    gflops: float | None
+    percent_of_sgemm: float | None
+    speedup: float | None  # over the step before on the same layer (step 8: over step 6's GEMM)
+    max_error: float
+    note: str
+    intensity: float  # multiply-add FLOPs per byte of memory traffic (the roofline's x)
+    per_layer: list | None = None  # step 21: [layer, forward ms, backward ms] per layer
+
+
+def max_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """The largest difference, relative to the largest expected value (inf: wrong shape or
+    a value that is not finite)."""
+    if got.shape != expected.shape or not np.all(np.isfinite(got)):
+        return float("inf")
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
 @dataclass(frozen=True)
 class Problem:
     """One convolution: x (N, C, H, W), weights (F, C/groups, K, K), zero bias, linear."""
@@ -60,6 +86,15 @@ class Problem:
         needed = min(h, (count - 1) * self.stride + k - self.padding)
         cut = self.x[:, :, :needed]
         return Problem(self.name, cut, self.weights, self.stride, self.padding, self.groups)
+
+
+def resized_cfg(cfg_text: str, size: int) -> str:
+    """A cfg's text with its [net] width and height set to `size`."""
+    lines = []
+    for line in cfg_text.splitlines():
+        key = line.split("=")[0].strip()
+        lines.append(f"{key}={size}" if key in ("width", "height") else line)
+    return "\n".join(lines) + "\n"
 
 
 # ---- steps the library does not keep --------------------------------------------------------
