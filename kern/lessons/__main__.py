@@ -38,6 +38,7 @@ from kern.lessons.steps import (
     Step,
     cpu_gemm,
     cpu_gemm_merged_groups,
+    gpu_or_cudasim,
     max_error,
     resized_cfg,
 )
@@ -286,17 +287,9 @@ def run_cpu_steps(
 
 def cuda_backend():
     """The GPU where there is one, else cudasim; with the reason when neither can run."""
-    from kern import KernError, get_backend
+    from kern import get_backend
 
-    try:
-        return get_backend("cuda"), True
-    except KernError:
-        pass
-    try:
-        return get_backend("cudasim"), False
-    except KernError as error:
-        print(f"CUDA steps skipped: {error}", file=sys.stderr)
-        return None, False
+    return gpu_or_cudasim(get_backend, "CUDA steps")
 
 
 def run_cuda_steps(p: Problem, only: set[int], limits: dict, quick: bool) -> list[Row]:

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kern.backend import get_training_backend
-from kern.errors import KernError
-from kern.lessons.steps import Problem, Row, Step, max_error, resized_cfg
+from kern.lessons.steps import Problem, Row, Step, gpu_or_cudasim, max_error, resized_cfg
 from kern.ref import batchnorm as ref_batchnorm
 from kern.ref.conv import conv2d_backward_input, conv2d_backward_weights
 from kern.ref.training import RefTraining
@@ -350,15 +349,7 @@ def _measure_20(step, g, limits, repeat, quick, measured):
 
 def cuda_training():
     """CUDA's training ops on a GPU where there is one, else cudasim's (None: neither)."""
-    try:
-        return get_training_backend("cuda"), True
-    except KernError:
-        pass
-    try:
-        return get_training_backend("cudasim"), False
-    except KernError as error:
-        print(f"step 20 skipped: {error}", file=sys.stderr)
-        return None, False
+    return gpu_or_cudasim(get_training_backend, "step 20")
 
 
 def _measure_21(step, g, limits, repeat, quick, measured):

@@ -12,6 +12,7 @@ result is checked against the float64 definition by kern/lessons/__main__.py.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,20 @@ class Problem:
         needed = min(h, (count - 1) * self.stride + k - self.padding)
         cut = self.x[:, :, :needed]
         return Problem(self.name, cut, self.weights, self.stride, self.padding, self.groups)
+
+
+def gpu_or_cudasim(make: Callable[[str], Any], what: str) -> tuple[Any, bool]:
+    """(make("cuda"), True) where a GPU is, else (make("cudasim"), False); (None, False) and
+    the reason said when neither can run."""
+    from kern.errors import KernError
+
+    for name in ("cuda", "cudasim"):
+        try:
+            return make(name), name == "cuda"
+        except KernError as error:
+            reason = error
+    print(f"{what} skipped: {reason}", file=sys.stderr)
+    return None, False
 
 
 def resized_cfg(cfg_text: str, size: int) -> str:
