@@ -164,6 +164,10 @@ BUGS = {
         "    partial[threadIdx.x] = value;\n    if (threadIdx.x < 128) __syncthreads();",
         1, avgpool, "barrier divergence",
     ),
+    "avgpool: a warp's barrier where the block's is needed": (
+        "pool.cu", "    partial[threadIdx.x] = value;\n    __syncthreads();",
+        "    partial[threadIdx.x] = value;\n    __syncwarp();", 1, avgpool, "",
+    ),
     "gemm 128: float4 loads of weights whose taps are not a multiple of 4": (
         "conv.cu", "const bool vector = taps % 4 == 0;", "const bool vector = true;", 1, big_conv, "misaligned",
     ),

@@ -2,8 +2,10 @@
 //
 // A launch runs the grid's blocks one after another; inside a block every CUDA thread is a
 // fiber (ucontext) with its own stack, so __syncthreads is a real barrier: the scheduler runs
-// each fiber until it reaches a barrier (or a warp collective, or its end), then releases the
-// barrier when every thread of the block waits at that same one. Shared memory is per block
+// one warp at a time, each fiber until it reaches a barrier (or a warp collective, or its
+// end), the warp's collectives resolved as they complete, until the whole warp waits at a
+// block barrier or has returned; then the next warp; then it releases the barrier when every
+// thread of the block waits at that same one. Shared memory is per block
 // and filled with NaN bytes before each block. Faults are caught and reported with the block
 // and thread (kern/cudasim/device.py adds the source line and the argument's name).
 #pragma once

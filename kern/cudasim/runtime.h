@@ -137,21 +137,26 @@ inline bool run_block() {
         // Each stack sits above its guard page.
         start_context(&f.context, l->stacks + (size_t)i * l->stack_size + 4096, l->stack_size - 4096, fiber_main);
     }
+    const int warps = (l->threads + 31) / 32;
     for (;;) {
-        for (int k = 0; k < l->threads; ++k) {
-            Fiber& f = l->fibers[l->reverse ? l->threads - 1 - k : k];
-            if (f.state != READY) continue;
-            current = &f;
-            switch_to(&l->scheduler, &f.context);
+        // One warp at a time, each until every one of its threads waits at a block barrier or
+        // has returned, its warp collectives resolved as they complete: a GPU may run a warp
+        // that far before another starts, so a __syncwarp where a __syncthreads is needed lets
+        // a warp read what another has not written yet (NaN, or a race between the orders).
+        for (int k = 0; k < warps; ++k) {
+            const int first = (l->reverse ? warps - 1 - k : k) * 32, count = std::min(32, l->threads - first);
+            do {
+                for (int j = 0; j < count; ++j) {
+                    Fiber& f = l->fibers[first + (l->reverse ? count - 1 - j : j)];
+                    if (f.state != READY) continue;
+                    current = &f;
+                    switch_to(&l->scheduler, &f.context);
+                    if (l->error[0]) return false;
+                }
+                current = nullptr;
+            } while (resolve_warp(l->fibers + first, count));
             if (l->error[0]) return false;
         }
-        current = nullptr;
-        bool progressed = false;
-        for (int first = 0; first < l->threads; first += 32) {
-            progressed |= resolve_warp(l->fibers + first, std::min(32, l->threads - first));
-            if (l->error[0]) return false;
-        }
-        if (progressed) continue;
         if (release_barrier()) continue;
         if (l->error[0]) return false;
         int done = 0;
