@@ -278,3 +278,59 @@ def test_reads_before_an_array_are_caught(back, says):
     else:
         with pytest.raises(CudasimError, match=says):
             kernel((1,), (8,), (x, out, np.int32(back // 4)))
+
+
+def _small_conv(backend, rng):
+    x = backend.asarray(rng.standard_normal((1, 4, 6, 6)).astype(np.float32))
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    return x, backend.prepare_conv(w, b, None, stride=1, padding=1, groups=1, activation="leaky")
+
+
+def test_capture_refuses_an_allocation_in_the_recorded_pass(rng):
+    """An op that allocates its output inside a captured pass: on a GPU the allocation is not
+    in the graph (every replay writes the one buffer made while recording, which CuPy's pool
+    may have given to another array by then)."""
+    backend = cudasim.CudasimBackend()
+    x, prepared = _small_conv(backend, rng)
+    with pytest.raises(CudasimError, match=r"an allocation of 720 bytes while a stream captures a CUDA graph"):
+        backend.capture(lambda: backend.conv2d(x, prepared))  # out=None: allocates
+
+
+def test_capture_refuses_host_copies_and_launches_on_another_stream(rng, monkeypatch):
+    from kern.cudasim import device
+
+    backend = cudasim.CudasimBackend()
+    x, prepared = _small_conv(backend, rng)
+    out = backend.arena(5 * 36).reshape(1, 5, 6, 6)
+    with pytest.raises(CudasimError, match=r"a copy to the host \(asnumpy\) while a stream captures"):
+        backend.capture(lambda: backend.to_numpy(backend.conv2d(x, prepared, out=out)))
+
+    def capture_outside_the_stream(run):  # begins capture, but launches on the null stream
+        stream = device.Stream()
+        stream.begin_capture()
+        try:
+            run()
+        finally:
+            stream.end_capture()
+
+    monkeypatch.setattr(backend, "capture", capture_outside_the_stream)
+    with pytest.raises(CudasimError, match="conv2d_direct on the null stream while another stream captures"):
+        backend.capture(lambda: backend.conv2d(x, prepared, out=out))
+
+
+def test_a_device_copy_is_recorded_and_replayed():
+    from kern.cudasim import device
+
+    source, target = device.asarray(np.arange(6, dtype=np.float32)), device.empty((6,))
+    stream = device.Stream()
+    with stream:
+        stream.begin_capture()
+        device.copyto(target, source)
+        graph = stream.end_capture()
+    assert np.isnan(target.host).all()  # nothing ran while recording
+    graph.launch(stream)
+    assert np.array_equal(target.host, source.host)
+    source.set(np.full(6, 7, np.float32))
+    graph.launch(stream)  # a replay copies what the source holds now
+    assert (target.host == 7).all()

@@ -14,8 +14,11 @@
   KERN_CUDASIM_ORDERS=1 runs forward only (half the time; no race check).
 - Views (slices, reshapes) share their array's memory, as in CuPy; the guard page is at the
   end of the whole allocation (an arena's views are checked only at the arena's end).
-- Streams and graphs: launches on a stream between `begin_capture` and `end_capture` are
-  recorded, not run; `Graph.launch` runs the recorded launches in order.
+- Streams and graphs: launches (and device copies: `copyto`, assignment) on a stream between
+  `begin_capture` and `end_capture` are recorded, not run; `Graph.launch` runs them in order.
+  While a stream captures, what a GPU would leave out of the graph or refuse is an error: an
+  allocation (the graph would keep that one buffer), a copy between host and device, and a
+  launch or copy on any other stream (the null stream included).
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ MAX_STATIC_SHARED = 48 * 1024
 SIGNALS = {11: "invalid memory access", 7: "bus error", 4: "out-of-bounds index", 8: "arithmetic fault"}
 
 
-class CudasimError(RuntimeError):
-    """A kernel bug found by cudasim: names the kernel, block, thread and, where known, the line."""
+class CudasimError(Exception):
+    """A kernel bug found by cudasim: names the kernel, block, thread and, where known, the line.
+    Not a RuntimeError: the CUDA backend's fallback for a capture the driver refuses must not
+    swallow it."""
 
 
 class Allocation:
@@ -49,6 +54,11 @@ class Allocation:
     a read just before the array gives garbage that shows, and one further off faults."""
 
     def __init__(self, nbytes: int) -> None:
+        _refuse_while_capturing(
+            f"an allocation of {nbytes} bytes",
+            "the graph would keep this one buffer, and CuPy's pool may give it to another array once it is "
+            "freed: allocate before capture (planned memory)",
+        )
         self.nbytes = nbytes
         data_pages = -(-max(nbytes, 1) // PAGE) * PAGE
         self.map = mmap.mmap(-1, PAGE + data_pages + PAGE)
@@ -125,13 +135,17 @@ class ndarray:
         """Host to device (CuPy's ndarray.set): same shape and dtype."""
         if host.shape != self.shape or host.dtype != self.dtype:
             raise ValueError(f"set: {host.shape} {host.dtype} into {self.shape} {self.dtype}")
+        _refuse_while_capturing("a copy from the host (ndarray.set)", HOST_COPY)
         self.host[...] = host
 
     def __getitem__(self, key: Any) -> ndarray:
         return self._view(self.host[key])
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.host[key] = value.host if isinstance(value, ndarray) else value
+        if isinstance(value, np.ndarray):
+            _refuse_while_capturing("a copy from the host (assignment of a NumPy array)", HOST_COPY)
+        source = value.host if isinstance(value, ndarray) else value
+        on_current_stream(lambda: self.host.__setitem__(key, source), "an assignment")
 
     def reshape(self, *shape: Any) -> ndarray:
         if len(shape) == 1 and isinstance(shape[0], tuple):
@@ -175,10 +189,12 @@ def ascontiguousarray(x: Any, dtype: Any = None) -> ndarray:
 
 
 def copyto(dst: ndarray, src: ndarray) -> None:
-    dst.host[...] = src.host
+    """A device copy: CuPy launches a kernel for it, on the current stream."""
+    on_current_stream(lambda: dst.host.__setitem__(Ellipsis, src.host), "copyto")
 
 
 def asnumpy(x: ndarray) -> np.ndarray:
+    _refuse_while_capturing("a copy to the host (asnumpy)", HOST_COPY)
     return np.array(x.host, copy=True)
 
 
@@ -206,6 +222,7 @@ class Stream:
     """CuPy's Stream: `with stream:` makes it current; capture records launches."""
 
     _current: list[Stream] = []  # CuPy's current-stream stack (the null stream when empty)
+    capturing: Stream | None = None  # the stream capturing a graph, if one is
 
     def __init__(self, non_blocking: bool = False) -> None:
         self.recording: list | None = None
@@ -218,14 +235,16 @@ class Stream:
         Stream._current.pop()
 
     def begin_capture(self) -> None:
-        if self.recording is not None:
-            raise CudasimError("begin_capture: this stream is already capturing")
+        if Stream.capturing is not None:
+            raise CudasimError("begin_capture: a stream is already capturing")
         self.recording = []
+        Stream.capturing = self
 
     def end_capture(self) -> Graph:
         if self.recording is None:
             raise CudasimError("end_capture: this stream is not capturing")
         graph, self.recording = Graph(self.recording), None
+        Stream.capturing = None
         return graph
 
     def synchronize(self) -> None:
@@ -237,6 +256,30 @@ _NULL_STREAM = Stream()
 
 def get_current_stream() -> Stream:
     return Stream._current[-1] if Stream._current else _NULL_STREAM
+
+
+HOST_COPY = "CUDA refuses a synchronous copy while a stream captures, and a graph would not repeat it"
+
+
+def _refuse_while_capturing(what: str, why: str) -> None:
+    if Stream.capturing is not None:
+        raise CudasimError(f"{what} while a stream captures a CUDA graph: {why}")
+
+
+def on_current_stream(run: Any, what: str) -> None:
+    """Run a launch or device copy now, or record it where the current stream captures. On
+    another stream while one captures it is an error: the null stream's work fails the capture
+    on a GPU (cudaErrorStreamCaptureImplicit), another stream's runs at once, outside the
+    graph and unordered with it."""
+    stream = get_current_stream()
+    if Stream.capturing is None:
+        run()
+    elif stream is Stream.capturing:
+        stream.recording.append(run)
+    else:
+        which = "the null stream" if stream is _NULL_STREAM else "a stream that is not capturing"
+        raise CudasimError(f"{what} on {which} while another stream captures a CUDA graph: launch "
+                           "inside `with stream:` of the capturing stream")
 
 
 class cuda:  # noqa: N801 - CuPy's name
@@ -301,11 +344,8 @@ class Function:
         grid3, block3 = _dims(grid), _dims(block)
         self._check_limits(grid3, block3, shared_mem)
         packed = self._pack(args)  # mistyped arguments are refused now, also when recording
-        recording = get_current_stream().recording
-        if recording is not None:  # stream capture: run when the graph is launched
-            recording.append(lambda: self._run(grid3, block3, shared_mem, args, packed))
-            return
-        self._run(grid3, block3, shared_mem, args, packed)
+        # Under stream capture: run when the graph is launched.
+        on_current_stream(lambda: self._run(grid3, block3, shared_mem, args, packed), self.kernel.name)
 
     def _run(self, grid3, block3, shared_mem: int, args: tuple, packed: tuple[Any, list]) -> None:
         values, _alive = packed  # _alive: the ctypes objects `values` points into
