@@ -334,3 +334,39 @@ def test_a_device_copy_is_recorded_and_replayed():
     source.set(np.full(6, 7, np.float32))
     graph.launch(stream)  # a replay copies what the source holds now
     assert (target.host == 7).all()
+
+
+# The cp.async build of the 128-GEMM (CudaBackend(cp_async=True), sm_80 and later) on cudasim:
+# the same output as the register path, bit for bit, and its own planted bugs caught.
+CP_ASYNC_BUGS = {
+    "the wait before the first step removed": ("    async_wait_all();\n#else", "#else", "race"),
+    "the wait in the loop removed": ("        if (more) async_wait_all();", "", "in flight"),
+    "padding read instead of zero-filled": ("async_float(&b[bk + 2 * i][bp], src, ok);",
+                                            "async_float(&b[bk + 2 * i][bp], src, true);", ""),
+}
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 0)])
+def test_cp_async_build_matches_the_register_build(rng, ref64, stride, padding):
+    shape = (1, 25, 13, 12) if stride == 1 else (2, 25, 27, 25)  # >= 128 pixels either way
+    plain = conv(cudasim.CudasimBackend(), ref64, np.random.default_rng(5), 72, shape, stride, padding)
+    fast = conv(cudasim.CudasimBackend(cp_async=True), ref64, np.random.default_rng(5), 72, shape, stride, padding)
+    assert_close(fast[0], fast[1])
+    assert np.array_equal(fast[0], plain[0])
+
+
+@pytest.mark.parametrize("bug", sorted(CP_ASYNC_BUGS))
+def test_planted_cp_async_bug_is_caught(rng, ref64, bug):
+    old, new, report = CP_ASYNC_BUGS[bug]
+    code = (FOLDER / "conv.cu").read_text()
+    assert code.count(old) == 1, old
+    backend = cudasim.CudasimBackend(cp_async=True)
+    options = compile_options(cp_async=True)
+    backend._modules["conv.cu"] = RawModule(code=code.replace(old, new), options=options, name="conv.cu (planted)")
+    try:
+        got, expected = big_conv(backend, ref64, rng)
+    except CudasimError as error:
+        assert report and report in str(error), str(error)
+        return
+    with pytest.raises(AssertionError):
+        assert_close(got, expected)

@@ -145,11 +145,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
 //   tap_table, made on the host: channel << 12 | ky << 6 | kx (channels < 2^19, k <= 64).
 // Thread (ty, tx) of the 16 x 16 grid owns rows ty*4 + {0..3} and 64 + ty*4 + {0..3}, and the
 // same columns with tx.
-// With KERN_CP_ASYNC (sm_80 and later; CudaBackend(cp_async=True)) the next step's operands go
-// from global to shared memory by cp.async, without passing through registers; cudasim, and
-// the default build, run the register path.
-#if defined(KERN_CP_ASYNC) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// With KERN_CP_ASYNC (sm_80 and later, or cudasim; CudaBackend(cp_async=True)) the next step's
+// operands go from global to shared memory by cp.async, without passing through registers;
+// the default build runs the register path.
+#if defined(KERN_CP_ASYNC) && (defined(KERN_CUDASIM) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800))
 #define BIG_ASYNC 1
+#include "async_copy.cuh"
 #else
 #define BIG_ASYNC 0
 #endif
@@ -188,13 +189,6 @@ __device__ __forceinline__ void big_gather(float* r, const float* __restrict__ i
 }
 
 #if BIG_ASYNC
-// One float from global to shared memory, asynchronously; 0 where !ok (nothing is read).
-__device__ __forceinline__ void async_float(float* dst, const float* src, bool ok)
-{
-    const unsigned to = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(to), "l"(src), "r"(ok ? 4 : 0));
-}
-
 // The same operands as big_load_weights and big_gather, straight into the shared tiles.
 __device__ __forceinline__ void big_async_tiles(
     float (*a)[BIG_M], float (*b)[BIG_N], const float* __restrict__ row, bool a_ok, int ak, int am,
@@ -220,7 +214,7 @@ __device__ __forceinline__ void big_async_tiles(
         }
         async_float(&b[bk + 2 * i][bp], src, ok);
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    async_commit();
 }
 #endif
 
@@ -251,7 +245,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
 #if BIG_ASYNC
     (void)vector;  // cp.async moves single floats
     big_async_tiles(a_tile[0], b_tile[0], row, a_ok, ak, am, image, b_ok, iy0, ix0, bk, bp, 0, taps, tap_table, h, wd);
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    async_wait_all();
 #else
     float a_next[4], b_next[4];
     big_load_weights(a_next, row, a_ok, vector, ak, taps);
@@ -290,7 +284,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
                 for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
         }
 #if BIG_ASYNC
-        if (more) asm volatile("cp.async.wait_group 0;\n" ::);
+        if (more) async_wait_all();
 #else
         if (more) {  // into the other buffer: everyone has finished reading it a step ago
 #pragma unroll

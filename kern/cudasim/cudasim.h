@@ -129,6 +129,9 @@ struct Fiber {
     long long operand;  // srcLane, delta or laneMask
     int width;
     uint64_t value, result;
+    // cp.async copies issued and not yet waited for (async_float, async_wait_all).
+    struct { float* dst; const float* src; bool ok; } pending[32];
+    int pending_count;
 };
 
 struct Range { uintptr_t start, end; };  // an argument's allocation; a guard page follows
@@ -237,6 +240,29 @@ inline uint64_t collective(Collective op, unsigned mask, uint64_t value, long lo
 #define blockDim (cudasim::launch->block)
 #define gridDim (cudasim::launch->grid)
 #define warpSize 32
+
+// ---- cp.async (kern/cuda/async_copy.cuh) ------------------------------------------------------
+// Each copy waits in its thread's queue until async_wait_all: on a GPU it may land at any time
+// before the wait, so a read of the destination before the wait finds what was there (NaN in
+// fresh shared memory).
+#define KERN_CUDASIM 1
+
+inline void async_float(float* dst, const float* src, bool ok) {
+    cudasim::Fiber* f = cudasim::current;
+    if (f->pending_count == 32) {
+        cudasim::fail("more than 32 cp.async copies in flight in one thread (async_wait_all missing?)");
+        cudasim::trap_here();
+    }
+    f->pending[f->pending_count++] = {dst, src, ok};
+}
+
+inline void async_commit() {}
+
+inline void async_wait_all() {
+    cudasim::Fiber* f = cudasim::current;
+    for (int i = 0; i < f->pending_count; ++i) *f->pending[i].dst = f->pending[i].ok ? *f->pending[i].src : 0.f;
+    f->pending_count = 0;
+}
 
 // ---- barriers, warp collectives -------------------------------------------------------------
 #define __syncthreads() cudasim::barrier(1, __LINE__, "__syncthreads")

@@ -10,6 +10,8 @@ namespace cudasim {
 
 inline void fiber_main() {
     launch->trampoline(launch->args);
+    if (current->pending_count)
+        fail("the thread returned with %d cp.async copies not waited for (async_wait_all)", current->pending_count);
     current->state = DONE;
     switch_to(&current->context, &launch->scheduler);
     abort();  // never resumed
@@ -134,6 +136,7 @@ inline bool run_block() {
         f.index = i;
         f.thread = {i % l->block.x, (i / l->block.x) % l->block.y, i / (l->block.x * l->block.y)};
         f.state = READY;
+        f.pending_count = 0;
         // Each stack sits above its guard page.
         start_context(&f.context, l->stacks + (size_t)i * l->stack_size + 4096, l->stack_size - 4096, fiber_main);
     }
