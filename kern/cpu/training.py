@@ -52,10 +52,7 @@ class TrainConv:
     def turned_winograd(self) -> np.ndarray:
         """The input gradient of a 3x3 stride-1 padding-1 layer is a 3x3 stride-1 padding-1
         convolution of dz with these weights, (C, F, 3, 3) turned around."""
-        turned = lambda: winograd_plain.pack_weights(  # noqa: E731
-            np.ascontiguousarray(self.weights.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-        )
-        return self._get(("turned winograd",), turned)
+        return self._get(("turned winograd",), lambda: winograd_plain.pack_weights(self.weights, turned=True))
 
 
 @dataclass(frozen=True)
