@@ -12,7 +12,7 @@ contiguous channels:
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import activate_scalar, gradient_scalar
+from kern.cpu.activation import _ZERO, LEAK, LEAKY, activate_scalar, gradient_scalar
 from kern.params import BN_BACKWARD_EPSILON, DARKNET_BN_EPSILON, ROLLING_RATE
 
 STAT_PIXELS = 512  # pixels per partial sum
@@ -62,11 +62,19 @@ def mean_and_variance(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _normalize(rows, mean, factor, biases, act, out):
-    """out = act((z - mean) * factor + biases), factor = scales / (sqrt(variance) + 1e-6)."""
+    """out = act((z - mean) * factor + biases), factor = scales / (sqrt(variance) + 1e-6).
+    Leaky, every Darknet classifier's, has a loop of its own: in one loop activate_scalar's
+    other branches (exp) kept LLVM from vectorizing it, 6.1 ms against 1.7 for linear
+    (100,352 x 32, 2 threads, AMD EPYC Zen 3)."""
     for p in prange(rows.shape[0]):
         row, target = rows[p], out[p]
-        for c in range(row.size):
-            target[c] = activate_scalar((row[c] - mean[c]) * factor[c] + biases[c], act)
+        if act == LEAKY:
+            for c in range(row.size):
+                v = (row[c] - mean[c]) * factor[c] + biases[c]
+                target[c] = v if v > _ZERO else v * LEAK
+        else:
+            for c in range(row.size):
+                target[c] = activate_scalar((row[c] - mean[c]) * factor[c] + biases[c], act)
 
 
 def batchnorm_forward(
