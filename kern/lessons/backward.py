@@ -73,7 +73,7 @@ BACKWARD_STEPS = (
         "batchnorm's backward",
         "18-batchnorm-backward",
         "kern/cpu/batchnorm.py: batchnorm_backward",
-        "3 sums per channel, then one pass",
+        "2 sums per channel, then one pass",
     ),
     _step(
         19,
