@@ -67,15 +67,30 @@ def test_ray_gives_what_the_local_engine_gives(images, tmp_path):
 
 
 def ray_daemons() -> set[str]:
-    """Ray's own daemons running on this machine, as "pid args" lines."""
+    """Ray's own daemons running on this machine, as "pid args" lines; not those on their way
+    out (killed, SIGKILL pending, or zombies)."""
     listed = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    return {line.strip() for line in listed if "raylet" in line or "gcs_server" in line}
+    return {line.strip() for line in listed
+            if ("raylet" in line or "gcs_server" in line) and not killed(line.split()[0])}
 
 
-def ray_processes(before: set[str], grace: float = 10.0) -> list[str]:
+def killed(pid: str) -> bool:
+    """Whether the process has exited (a zombie) or has SIGKILL pending (it ends as soon as
+    the system call it is in returns)."""
+    try:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except (OSError, ValueError):
+        return True  # gone already
+    sigkill = 1 << (signal.SIGKILL - 1)
+    pending = int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)
+    return status.get("State", "").strip().startswith("Z") or bool(pending & sigkill)
+
+
+def ray_processes(before: set[str], grace: float = 60.0) -> list[str]:
     """Ray daemons started since `before` and still running `grace` seconds after the run (an
-    embedded cluster must stop with its run: nets.valid waits for them, and the grace is for
-    the operating system to reap them). Daemons running before, as another test's cluster, do
+    embedded cluster must stop with its run: nets.valid waits for them; in a fresh-clone CI run
+    on a loaded machine a raylet that had logged nothing since the driver left was still there
+    10 s later, and gone minutes later). Daemons running before, as another test's cluster, do
     not count."""
     deadline = time.monotonic() + grace
     while True:
