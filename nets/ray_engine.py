@@ -186,8 +186,7 @@ def check_fits(cluster: Cluster, job: Job) -> None:
 
 def shutdown() -> None:
     """Disconnect; an embedded cluster's daemons are stopped and waited for (without the wait
-    ray.shutdown() only signals them, and on a loaded machine a raylet outlived its run by
-    more than 10 s)."""
+    ray.shutdown() only signals them and returns)."""
     import ray
 
     ray.shutdown(wait_for_processes=True)

@@ -152,6 +152,9 @@ def test_ab_summary_counts_the_rounds_b_won():
     assert "A    110.0 ms  B    100.0 ms  B/A 0.909" in line and "B faster in 2 of 3 rounds" in line
 
 
+# One process runs both (pytest -n 2): the check that no worktree is left saw the other
+# case's, still running, when they ran side by side.
+@pytest.mark.xdist_group("bench-ab")
 @pytest.mark.parametrize(
     "revision,cfg,says",
     [("no-such-revision", "tiny", "bench.ab: no-such-revision:"), ("HEAD", "no-such-cfg", "bench.ab: ")],

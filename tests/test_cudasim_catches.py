@@ -18,7 +18,7 @@ from kern.cudasim.device import CudasimError, RawModule  # noqa: E402
 pytestmark = pytest.mark.slow  # left out of the fast subset: pytest -m 'not slow'
 
 
-def planted(backend, source: str, old: str, new: str, count: int = 1):
+def planted(backend, source: str, old: str, new: str, count: int = 1, cp_async: bool = False):
     """The backend with `source` compiled from a copy where `old` became `new` (the count-th
     occurrence; 0: every one). reduce.cuh's text stands in place of its #include, so that a
     bug planted in the block reductions reaches that file's kernels only."""
@@ -32,7 +32,8 @@ def planted(backend, source: str, old: str, new: str, count: int = 1):
         for _ in range(count):
             at = code.index(old, at + 1)
         changed = code[:at] + new + code[at + len(old):]
-    backend._modules[source] = RawModule(code=changed, options=compile_options(), name=f"{source} (planted)")
+    options = compile_options(cp_async)
+    backend._modules[source] = RawModule(code=changed, options=options, name=f"{source} (planted)")
     return backend
 
 
@@ -358,11 +359,8 @@ def test_cp_async_build_matches_the_register_build(rng, ref64, stride, padding):
 @pytest.mark.parametrize("bug", sorted(CP_ASYNC_BUGS))
 def test_planted_cp_async_bug_is_caught(rng, ref64, bug):
     old, new, report = CP_ASYNC_BUGS[bug]
-    code = (FOLDER / "conv.cu").read_text()
-    assert code.count(old) == 1, old
-    backend = cudasim.CudasimBackend(cp_async=True)
-    options = compile_options(cp_async=True)
-    backend._modules["conv.cu"] = RawModule(code=code.replace(old, new), options=options, name="conv.cu (planted)")
+    assert (FOLDER / "conv.cu").read_text().count(old) == 1, old
+    backend = planted(cudasim.CudasimBackend(cp_async=True), "conv.cu", old, new, cp_async=True)
     try:
         got, expected = big_conv(backend, ref64, rng)
     except CudasimError as error:

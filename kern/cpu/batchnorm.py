@@ -12,7 +12,7 @@ contiguous channels:
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import _ZERO, LEAK, LEAKY, activate_scalar, gradient_scalar
+from kern.cpu.activation import LEAKY, activate_scalar, gradient_scalar, leaky_scalar
 from kern.params import BN_BACKWARD_EPSILON, DARKNET_BN_EPSILON, ROLLING_RATE
 
 STAT_PIXELS = 512  # pixels per partial sum
@@ -70,8 +70,7 @@ def _normalize(rows, mean, factor, biases, act, out):
         row, target = rows[p], out[p]
         if act == LEAKY:
             for c in range(row.size):
-                v = (row[c] - mean[c]) * factor[c] + biases[c]
-                target[c] = v if v > _ZERO else v * LEAK
+                target[c] = leaky_scalar((row[c] - mean[c]) * factor[c] + biases[c])
         else:
             for c in range(row.size):
                 target[c] = activate_scalar((row[c] - mean[c]) * factor[c] + biases[c], act)

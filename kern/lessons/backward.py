@@ -111,9 +111,8 @@ class Gradients:
         self.in_shape = tuple(p.x.shape[1:])
         self.ksize = p.weights.shape[2]
         x64, w64, dy64 = (a.astype(np.float64) for a in (p.x, p.weights, self.dy))
-        options = dict(stride=p.stride, padding=p.padding, groups=p.groups)
-        self.dx = conv2d_backward_input(dy64, w64, self.in_shape, **options)
-        self.dw = conv2d_backward_weights(x64, dy64, self.ksize, **options)
+        self.dx = conv2d_backward_input(dy64, w64, self.in_shape, **self.options)
+        self.dw = conv2d_backward_weights(x64, dy64, self.ksize, **self.options)
         # Batchnorm on the layer's output: z, its scales and biases.
         channels = p.out_shape[1]
         self.z = rng.standard_normal(p.out_shape, dtype=np.float32)
