@@ -123,12 +123,27 @@ def connect(address: str | None) -> None:
             _probe(where)
             ray.init(address=address, **quiet)
         else:
-            ray.init(address="local", **quiet)  # embedded: started now, stopped by shutdown()
+            start_local(ray, quiet)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError, _ray_authentication_error()) as error:
         if _says_token(error):
             raise KernError(f"Ray cluster {where} asks for a token: {_token_state()}") from None
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise KernError(f"cannot reach a Ray cluster at {where}: {first}") from None
+
+
+def start_local(ray, options: dict, tries: int = 2) -> None:
+    """An embedded cluster, started now and stopped by shutdown(). Ray gives its raylet 30 s to
+    register and then raises a bare Exception; on a loaded machine (a CI run) it did not make
+    it once: tried again, then one line."""
+    for attempt in range(tries):
+        try:
+            ray.init(address="local", **options)
+            return
+        except Exception as error:  # noqa: BLE001 - Ray's startup timeout is a plain Exception
+            ray.shutdown(wait_for_processes=True)
+            if attempt + 1 == tries:
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise KernError(f"could not start a local Ray cluster ({tries} tries): {first}") from None
 
 
 def _says_token(error: BaseException | None) -> bool:

@@ -142,6 +142,20 @@ def test_bad_settings_are_one_line(images, args, env, says):
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {says}")
 
 
+def test_a_local_cluster_that_does_not_start_is_one_line_after_a_retry(monkeypatch):
+    calls = []
+
+    def timing_out(**options):
+        calls.append(options)
+        raise Exception("The current node timed out during startup. This could happen because ...")  # noqa: TRY002
+
+    monkeypatch.setattr(ray, "init", timing_out)
+    with pytest.raises(ray_engine.KernError, match=r"^could not start a local Ray cluster \(2 tries\): The current "
+                                                   r"node timed out during startup\. This could happen"):
+        ray_engine.connect(None)
+    assert len(calls) == 2
+
+
 @pytest.fixture
 def token_cluster():
     """A Ray head that asks for a token (RAY_AUTH_MODE=token), started and stopped here."""
