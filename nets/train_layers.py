@@ -70,6 +70,8 @@ class Trainable:
     """A layer in training. `params` are its arrays as the .weights file names them (backend
     arrays), `updates` the momentum buffers of the learned ones."""
 
+    hands_on_gradient = False  # its backward stores its dy (or views of it) as an input's gradient
+
     def __init__(self, layer: Layer, section: Section, values: dict[str, np.ndarray], ops: Any) -> None:
         self.layer = layer
         self.params = {name: ops.parameter(value) for name, value in values.items()}
@@ -247,6 +249,8 @@ class TrainShortcut(Trainable):
 
 
 class TrainRoute(Trainable):
+    hands_on_gradient = True  # route_backward may return slices of dy
+
     def forward(self, ops, x, outputs, step):
         inputs = [outputs[i] for i in self.layer.layers]
         return inputs[0] if len(inputs) == 1 else ops.route(inputs)

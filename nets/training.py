@@ -115,6 +115,7 @@ class TrainingNetwork:
         layer_seconds, where given, receives each layer's [forward, backward] wall time (what
         `caffe time` prints)."""
         step = Pass(np.asarray(labels), rng)
+        self.ops.new_pass()  # the last pass's arrays are free again (the CPU lends them anew)
         x = self.ops.asarray(images)
         outputs: dict[int, Any] = {}
         kept = self.spec.kept
@@ -133,6 +134,8 @@ class TrainingNetwork:
             dy = grads.pop(layer.layer.index)
             if dy is not None or isinstance(layer, TrainSoftmax):
                 layer.backward(self.ops, dy, grads)
+            if dy is not None and not layer.hands_on_gradient:
+                self.ops.give_back(dy)  # dead: the next layers' gradients may use its memory
             spent[1] = time.perf_counter() - start
         if layer_seconds is not None:
             layer_seconds[:] = times

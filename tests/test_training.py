@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import nets
+from kern.cpu import buffers
 from kern.errors import KernError
 from nets.augment import Augmentation, read_augmentation
 from nets.cfg import parse_cfg
@@ -93,6 +94,54 @@ def test_runs_repeat_bit_for_bit_on_any_thread_count(tmp_path, rng):
         assert losses == results[0][0]
         for a, b in zip(values, results[0][1]):
             assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("body", sorted(BODIES))
+def test_cpu_passes_reuse_their_arrays_and_never_read_what_a_pass_left(tmp_path, rng, monkeypatch, body):
+    """After the first batch a CPU step allocates no array of 4-byte items (PassBuffers lends
+    the last pass's again), and no op reads what the last pass left in them: with every
+    given-back array filled with NaN (int32 -4194304) the run is the same bit for bit."""
+    cfg = write_cfg(tmp_path, BODIES[body])
+    images = rng.random((3, 6, 3, 8, 8), dtype=np.float32)
+    plain = nets.load(cfg, training=True, seed=2)
+    labels = rng.integers(0, plain.classes, (3, 6))
+    expected = [plain.train_batch(x, y) for x, y in zip(images, labels)]
+
+    new_arrays = []
+    real_new_array, real_new_pass = buffers.new_array, buffers.PassBuffers.new_pass
+
+    def counted(shape, dtype=np.float32):
+        new_arrays.append(np.dtype(dtype).itemsize)
+        return real_new_array(shape, dtype)
+
+    def poisoned(self):
+        real_new_pass(self)
+        for flats in self._free.values():
+            for flat in flats:
+                flat.fill(np.nan)
+
+    monkeypatch.setattr(buffers, "new_array", counted)
+    monkeypatch.setattr(buffers.PassBuffers, "new_pass", poisoned)
+    net = nets.load(cfg, training=True, seed=2)
+    losses = [net.train_batch(images[0], labels[0])]
+    new_arrays.clear()
+    losses += [net.train_batch(x, y) for x, y in zip(images[1:], labels[1:])]
+    assert 4 not in new_arrays
+    assert losses == expected
+    for a, b in zip(net.values(), plain.values()):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_pass_buffers_lend_aligned_views_and_lend_them_again():
+    lent = buffers.PassBuffers()
+    a, b = lent.empty((3, 5)), lent.empty((15,), np.int32)
+    assert a.shape == (3, 5) and a.dtype == np.float32 and b.dtype == np.int32
+    assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous
+    assert not np.shares_memory(a, b)  # both lent in one pass: two arrays
+    lent.new_pass()
+    c, d = lent.empty((5, 3), np.int32), lent.empty((15,))
+    assert {c.ctypes.data, d.ctypes.data} == {a.ctypes.data, b.ctypes.data}
+    assert lent.empty((2,), np.float64).dtype == np.float64  # other item sizes: new each time
 
 
 def test_state_restores_momentum_and_refuses_another_checkpoint(tmp_path, rng):

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import LEAKY, activate_scalar, gradient_scalar, leaky_scalar
+from kern.cpu.buffers import Empty, new_array
 from kern.params import BN_BACKWARD_EPSILON, DARKNET_BN_EPSILON, ROLLING_RATE
 
 STAT_PIXELS = 512  # pixels per partial sum
@@ -78,14 +79,15 @@ def _normalize(rows, mean, factor, biases, act, out):
 
 def batchnorm_forward(
     z: np.ndarray, scales: np.ndarray, biases: np.ndarray, rolling_mean: np.ndarray,
-    rolling_variance: np.ndarray, act: int,
+    rolling_variance: np.ndarray, act: int, empty: Empty = new_array,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(y, mean, variance) of a training batch (float32 statistics); the rolling statistics
-    are updated in place, in float32 as Darknet does (0.99 r + 0.01 batch)."""
+    are updated in place, in float32 as Darknet does (0.99 r + 0.01 batch). y comes from
+    empty (kern/cpu/buffers.py)."""
     mean64, variance64 = mean_and_variance(z)
     mean, variance = mean64.astype(np.float32), variance64.astype(np.float32)
     factor = (scales / (np.sqrt(variance) + np.float32(DARKNET_BN_EPSILON))).astype(np.float32)
-    y = np.empty_like(z)
+    y = empty(z.shape)
     _normalize(_rows(z), mean, factor, biases, act, _rows(y))
     keep, rate = np.float32(1 - ROLLING_RATE), np.float32(ROLLING_RATE)
     rolling_mean[...] = keep * rolling_mean + rate * mean

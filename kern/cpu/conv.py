@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate_scalar
+from kern.cpu.buffers import Empty, new_array
 from kern.cpu.gemm import TILE_M, conv_gemm, conv_gemm16, pack_panels
 from kern.cpu.simd import output_array
 from kern.params import conv_output_size
@@ -92,6 +93,7 @@ def conv2d_gemm(
     input_padded: bool = False,
     out: np.ndarray | None = None,
     shape_w: tuple[int, int] | None = None,
+    empty: Empty = new_array,
 ) -> np.ndarray:
     """x (N, H, W, C) float32, packed from pack_weights -> (N, OH, OW, filters); with a
     residual (N, OH, OW, filters): residual_act(that + residual), fused into the store.
@@ -105,7 +107,8 @@ def conv2d_gemm(
     lanes: 8 (gemm.conv_gemm) or 16 (gemm.conv_gemm16, AVX-512); the same result either way.
     out: where to write (a planned place: C-contiguous, as many floats), else a new array.
     shape_w: (kernel width, padding along the width) where they differ from ksize and padding
-    (Caffe's 1x7 and 7x1 kernels): the tap table only needs the width (gemm.gemm_tables)."""
+    (Caffe's 1x7 and 7x1 kernels): the tap table only needs the width (gemm.gemm_tables).
+    empty: where new arrays come from (kern/cpu/buffers.py)."""
     n_images, height, width, channels = x.shape
     k_w, pad_w = shape_w or (ksize, padding)
     if input_padded:
@@ -113,12 +116,12 @@ def conv2d_gemm(
     out_h = conv_output_size(height, ksize, stride, padding) + 2 * out_padding
     out_w = conv_output_size(width, k_w, stride, pad_w) + 2 * out_padding
     out_shape = (n_images * out_planes, out_h, out_w, filters // out_planes)
-    out = output_array(out_shape, out)
+    out = output_array(out_shape, empty(out_shape) if out is None else out)
     if out_padding:
         zero_border(out, out_padding)
     images = x
     if (padding or pad_w) and not input_padded:  # a zero border once: every tap read without a test
-        images = pad(x, padding) if pad_w == padding else pad_rectangle(x, padding, pad_w)
+        images = pad(x, padding, empty) if pad_w == padding else pad_rectangle(x, padding, pad_w)
     if residual is None:
         residual, residual_act = out, -1  # not read
     kernel = conv_gemm16 if lanes == 16 else conv_gemm
@@ -129,14 +132,14 @@ def conv2d_gemm(
 PARALLEL_PAD_BYTES = 1 << 20  # below, NumPy's copy beats a parallel launch (0.13 vs 0.17 ms at 0.8 MB)
 
 
-def pad(x: np.ndarray, padding: int) -> np.ndarray:
+def pad(x: np.ndarray, padding: int, empty: Empty = new_array) -> np.ndarray:
     """NHWC images inside a zero border of `padding`."""
     n_images, height, width, channels = x.shape
+    images = empty((n_images, height + 2 * padding, width + 2 * padding, channels))
     if x.nbytes >= PARALLEL_PAD_BYTES:
-        images = np.empty((n_images, height + 2 * padding, width + 2 * padding, channels), dtype=np.float32)
         pad_images(x, padding, images)
         return images
-    images = np.zeros((n_images, height + 2 * padding, width + 2 * padding, channels), dtype=np.float32)
+    images.fill(0.0)
     images[:, padding : padding + height, padding : padding + width] = x
     return images
 
@@ -151,11 +154,12 @@ def pad_rectangle(x: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
 
 @njit(parallel=True, cache=True)
 def pad_images(x, padding, out):
-    """out (N, H + 2p, W + 2p, C) = x (N, H, W, C) inside a zero border of p, in one pass
-    over out, rows in parallel. NumPy's zeros-then-copy is two passes on one thread: 3.2 ms
-    against 1.9 for 8x64x64x128 (2 threads, AMD EPYC)."""
+    """out (N, H + 2p (+ more), W + 2p (+ more), C) = x (N, H, W, C) inside a zero border of p
+    (and zeros in the rows and columns beyond), in one pass over out, rows in parallel.
+    NumPy's zeros-then-copy is two passes on one thread: 3.2 ms against 1.9 for 8x64x64x128
+    (2 threads, AMD EPYC)."""
     n_images, height, width, _ = x.shape
-    padded_h = height + 2 * padding
+    padded_h = out.shape[1]
     for job in prange(n_images * padded_h):
         n, row = job // padded_h, job % padded_h
         iy = row - padding
@@ -244,10 +248,11 @@ def transposed_weights(weights: np.ndarray, groups: int, stride: int, padding: i
 
 def conv2d_backward_input(
     dz: np.ndarray, phases: list[Phase], in_shape: tuple[int, int, int], stride: int, padding: int,
-    lanes: int = 8, into: np.ndarray | None = None,
+    lanes: int = 8, into: np.ndarray | None = None, empty: Empty = new_array, out: np.ndarray | None = None,
 ) -> np.ndarray:
     """dL/dx (N, H, W, C) from dL/dz (N, OH, OW, F) (C, H, W: in_shape), added into `into`
-    where given (the result is then `into`, or a new array holding into + this)."""
+    where given: the result is a new array (`out` where given) holding into + this where the
+    store adds it (one phase), else `into`. empty gives the scratch."""
     channels, height, width = in_shape
     n_images, out_h, out_w, filters = dz.shape
     bias = np.zeros(channels, dtype=np.float32)
@@ -256,8 +261,11 @@ def conv2d_backward_input(
         turned = phases[0]
         residual = {} if into is None else {"residual": into, "residual_act": 0}
         return conv2d_gemm(dz, turned.packed, bias, channels, turned.size, 1, turned.size - 1 - padding, 0,
-                           lanes=lanes, **residual)
-    dx = np.zeros((n_images, height, width, channels), dtype=np.float32) if into is None else into
+                           lanes=lanes, out=out, empty=empty, **residual)
+    dx = into
+    if dx is None:
+        dx = empty((n_images, height, width, channels)) if out is None else out
+        dx.fill(0.0)
     for phase in phases:
         ry, ty, first_y = phase.rows
         rx, tx, first_x = phase.cols
@@ -267,13 +275,14 @@ def conv2d_backward_input(
             continue
         rows_out, cols_out = last_y - first_y + 1, last_x - first_x + 1
         # dy rows b - T_y + 1 + u for b in [b0, b1], u < size: zero outside dy.
-        window = np.zeros((n_images, rows_out + phase.size - 1, cols_out + phase.size - 1, filters), np.float32)
+        window = empty((n_images, rows_out + phase.size - 1, cols_out + phase.size - 1, filters))
+        window.fill(0.0)
         top, left = first_y - ty + 1, first_x - tx + 1
         y0, y1 = max(top, 0), min(top + window.shape[1], out_h)
         x0, x1 = max(left, 0), min(left + window.shape[2], out_w)
         if y0 < y1 and x0 < x1:
             window[:, y0 - top : y1 - top, x0 - left : x1 - left] = dz[:, y0:y1, x0:x1]
-        part = conv2d_gemm(window, phase.packed, bias, channels, phase.size, 1, 0, 0, lanes=lanes)
+        part = conv2d_gemm(window, phase.packed, bias, channels, phase.size, 1, 0, 0, lanes=lanes, empty=empty)
         i0, j0 = stride * first_y + ry - padding, stride * first_x + rx - padding
         dx[:, i0 : i0 + stride * rows_out : stride, j0 : j0 + stride * cols_out : stride] += part
     return dx

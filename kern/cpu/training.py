@@ -6,7 +6,8 @@ Arrays are channels-last (N, H, W, C) float32, as the inference backend's; param
 host float32 arrays in Darknet's layouts (OIHW weights). A convolution's weights are packed
 for the forward GEMM, and turned and packed for the input gradient, once per update
 (`conv_weights`, lazily). Every reduction runs in a fixed order, so a training run gives the
-same bits for any thread count.
+same bits for any thread count. The arrays of a pass (outputs, gradients, scratch) are lent
+by PassBuffers and lent again to the next pass (`new_pass`): a step maps no new memory.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kern.cpu import CpuBackend, batchnorm, conv, elementwise, pool, wgrad, winograd_plain
+from kern.cpu.buffers import PassBuffers
 from kern.cpu.connected import pack_connected
 from kern.cpu.gemm import conv_gemm, pack_panels
-from kern.cpu.simd import output_array
-from kern.params import activation_code, maxpool_output_size
+from kern.params import activation_code, conv_output_size, maxpool_output_size
 from kern.ref.elementwise import softmax_cross_entropy
 
 
@@ -71,13 +72,24 @@ class CpuTraining:
     def __init__(self, threads: int | None = None, simd: str | None = None) -> None:
         self.inference = CpuBackend(threads=threads, simd=simd)  # its layout, threads and vector width
         self.lanes = self.inference.lanes
+        self.buffers = PassBuffers()
+        self.empty = self.buffers.empty
+
+    def new_pass(self) -> None:
+        """A training pass begins: the arrays the ops returned before are free again."""
+        self.buffers.new_pass()
+
+    def give_back(self, array: np.ndarray) -> None:
+        """An array an op returned in this pass is dead: later ops may reuse its memory."""
+        self.buffers.give_back(array)
 
     def _threads(self) -> None:
         self.inference._use_threads()
 
     # ---- arrays
     def asarray(self, x: np.ndarray) -> np.ndarray:
-        return self.inference.asarray(x)
+        n_images, channels, height, width = x.shape
+        return self.inference.asarray(x, out=self.empty((n_images, height, width, channels)))
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
         return self.inference.to_numpy(x)
@@ -108,32 +120,51 @@ class CpuTraining:
         filters, channels, ksize, _ = prepared.weights.shape
         bias = np.zeros(filters, dtype=np.float32) if bias is None else bias
         act = activation_code(activation)
-        if winograd_plain.fits(ksize, stride, padding, groups, channels):
-            return winograd_plain.conv2d_winograd(x, prepared.winograd(), bias, filters, act)
-        packed = prepared.packed()
-        return conv.conv2d_gemm(x, packed, bias, filters, ksize, stride, padding, act, lanes=self.lanes)
+        n_images, height, width, _ = x.shape
+        out_h, out_w = (conv_output_size(side, ksize, stride, padding) for side in (height, width))
+        out = self.empty((n_images, out_h, out_w, filters))
+        with self.buffers.scratch() as scratch:
+            if winograd_plain.fits(ksize, stride, padding, groups, channels):
+                return winograd_plain.conv2d_winograd(
+                    x, prepared.winograd(), bias, filters, act, out=out, empty=scratch
+                )
+            packed = prepared.packed()
+            return conv.conv2d_gemm(x, packed, bias, filters, ksize, stride, padding, act, lanes=self.lanes,
+                                    out=out, empty=scratch)
 
     def conv2d_backward_input(self, dz, prepared: TrainConv, *, in_shape, stride, padding, groups, into=None):
+        """With `into`, a new array holding into + this where the store adds it (stride 1: the
+        GEMM's store may write its output before it has read all of the residual), else into."""
         self._threads()
         filters, channels, ksize, _ = prepared.weights.shape
-        if winograd_plain.fits(ksize, stride, padding, groups, filters):
-            bias = np.zeros(channels, dtype=np.float32)
-            residual = {} if into is None else {"residual": into, "residual_act": 0}
-            turned = prepared.turned_winograd()
-            return winograd_plain.conv2d_winograd(dz, turned, bias, channels, 0, **residual)
-        phases = prepared.phases(stride, padding)
-        return conv.conv2d_backward_input(dz, phases, tuple(in_shape), stride, padding, self.lanes, into)
+        out = self.empty((dz.shape[0], in_shape[1], in_shape[2], in_shape[0]))
+        with self.buffers.scratch() as scratch:
+            if winograd_plain.fits(ksize, stride, padding, groups, filters):
+                bias = np.zeros(channels, dtype=np.float32)
+                residual = {} if into is None else {"residual": into, "residual_act": 0}
+                turned = prepared.turned_winograd()
+                return winograd_plain.conv2d_winograd(
+                    dz, turned, bias, channels, 0, out=out, empty=scratch, **residual
+                )
+            phases = prepared.phases(stride, padding)
+            return conv.conv2d_backward_input(
+                dz, phases, tuple(in_shape), stride, padding, self.lanes, into, scratch, out
+            )
 
     def conv2d_backward_weights(self, x, dz, *, ksize, stride, padding, groups, into) -> None:
         self._threads()
-        images = conv.pad(x, padding) if padding else x
         threads, lanes = self.inference.threads, self.lanes
-        wgrad.conv2d_backward_weights(images, dz, ksize, stride, groups, threads, lanes, into=into)
+        with self.buffers.scratch() as scratch:
+            images = conv.pad(x, padding, scratch) if padding else x
+            wgrad.conv2d_backward_weights(
+                images, dz, ksize, stride, groups, threads, lanes, into=into, empty=scratch
+            )
 
     def bias_activate(self, z, bias, activation: str) -> np.ndarray:
         self._threads()
-        out = np.empty_like(z)
-        elementwise.activate(z + bias, activation_code(activation), out)
+        out = self.empty(z.shape)
+        np.add(z, bias, out=out)
+        elementwise.activate(out, activation_code(activation), out)
         return out
 
     def activation_backward(self, dy, y, activation: str, *, biases_into) -> np.ndarray:
@@ -146,7 +177,7 @@ class CpuTraining:
     def batchnorm_forward(self, z, scales, biases, rolling_mean, rolling_variance, activation):
         self._threads()
         act = activation_code(activation)
-        return batchnorm.batchnorm_forward(z, scales, biases, rolling_mean, rolling_variance, act)
+        return batchnorm.batchnorm_forward(z, scales, biases, rolling_mean, rolling_variance, act, self.empty)
 
     def batchnorm_backward(self, dy, y, z, mean, variance, scales, activation, *, scales_into, biases_into):
         self._threads()
@@ -191,14 +222,14 @@ class CpuTraining:
         n_images, height, width, channels = x.shape
         shape = (n_images, maxpool_output_size(height, size, stride, padding),
                  maxpool_output_size(width, size, stride, padding), channels)
-        out, where = np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.int32)
+        out, where = self.empty(shape), self.empty(shape, np.int32)
         pool.maxpool_argmax(x, size, stride, padding, out, where)
         return out, PoolWinners(where, size, stride, padding)
 
     def maxpool_backward(self, dy, winners: PoolWinners, *, in_shape, into=None):
         self._threads()
         channels, height, width = in_shape
-        dx = output_array((dy.shape[0], height, width, channels), into)
+        dx = self.empty((dy.shape[0], height, width, channels)) if into is None else into
         window = (winners.size, winners.stride, winners.padding)
         pool.maxpool_backward(dy, winners.where, *window, dx, into is not None)
         return dx
@@ -210,7 +241,7 @@ class CpuTraining:
     def avgpool_backward(self, dy, *, in_shape, into=None):
         self._threads()
         channels, height, width = in_shape
-        dx = output_array((dy.shape[0], height, width, channels), into)
+        dx = self.empty((dy.shape[0], height, width, channels)) if into is None else into
         pool.avgpool_backward(dy, dx, into is not None)
         return dx
 
@@ -222,19 +253,22 @@ class CpuTraining:
 
     # ---- data movement
     def shortcut(self, x, source, *, alpha, beta, activation):
-        return self.inference.shortcut(x, source, alpha=alpha, beta=beta, activation=activation)
+        out = self.empty(x.shape)
+        return self.inference.shortcut(x, source, alpha=alpha, beta=beta, activation=activation, out=out)
 
     def shortcut_backward(self, dy, y, *, source_shape, alpha, beta, activation):
         self._threads()
         channels, height, width = source_shape
-        dx = np.empty_like(dy)
-        dsource = np.zeros((dy.shape[0], height, width, channels), dtype=np.float32)
+        dx = self.empty(dy.shape)
+        dsource = self.empty((dy.shape[0], height, width, channels))
+        dsource.fill(0.0)
         act = activation_code(activation)
         elementwise.shortcut_backward(dy, y, float(alpha), float(beta), act, dx, dsource)
         return dx, dsource
 
     def route(self, xs: Sequence[np.ndarray]) -> np.ndarray:
-        return self.inference.route(xs)
+        out = self.empty((*xs[0].shape[:3], sum(x.shape[3] for x in xs)))
+        return self.inference.route(xs, out=out)
 
     def route_backward(self, dy, channels: Sequence[int]) -> list[np.ndarray]:
         bounds = np.cumsum([0, *channels])
@@ -246,7 +280,7 @@ class CpuTraining:
 
     def dropout(self, x, mask: tuple[np.ndarray, float]) -> np.ndarray:
         self._threads()
-        out = np.empty_like(x)
+        out = self.empty(x.shape)
         elementwise.dropout(x, *mask, out)
         return out
 

@@ -22,6 +22,7 @@ Deterministic: each dW element is summed by one job, over the pixels in the same
 import numpy as np
 from numba import njit, prange
 
+from kern.cpu.buffers import Empty, new_array
 from kern.cpu.gemm import TILE_M, TILE_P, TILE_P16, gemm_tables
 from kern.cpu.simd import (
     SIXTEEN,
@@ -45,7 +46,7 @@ PANELS_PER_JOB = 4  # filter panels a job runs on each tap tile while its input 
 JOBS_PER_THREAD = 2  # where a layer has few panel groups, its taps are split to give this many
 
 
-def panel_gradients(dz: np.ndarray, groups: int) -> tuple[np.ndarray, int]:
+def panel_gradients(dz: np.ndarray, groups: int, empty: Empty = new_array) -> tuple[np.ndarray, int]:
     """dz (N, OH, OW, F) as panels of 16 filters, each its pixels' 16 gradients one after
     another: (G * F16 / 16, P, 16), with each group's filters zero-padded to F16, a multiple of
     16 (every load of 16 is whole). In dz's own rows a panel's pixels lie F floats apart: 4 KB
@@ -54,7 +55,9 @@ def panel_gradients(dz: np.ndarray, groups: int) -> tuple[np.ndarray, int]:
     pixels = dz.shape[0] * dz.shape[1] * dz.shape[2]
     per_group = dz.shape[3] // groups
     width = -(-per_group // TILE_M) * TILE_M
-    panels = np.zeros((groups, width // TILE_M, pixels, TILE_M), dtype=np.float32)
+    panels = empty((groups, width // TILE_M, pixels, TILE_M))
+    if width != per_group:
+        panels[:, -1].fill(0.0)  # the last panel's filters beyond the group's
     rows = dz.reshape(pixels, groups, per_group)
     for start in range(0, per_group, TILE_M):
         end = min(per_group, start + TILE_M)
@@ -247,18 +250,19 @@ def tiles_per_job(depth: int, panels: int, threads: int, tile: int = TILE_P) -> 
 
 def conv2d_backward_weights(
     images: np.ndarray, dz: np.ndarray, ksize: int, stride: int, groups: int, threads: int = 1, lanes: int = 8,
-    into: np.ndarray | None = None,
+    into: np.ndarray | None = None, empty: Empty = new_array,
 ) -> np.ndarray:
     """dL/dW (F, C/G, K, K) from the zero-padded NHWC input and dL/dz (N, OH, OW, F), added
     into `into` where given (an update buffer; else a new zeroed one) and returned; lanes 8
-    (weight_gradient) or 16 (weight_gradient16, AVX-512): the same result either way."""
+    (weight_gradient) or 16 (weight_gradient16, AVX-512): the same result either way. empty:
+    where the scratch arrays come from (kern/cpu/buffers.py)."""
     n_images, out_h, out_w, filters = dz.shape
     group_channels = images.shape[3] // groups
     depth = ksize * ksize * group_channels
-    grads, width = panel_gradients(np.ascontiguousarray(dz), groups)
+    grads, width = panel_gradients(np.ascontiguousarray(dz), groups, empty)
     kernel, tile = (weight_gradient16, TILE_P16) if lanes == 16 else (weight_gradient, TILE_P)
     per_job = tiles_per_job(depth, groups * width // TILE_M, threads, tile)
-    dw = np.empty((groups, depth, width), dtype=np.float32)
+    dw = empty((groups, depth, width))
     kernel(images, grads, width, ksize, stride, groups, out_h, out_w, per_job, dw)
     if into is None:
         into = np.zeros((filters, group_channels, ksize, ksize), dtype=np.float32)

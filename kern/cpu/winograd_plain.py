@@ -24,7 +24,8 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate8, activate_scalar
-from kern.cpu.conv import zero_border
+from kern.cpu.buffers import Empty, new_array
+from kern.cpu.conv import pad_images, zero_border
 from kern.cpu.gemm import TILE_M, TILE_P
 from kern.cpu.simd import (
     add8,
@@ -284,25 +285,26 @@ def _store_pixel(out, n, y, x, first, sums, finish):
 def conv2d_winograd(
     x: np.ndarray, u: np.ndarray, bias: np.ndarray, filters: int, act: int,
     residual: np.ndarray | None = None, residual_act: int = -1, out: np.ndarray | None = None,
-    input_padded: bool = False, out_padding: int = 0,
+    input_padded: bool = False, out_padding: int = 0, empty: Empty = new_array,
 ) -> np.ndarray:
     """x (N, H, W, C), u from pack_weights -> act(conv3x3(x) + bias) (N, H, W, filters), and
     residual_act(that + residual) where a residual is given. As the direct GEMM
     (conv.conv2d_gemm) for linked layers: with input_padded, x comes inside its zero border
     of 1 (N, H + 2, W + 2, C), read as it is where H and W are even; with out_padding q the
-    output is written inside a zero border of q, (N, H + 2q, W + 2q, filters)."""
+    output is written inside a zero border of q, (N, H + 2q, W + 2q, filters). empty: where
+    new arrays come from (kern/cpu/buffers.py)."""
     n_images, height, width, channels = x.shape
     if input_padded:
         height, width = height - 2, width - 2
     if input_padded and height % 2 == 0 and width % 2 == 0:
         padded = x  # the border the convolution before wrote, tiles and all
     else:
-        shape = (n_images, height + 2 + height % 2, width + 2 + width % 2, channels)
-        padded = np.zeros(shape, dtype=np.float32)
-        interior = x[:, 1 : height + 1, 1 : width + 1] if input_padded else x
-        padded[:, 1 : height + 1, 1 : width + 1] = interior
+        # A zero border of 1, and a row and column more where H or W is odd: whole tiles.
+        padded = empty((n_images, height + 2 + height % 2, width + 2 + width % 2, channels))
+        pad_images(x[:, 1 : height + 1, 1 : width + 1] if input_padded else x, 1, padded)
     q = out_padding
-    out = output_array((n_images, height + 2 * q, width + 2 * q, filters), out)
+    shape = (n_images, height + 2 * q, width + 2 * q, filters)
+    out = output_array(shape, empty(shape) if out is None else out)
     if q:
         zero_border(out, q)
     if residual is None:
@@ -310,7 +312,7 @@ def conv2d_winograd(
     tiles = n_images * ((height + 1) // 2) * ((width + 1) // 2)
     job_tiles = min(JOB_TILES, tiles)  # a small map's scratch as small (it is mapped anew per call)
     floats = 16 * (job_tiles * channels + 16) + job_tiles * 16 * TILE_M  # V, then M
-    scratch = aligned_empty(numba.config.NUMBA_NUM_THREADS * floats).reshape(-1, floats)
+    scratch = empty((numba.config.NUMBA_NUM_THREADS, floats))
     jobs = -(-tiles // job_tiles)
     panel_groups = min(u.shape[1], -(-JOBS_PER_THREAD * numba.get_num_threads() // jobs))
     conv_winograd(padded, u, bias, act, out, q, residual, residual_act, job_tiles, panel_groups, scratch)

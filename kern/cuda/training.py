@@ -91,6 +91,12 @@ class CudaTraining:
     def zeros(self, shape: tuple[int, ...]) -> cupy.ndarray:
         return cupy.zeros(tuple(shape), dtype=cupy.float32)
 
+    def new_pass(self) -> None:
+        """CuPy's memory pool already reuses the device memory freed by the last pass."""
+
+    def give_back(self, array: cupy.ndarray) -> None:
+        """CuPy's pool reuses an array's memory once nothing refers to it."""
+
     def add(self, into: cupy.ndarray | None, value: cupy.ndarray) -> cupy.ndarray:
         if into is None:
             return value

@@ -53,6 +53,12 @@ class RefTraining:
         """A parameter-shaped array of zeros (momentum buffers)."""
         return np.zeros(shape, dtype=self.dtype)
 
+    def new_pass(self) -> None:
+        """Every op returns a new array: nothing to take back."""
+
+    def give_back(self, array: np.ndarray) -> None:
+        """NumPy frees what nothing refers to."""
+
     # ---- convolution
     def conv_weights(self, weights: np.ndarray, groups: int) -> np.ndarray:
         """The weights as conv2d and conv2d_backward_input take them after an update."""
