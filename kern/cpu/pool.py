@@ -86,10 +86,10 @@ def maxpool_argmax(x, size, stride, padding, out, where):
                 for xx in range(x0, x1):
                     cell = x[n, y, xx]
                     first = (y * width + xx) * channels
-                    for c in range(channels):
-                        if cell[c] > best[c]:
-                            best[c] = cell[c]
-                            won[c] = first + c
+                    for c in range(channels):  # selects, no branch: LLVM vectorizes it
+                        better = cell[c] > best[c]
+                        best[c] = cell[c] if better else best[c]
+                        won[c] = first + c if better else won[c]
 
 
 @njit(parallel=True, cache=True)
@@ -117,9 +117,8 @@ def maxpool_backward(dy, where, size, stride, padding, dx, add):
             for i in range(i0, i1 + 1):
                 for j in range(j0, j1 + 1):
                     won, grad = where[n, i, j], dy[n, i, j]
-                    for c in range(channels):  # channels innermost: vectorized (compare, masked add)
-                        if won[c] == first + c:
-                            target[c] += grad[c]
+                    for c in range(channels):  # a select, no branch: LLVM vectorizes it
+                        target[c] += grad[c] if won[c] == first + c else np.float32(0.0)
 
 
 @njit(parallel=True, cache=True)
