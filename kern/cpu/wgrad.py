@@ -8,8 +8,9 @@ the zero-padded NHWC images (the forward GEMM's tables, gemm.gemm_tables: no im2
 The micro-kernel is the forward one with the roles turned: a tile of 6 taps x 16 filters in 12
 vector registers; per pixel it loads the 16 filters' gradients (dz's row, two float32x8),
 broadcasts the pixel's 6 taps and does 12 fused multiply-adds. Pixels are summed in chunks
-of CHUNK_PIXELS (the chunk's gradients stay in L1 while every tap tile of a job reads them);
-each chunk's sums are added to the tile in memory, in chunk order. A job is a filter panel
+of CHUNK_PIXELS: a job first copies the chunk's gradients of its panels out of dz's rows,
+16 filters per pixel one after another (_chunk_panels), and they stay in L1 while every tap
+tile of the job reads them; each chunk's sums are added to the tile in memory, in chunk order. A job is a filter panel
 and as many of its taps as the thread count allows (all of them where there are panels
 enough): every job reads all of dz's and the input's pixels once, so fewer, longer jobs
 read less. With 4 tap tiles per job, 128 -> 128 3x3 on 28x28 ran at 22 GFLOP/s; with all,
@@ -46,23 +47,27 @@ PANELS_PER_JOB = 4  # filter panels a job runs on each tap tile while its input 
 JOBS_PER_THREAD = 2  # where a layer has few panel groups, its taps are split to give this many
 
 
-def panel_gradients(dz: np.ndarray, groups: int, empty: Empty = new_array) -> tuple[np.ndarray, int]:
-    """dz (N, OH, OW, F) as panels of 16 filters, each its pixels' 16 gradients one after
-    another: (G * F16 / 16, P, 16), with each group's filters zero-padded to F16, a multiple of
-    16 (every load of 16 is whole). In dz's own rows a panel's pixels lie F floats apart: 4 KB
-    for 1024 filters, so every one of them fell in the same few sets of the L1 cache and a
-    3x3 512 -> 1024 layer on 8 x 8 ran at 13 GFLOP/s (AMD EPYC Zen 3)."""
-    pixels = dz.shape[0] * dz.shape[1] * dz.shape[2]
-    per_group = dz.shape[3] // groups
-    width = -(-per_group // TILE_M) * TILE_M
-    panels = empty((groups, width // TILE_M, pixels, TILE_M))
-    if width != per_group:
-        panels[:, -1].fill(0.0)  # the last panel's filters beyond the group's
-    rows = dz.reshape(pixels, groups, per_group)
-    for start in range(0, per_group, TILE_M):
-        end = min(per_group, start + TILE_M)
-        panels[:, start // TILE_M, :, : end - start] = rows[:, :, start:end].transpose(1, 0, 2)
-    return panels.reshape(groups * width // TILE_M, pixels, TILE_M), width
+@njit(inline="always", cache=True)
+def _chunk_panels(rows, g, per_group, first_panel, last_panel, chunk_start, chunk_end, local):
+    """local[i, p - chunk_start] = the 16 gradients of panel first_panel + i (of group g) at
+    pixel p, zeros past the group's last filter: the chunk's dz, panel after panel, in L1 for
+    every tap tile of the job. In dz's own rows a panel's pixels lie F floats apart: 4 KB for
+    1024 filters, so every one of them fell in the same few sets of the L1 cache and a 3x3
+    512 -> 1024 layer on 8 x 8 ran at 13 GFLOP/s (AMD EPYC Zen 3). Copied per chunk rather than
+    packed in a pass of its own before: the pass wrote and read dz once more (1.97 ms of a
+    2.85 ms kernel for 128 x 28 x 28 x 32, Zen 3, 2 threads)."""
+    for panel in range(first_panel, last_panel):
+        first = g * per_group + panel * TILE_M
+        count = min(TILE_M, per_group - panel * TILE_M)
+        block = local[panel - first_panel]
+        for p in range(chunk_start, chunk_end):
+            source, target = rows[p], block[p - chunk_start]
+            if count == TILE_M:
+                store8(target, 0, load8(source, first))
+                store8(target, 8, load8(source, first + 8))
+            else:
+                for f in range(TILE_M):
+                    target[f] = source[first + f] if f < count else np.float32(0.0)
 
 
 @njit(cache=True)
@@ -72,10 +77,10 @@ def _jobs(groups, panels, k_tiles, tiles_per_job):
 
 
 @njit(parallel=True, cache=True)
-def weight_gradient(images, grads, width, ksize, stride, groups, out_h, out_w, tiles_per_job, dw):
-    """images (N, H, W, C), zero-padded already; grads (G * width / 16, P, 16) from
-    panel_gradients, P = N * out_h * out_w; dw (G, depth, width) float32, overwritten with the
-    sums."""
+def weight_gradient(images, rows, width, ksize, stride, groups, out_h, out_w, tiles_per_job, dw):
+    """images (N, H, W, C), zero-padded already; rows: dz as (P, F), P = N * out_h * out_w;
+    width: a group's filters rounded up to 16; dw (G, depth, width) float32, overwritten with
+    the sums."""
     n_images, _, _, channels = images.shape
     _, depth, _ = dw.shape
     group_channels = channels // groups
@@ -83,7 +88,7 @@ def weight_gradient(images, grads, width, ksize, stride, groups, out_h, out_w, t
     out_shape = (n_images, out_h, out_w, groups * width)
     taps, starts, _ = gemm_tables(images.shape, ksize, stride, depth, groups, out_shape, 1, 0)
     pixels = starts.size
-    flat_grads = grads.reshape(-1)
+    per_group = rows.shape[1] // groups
     panels = width // TILE_M
     k_tiles = (depth + TILE_P - 1) // TILE_P
     panel_jobs, k_jobs = _jobs(groups, panels, k_tiles, tiles_per_job)
@@ -99,8 +104,11 @@ def weight_gradient(images, grads, width, ksize, stride, groups, out_h, out_w, t
         last_tile = min(k_tiles, first_tile + tiles_per_job)
         for k in range(first_tile * TILE_P, min(depth, last_tile * TILE_P)):
             target[k, first_panel * TILE_M : last_panel * TILE_M] = 0.0
+        local = np.empty((PANELS_PER_JOB, CHUNK_PIXELS, TILE_M), dtype=np.float32)
+        flat_local = local.reshape(-1)
         for chunk_start in range(0, pixels, CHUNK_PIXELS):
             chunk_end = min(pixels, chunk_start + CHUNK_PIXELS)
+            _chunk_panels(rows, g, per_group, first_panel, last_panel, chunk_start, chunk_end, local)
             for tile in range(first_tile, last_tile):
                 k = tile * TILE_P
                 # Taps past the last one re-read it; their sums are not stored.
@@ -111,12 +119,12 @@ def weight_gradient(images, grads, width, ksize, stride, groups, out_h, out_w, t
                 t4 = taps[min(k + 4, last_tap)] + base
                 t5 = taps[min(k + 5, last_tap)] + base
                 for panel in range(first_panel, last_panel):
-                    column = (g * width // TILE_M + panel) * pixels * TILE_M  # the panel's first row
+                    column = ((panel - first_panel) * CHUNK_PIXELS - chunk_start) * TILE_M  # its pixel 0
                     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = splat8(0.0)
                     for p in range(chunk_start, chunk_end):
                         at = column + p * TILE_M
-                        w0 = load8(flat_grads, at)
-                        w1 = load8(flat_grads, at + 8)
+                        w0 = load8(flat_local, at)
+                        w1 = load8(flat_local, at + 8)
                         s = starts[p]
                         x = broadcast8(flat, s + t0)
                         c00 = fma8(x, w0, c00)
@@ -171,7 +179,7 @@ def _add_row16(target, k, o, c):
 
 
 @njit(parallel=True, cache=True)
-def weight_gradient16(images, grads, width, ksize, stride, groups, out_h, out_w, tiles_per_job, dw):
+def weight_gradient16(images, rows, width, ksize, stride, groups, out_h, out_w, tiles_per_job, dw):
     """weight_gradient with 16-lane vectors and tiles of 12 taps; tiles_per_job counts those."""
     n_images, _, _, channels = images.shape
     _, depth, _ = dw.shape
@@ -180,7 +188,7 @@ def weight_gradient16(images, grads, width, ksize, stride, groups, out_h, out_w,
     out_shape = (n_images, out_h, out_w, groups * width)
     taps, starts, _ = gemm_tables(images.shape, ksize, stride, depth, groups, out_shape, 1, 0)
     pixels = starts.size
-    flat_grads = grads.reshape(-1)
+    per_group = rows.shape[1] // groups
     panels = width // TILE_M
     k_tiles = (depth + TILE_P16 - 1) // TILE_P16
     panel_jobs, k_jobs = _jobs(groups, panels, k_tiles, tiles_per_job)
@@ -196,8 +204,11 @@ def weight_gradient16(images, grads, width, ksize, stride, groups, out_h, out_w,
         last_tile = min(k_tiles, first_tile + tiles_per_job)
         for k in range(first_tile * TILE_P16, min(depth, last_tile * TILE_P16)):
             target[k, first_panel * TILE_M : last_panel * TILE_M] = 0.0
+        local = np.empty((PANELS_PER_JOB, CHUNK_PIXELS, TILE_M), dtype=np.float32)
+        flat_local = local.reshape(-1)
         for chunk_start in range(0, pixels, CHUNK_PIXELS):
             chunk_end = min(pixels, chunk_start + CHUNK_PIXELS)
+            _chunk_panels(rows, g, per_group, first_panel, last_panel, chunk_start, chunk_end, local)
             for tile in range(first_tile, last_tile):
                 k = tile * TILE_P16
                 t0 = taps[k] + base
@@ -213,10 +224,10 @@ def weight_gradient16(images, grads, width, ksize, stride, groups, out_h, out_w,
                 t10 = taps[min(k + 10, last_tap)] + base
                 t11 = taps[min(k + 11, last_tap)] + base
                 for panel in range(first_panel, last_panel):
-                    column = (g * width // TILE_M + panel) * pixels * TILE_M
+                    column = ((panel - first_panel) * CHUNK_PIXELS - chunk_start) * TILE_M
                     c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = c10 = c11 = splat16(0.0)
                     for p in range(chunk_start, chunk_end):
-                        w = load16(flat_grads, column + p * TILE_M)
+                        w = load16(flat_local, column + p * TILE_M)
                         s = starts[p]
                         c0 = fma16(broadcast16(flat, s + t0), w, c0)
                         c1 = fma16(broadcast16(flat, s + t1), w, c1)
@@ -259,11 +270,12 @@ def conv2d_backward_weights(
     n_images, out_h, out_w, filters = dz.shape
     group_channels = images.shape[3] // groups
     depth = ksize * ksize * group_channels
-    grads, width = panel_gradients(np.ascontiguousarray(dz), groups, empty)
+    width = -(-(filters // groups) // TILE_M) * TILE_M  # a group's filters, rounded up to a panel
+    rows = np.ascontiguousarray(dz).reshape(-1, filters)
     kernel, tile = (weight_gradient16, TILE_P16) if lanes == 16 else (weight_gradient, TILE_P)
     per_job = tiles_per_job(depth, groups * width // TILE_M, threads, tile)
     dw = empty((groups, depth, width))
-    kernel(images, grads, width, ksize, stride, groups, out_h, out_w, per_job, dw)
+    kernel(images, rows, width, ksize, stride, groups, out_h, out_w, per_job, dw)
     if into is None:
         into = np.zeros((filters, group_channels, ksize, ksize), dtype=np.float32)
     add_as_oihw(dw, ksize, filters // groups, into)
