@@ -52,11 +52,17 @@ def activate8(v, code):
     return v
 
 
+@njit(inline="always", cache=True)
+def leaky_gradient(y):
+    """Leaky's derivative from its output (alone, a loop of it vectorizes)."""
+    return _ONE if y > _ZERO else LEAK
+
+
 @njit(inline="always", fastmath=True, cache=True)
 def gradient_scalar(y, code):
     """d activation / dx from the output y, as Darknet's gradient_array (kern/ref/elementwise.py)."""
     if code == LEAKY:
-        return _ONE if y > _ZERO else LEAK
+        return leaky_gradient(y)
     if code == RELU:
         return _ONE if y > _ZERO else _ZERO
     if code == LOGISTIC:

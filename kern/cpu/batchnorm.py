@@ -12,7 +12,7 @@ contiguous channels:
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import LEAKY, activate_scalar, gradient_scalar, leaky_scalar
+from kern.cpu.activation import LEAKY, activate_scalar, gradient_scalar, leaky_gradient, leaky_scalar
 from kern.cpu.buffers import Empty, new_array
 from kern.params import BN_BACKWARD_EPSILON, DARKNET_BN_EPSILON, ROLLING_RATE
 
@@ -104,10 +104,16 @@ def _gradient_sums(dy, y, z, mean, act, partial):
         plain = np.zeros(channels, dtype=np.float64)
         centred = np.zeros(channels, dtype=np.float64)
         for p in range(chunk * STAT_PIXELS, min(pixels, (chunk + 1) * STAT_PIXELS)):
-            for c in range(channels):
-                d = np.float64(dy[p, c] * gradient_scalar(y[p, c], act))
-                plain[c] += d
-                centred[c] += d * (np.float64(z[p, c]) - mean[c])
+            if act == LEAKY:  # a loop of its own: LLVM vectorizes it (see _normalize)
+                for c in range(channels):
+                    d = np.float64(dy[p, c] * leaky_gradient(y[p, c]))
+                    plain[c] += d
+                    centred[c] += d * (np.float64(z[p, c]) - mean[c])
+            else:
+                for c in range(channels):
+                    d = np.float64(dy[p, c] * gradient_scalar(y[p, c], act))
+                    plain[c] += d
+                    centred[c] += d * (np.float64(z[p, c]) - mean[c])
         for c in range(channels):
             partial[chunk, 0, c] = plain[c]
             partial[chunk, 1, c] = centred[c]
@@ -117,9 +123,14 @@ def _gradient_sums(dy, y, z, mean, act, partial):
 def _input_gradient(dy, y, z, mean, a, b, c0, act, out):
     """out = d * a + (z - mean) * b + c0 per channel, d = dy * act'(y) (out may be dy)."""
     for p in prange(dy.shape[0]):
-        for c in range(dy.shape[1]):
-            d = dy[p, c] * gradient_scalar(y[p, c], act)
-            out[p, c] = d * a[c] + (z[p, c] - mean[c]) * b[c] + c0[c]
+        if act == LEAKY:  # a loop of its own: LLVM vectorizes it
+            for c in range(dy.shape[1]):
+                d = dy[p, c] * leaky_gradient(y[p, c])
+                out[p, c] = d * a[c] + (z[p, c] - mean[c]) * b[c] + c0[c]
+        else:
+            for c in range(dy.shape[1]):
+                d = dy[p, c] * gradient_scalar(y[p, c], act)
+                out[p, c] = d * a[c] + (z[p, c] - mean[c]) * b[c] + c0[c]
 
 
 def batchnorm_backward(
@@ -152,10 +163,16 @@ def _activation_gradient(dy, y, act, partial):
     for chunk in prange(partial.shape[0]):
         total = np.zeros(channels, dtype=np.float64)
         for p in range(chunk * STAT_PIXELS, min(pixels, (chunk + 1) * STAT_PIXELS)):
-            for c in range(channels):
-                d = dy[p, c] * gradient_scalar(y[p, c], act)
-                dy[p, c] = d
-                total[c] += d
+            if act == LEAKY:  # a loop of its own: LLVM vectorizes it
+                for c in range(channels):
+                    d = dy[p, c] * leaky_gradient(y[p, c])
+                    dy[p, c] = d
+                    total[c] += d
+            else:
+                for c in range(channels):
+                    d = dy[p, c] * gradient_scalar(y[p, c], act)
+                    dy[p, c] = d
+                    total[c] += d
         partial[chunk] = total
 
 

@@ -10,11 +10,11 @@ vector registers; per pixel it loads the 16 filters' gradients (dz's row, two fl
 broadcasts the pixel's 6 taps and does 12 fused multiply-adds. Pixels are summed in chunks
 of CHUNK_PIXELS: a job first copies the chunk's gradients of its panels out of dz's rows,
 16 filters per pixel one after another (_chunk_panels), and they stay in L1 while every tap
-tile of the job reads them; each chunk's sums are added to the tile in memory, in chunk order. A job is a filter panel
-and as many of its taps as the thread count allows (all of them where there are panels
-enough): every job reads all of dz's and the input's pixels once, so fewer, longer jobs
-read less. With 4 tap tiles per job, 128 -> 128 3x3 on 28x28 ran at 22 GFLOP/s; with all,
-67 (batch 32, AMD EPYC Zen 4, 1 thread).
+tile of the job reads them; each chunk's sums are added to the tile in memory, in chunk
+order. A job is a filter panel and as many of its taps as the thread count allows (all of
+them where there are panels enough): every job reads all of dz's and the input's pixels
+once, so fewer, longer jobs read less. With 4 tap tiles per job, 128 -> 128 3x3 on 28x28 ran
+at 22 GFLOP/s; with all, 67 (batch 32, AMD EPYC Zen 4, 1 thread).
 
 Deterministic: each dW element is summed by one job, over the pixels in the same order
 (within a chunk, then chunk by chunk), however many threads run and however the jobs are cut.
