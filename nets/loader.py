@@ -12,6 +12,8 @@ while the current one trains (the augmentation kernel runs without the GIL).
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,6 +81,18 @@ def read_training_set(data_file: str | Path, classes: int) -> TrainingSet:
     return TrainingSet(str(data_file), paths, np.array(found), labels, options.get("backup", "backup"))
 
 
+def _yield_to_kernels() -> None:
+    """The loader thread runs at the lowest priority (nice 19; on Linux a thread's own, not
+    the process's). The kernels' threads fill the cores, and each parallel region waits for
+    its slowest thread: a loader at their priority took a core from one of them while it
+    augmented (8 ms of a 60 ms cifar_small step). At nice 19 it runs where a core is idle,
+    between regions or while the step waits for its batch. `nets.train` cifar_small, 150
+    batches, 2 threads, AMD EPYC Zen 3 (loaded), faster in 5 of 5 interleaved rounds, by
+    1-14%: 1,430-1,882 images/s against 1,364-1,727."""
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 class Loader:
     """Batches of augmented images: batch(k) -> (images (batch, 3, H, W) float32, classes)."""
 
@@ -94,7 +108,9 @@ class Loader:
         self._orders: dict[int, np.ndarray] = {}
         self._cache: dict[int, np.ndarray] = {}
         self._cached_bytes = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kern-loader")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="kern-loader", initializer=_yield_to_kernels
+        )
         self._next: tuple[int, Future] | None = None
         self._lock = threading.Lock()  # the loader thread and the caller share the caches
 

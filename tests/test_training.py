@@ -3,6 +3,9 @@ the float64 reference's (1 and 5 steps), runs that repeat bit for bit, the augme
 the loader's data order, and the saved state."""
 
 import math
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -235,3 +238,16 @@ def test_loader_epochs_are_permutations_and_batches_depend_on_seed_and_number():
     assert sorted(positions[:10]) == list(range(10)) and sorted(positions[10:]) == list(range(10))
     assert np.array_equal(Loader(dataset, Augmentation(4, 4, 4, 4), 4, 5, stream).indices(4), loader.indices(4))
     assert not np.array_equal(Loader(dataset, Augmentation(4, 4, 4, 4), 4, 6, stream).indices(1), loader.indices(1))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
+def test_the_loader_thread_yields_to_the_kernels():
+    """The loader thread runs at nice 19, the process (the kernels' threads) as it was."""
+    dataset = TrainingSet("x.data", ["0_cat"], np.zeros(1, int), ["cat"], "backup")
+    loader = Loader(dataset, Augmentation(4, 4, 4, 4), 1, seed=0, stream=stream)
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        nice = loader._pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    finally:
+        loader.close()
+    assert nice == 19 and os.getpriority(os.PRIO_PROCESS, 0) == own_nice < 19
