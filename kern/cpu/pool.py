@@ -80,12 +80,19 @@ def maxpool_argmax(x, size, stride, padding, out, where):
             x0 = max(j * stride - offset, 0)
             x1 = min(j * stride - offset + size, width)
             best, won = out[n, i, j], where[n, i, j]
-            best[:] = LOWEST
-            won[:] = -1
+            if y0 >= y1 or x0 >= x1:  # a window wholly in the padding
+                best[:] = LOWEST
+                won[:] = -1
             for y in range(y0, y1):
                 for xx in range(x0, x1):
                     cell = x[n, y, xx]
                     first = (y * width + xx) * channels
+                    if y == y0 and xx == x0:  # against -FLT_MAX and -1: no pass setting them first
+                        for c in range(channels):
+                            better = cell[c] > LOWEST
+                            best[c] = cell[c] if better else LOWEST
+                            won[c] = first + c if better else -1
+                        continue
                     for c in range(channels):  # selects, no branch: LLVM vectorizes it
                         better = cell[c] > best[c]
                         best[c] = cell[c] if better else best[c]
