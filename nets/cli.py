@@ -17,9 +17,10 @@ from kern import DISTRIBUTION, __version__
 from kern.errors import KernError
 
 # What a first run waits for, measured on 2 cores (docs/benchmarks.md, "Start-up"): tiny 12-23 s
-# (AMD EPYC Zen 4 and Zen 3, checkout or wheel), every CPU kernel about 31 s.
+# (AMD EPYC Zen 4 and Zen 3, checkout or wheel), every Darknet kernel about 31 s; Caffe's
+# ResNeXt-26, ResNet-50 and DenseNet-121 28, 63 and 76 s (Zen 3, loaded; docs/caffe.md).
 COMPILE_NOTICE = (
-    "compiling this network's kernels (first run only: 12-30 s on 2 cores; "
+    "compiling this network's kernels (first run only: 12-80 s on 2 cores, by network; "
     "later runs load them from Numba's cache in about a second)..."
 )
 # The training kernels too (nets.train's first batch), cold cache: 67-70 s for cifar_small and

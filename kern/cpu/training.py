@@ -133,8 +133,9 @@ class CpuTraining:
                                     out=out, empty=scratch)
 
     def conv2d_backward_input(self, dz, prepared: TrainConv, *, in_shape, stride, padding, groups, into=None):
-        """With `into`, a new array holding into + this where the store adds it (stride 1: the
-        GEMM's store may write its output before it has read all of the residual), else into."""
+        """dL/dx; where `into` is given, added to it: in a new array where the convolution's
+        store adds it (a GEMM's store may write part of its output before it has read the
+        residual there, so not in place), else in `into` itself (strided layers)."""
         self._threads()
         filters, channels, ksize, _ = prepared.weights.shape
         out = self.empty((dz.shape[0], in_shape[1], in_shape[2], in_shape[0]))
