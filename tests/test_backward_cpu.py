@@ -141,6 +141,19 @@ def test_maxpool_forward_and_backward(ops, ref, rng, size, stride, padding):
     close(got, ref.maxpool_backward(dy, where, in_shape=x.shape[1:]) + earlier)
 
 
+@pytest.mark.parametrize("size, stride, padding", [(2, 2, 0), (2, 2, 1), (3, 2, 1)])
+def test_maxpool_ties_go_to_the_first_cell_in_window_order(ops, ref, rng, size, stride, padding):
+    """Values of 0, 1 and 2 only: most windows hold ties, which Darknet's strict > gives to the
+    first in window order (the 2 x 2 windows' pass of their own included)."""
+    x = rng.integers(0, 3, (2, 5, 8, 7)).astype(np.float64)
+    y, where = ref.maxpool_forward(x, size=size, stride=stride, padding=padding)
+    y32, winners = ops.maxpool_forward(nhwc(x), size=size, stride=stride, padding=padding)
+    np.testing.assert_array_equal(nchw(y32), y)
+    channels = x.shape[1]
+    expected = np.where(where >= 0, where * channels + np.arange(channels).reshape(1, -1, 1, 1), -1)
+    np.testing.assert_array_equal(nchw(winners.where), expected)
+
+
 def test_maxpool_kernel_writes_every_output(rng):
     x = rng.standard_normal((2, 5, 6, 17)).astype(np.float32)
     out, where = np.full((2, 3, 4, 17), np.nan, np.float32), np.full((2, 3, 4, 17), -7, np.int32)
