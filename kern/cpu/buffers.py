@@ -1,7 +1,7 @@
 """Where the CPU ops get their arrays: new ones, or those a training pass lends again.
 
 A NumPy array of megabytes is mapped afresh by the C library and given back when freed, and
-the kernel then faults in each of its 4 KB pages the first time a kernel touches it: 600 to
+the operating system faults in each of its 4 KB pages the first time it is touched: 600 to
 13,000 page faults and 12-57 ms of system time per cifar_small training step at batch 128
 (2 threads, AMD EPYC Zen 3; `resource.getrusage` around `train_batch`). Every pass of a
 network asks for the same arrays in the same order, so PassBuffers keeps them: after the
@@ -40,8 +40,8 @@ class PassBuffers:
     or a new one; `new_pass` takes back every array lent since the last call: the pass that
     used them is over, and nothing may read them any more. The next pass, asking for the same
     sizes in the same order, gets the same arrays. Arrays of other item sizes are new each
-    time (the float64 partial sums: small). An op's scratch (padded copies, packed panels)
-    comes from `scratch`, given back as the op ends, for the next op to use."""
+    time (the float64 partial sums: small). An op's scratch (padded copies, the weight
+    gradient's sums) comes from `scratch`, given back as the op ends, for the next op to use."""
 
     def __init__(self) -> None:
         self._free: dict[int, list[np.ndarray]] = {}
