@@ -111,10 +111,15 @@ def augment(image, angle, scale, aspect, dx, dy, flip, hue, saturation, exposure
     _, height, width = out.shape
     cos_a, sin_a = math.cos(angle), math.sin(angle)
     cx, cy = in_w / 2.0, in_h / 2.0
+    # u depends on x only and v on y only: each worked out once (the same expressions, the
+    # same values), not per pixel (four divisions each).
+    us = np.empty(width)
+    for x in range(width):
+        us[x] = (x - width / 2.0) / scale * aspect + dx / scale * aspect
     for y in range(height):
+        v = (y - height / 2.0) / scale + dy / scale
         for x in range(width):
-            u = (x - width / 2.0) / scale * aspect + dx / scale * aspect
-            v = (y - height / 2.0) / scale + dy / scale
+            u = us[x]
             rx = np.float32(cos_a * u - sin_a * v + cx)
             ry = np.float32(sin_a * u + cos_a * v + cy)
             ix, iy = int(math.floor(rx)), int(math.floor(ry))
