@@ -29,7 +29,8 @@ Empty = Callable[..., np.ndarray]  # empty(shape, dtype=np.float32) -> an uninit
 def new_array(shape: tuple[int, ...], dtype: DTypeLike = np.float32) -> np.ndarray:
     """A new uninitialized array (float32 ones start on a cache line)."""
     if np.dtype(dtype) == np.float32:
-        return aligned_empty(max(int(np.prod(shape)), 1))[: int(np.prod(shape))].reshape(shape)
+        size = int(np.prod(shape))
+        return aligned_empty(max(size, 1))[:size].reshape(shape)
     return np.empty(shape, dtype=dtype)
 
 

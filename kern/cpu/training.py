@@ -73,7 +73,6 @@ class CpuTraining:
         self.inference = CpuBackend(threads=threads, simd=simd)  # its layout, threads and vector width
         self.lanes = self.inference.lanes
         self.buffers = PassBuffers()
-        self.empty = self.buffers.empty
 
     def new_pass(self) -> None:
         """A training pass begins: the arrays the ops returned before are free again."""
@@ -89,7 +88,7 @@ class CpuTraining:
     # ---- arrays
     def asarray(self, x: np.ndarray) -> np.ndarray:
         n_images, channels, height, width = x.shape
-        return self.inference.asarray(x, out=self.empty((n_images, height, width, channels)))
+        return self.inference.asarray(x, out=self.buffers.empty((n_images, height, width, channels)))
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
         return self.inference.to_numpy(x)
@@ -122,7 +121,7 @@ class CpuTraining:
         act = activation_code(activation)
         n_images, height, width, _ = x.shape
         out_h, out_w = (conv_output_size(side, ksize, stride, padding) for side in (height, width))
-        out = self.empty((n_images, out_h, out_w, filters))
+        out = self.buffers.empty((n_images, out_h, out_w, filters))
         with self.buffers.scratch() as scratch:
             if winograd_plain.fits(ksize, stride, padding, groups, channels):
                 return winograd_plain.conv2d_winograd(
@@ -138,7 +137,9 @@ class CpuTraining:
         residual there, so not in place), else in `into` itself (strided layers)."""
         self._threads()
         filters, channels, ksize, _ = prepared.weights.shape
-        out = self.empty((dz.shape[0], in_shape[1], in_shape[2], in_shape[0]))
+        shape = (dz.shape[0], in_shape[1], in_shape[2], in_shape[0])
+        # A strided layer's phases add into `into` itself: no array of its own to lend.
+        out = self.buffers.empty(shape) if into is None or stride == 1 else None
         with self.buffers.scratch() as scratch:
             if winograd_plain.fits(ksize, stride, padding, groups, filters):
                 bias = np.zeros(channels, dtype=np.float32)
@@ -163,7 +164,7 @@ class CpuTraining:
 
     def bias_activate(self, z, bias, activation: str) -> np.ndarray:
         self._threads()
-        out = self.empty(z.shape)
+        out = self.buffers.empty(z.shape)
         np.add(z, bias, out=out)
         elementwise.activate(out, activation_code(activation), out)
         return out
@@ -178,7 +179,8 @@ class CpuTraining:
     def batchnorm_forward(self, z, scales, biases, rolling_mean, rolling_variance, activation):
         self._threads()
         act = activation_code(activation)
-        return batchnorm.batchnorm_forward(z, scales, biases, rolling_mean, rolling_variance, act, self.empty)
+        rolling = (rolling_mean, rolling_variance)
+        return batchnorm.batchnorm_forward(z, scales, biases, *rolling, act, self.buffers.empty)
 
     def batchnorm_backward(self, dy, y, z, mean, variance, scales, activation, *, scales_into, biases_into):
         self._threads()
@@ -223,14 +225,14 @@ class CpuTraining:
         n_images, height, width, channels = x.shape
         shape = (n_images, maxpool_output_size(height, size, stride, padding),
                  maxpool_output_size(width, size, stride, padding), channels)
-        out, where = self.empty(shape), self.empty(shape, np.int32)
+        out, where = self.buffers.empty(shape), self.buffers.empty(shape, np.int32)
         pool.maxpool_argmax(x, size, stride, padding, out, where)
         return out, PoolWinners(where, size, stride, padding)
 
     def maxpool_backward(self, dy, winners: PoolWinners, *, in_shape, into=None):
         self._threads()
         channels, height, width = in_shape
-        dx = self.empty((dy.shape[0], height, width, channels)) if into is None else into
+        dx = self.buffers.empty((dy.shape[0], height, width, channels)) if into is None else into
         window = (winners.size, winners.stride, winners.padding)
         pool.maxpool_backward(dy, winners.where, *window, dx, into is not None)
         return dx
@@ -242,7 +244,7 @@ class CpuTraining:
     def avgpool_backward(self, dy, *, in_shape, into=None):
         self._threads()
         channels, height, width = in_shape
-        dx = self.empty((dy.shape[0], height, width, channels)) if into is None else into
+        dx = self.buffers.empty((dy.shape[0], height, width, channels)) if into is None else into
         pool.avgpool_backward(dy, dx, into is not None)
         return dx
 
@@ -254,21 +256,21 @@ class CpuTraining:
 
     # ---- data movement
     def shortcut(self, x, source, *, alpha, beta, activation):
-        out = self.empty(x.shape)
+        out = self.buffers.empty(x.shape)
         return self.inference.shortcut(x, source, alpha=alpha, beta=beta, activation=activation, out=out)
 
     def shortcut_backward(self, dy, y, *, source_shape, alpha, beta, activation):
         self._threads()
         channels, height, width = source_shape
-        dx = self.empty(dy.shape)
-        dsource = self.empty((dy.shape[0], height, width, channels))
+        dx = self.buffers.empty(dy.shape)
+        dsource = self.buffers.empty((dy.shape[0], height, width, channels))
         dsource.fill(0.0)
         act = activation_code(activation)
         elementwise.shortcut_backward(dy, y, float(alpha), float(beta), act, dx, dsource)
         return dx, dsource
 
     def route(self, xs: Sequence[np.ndarray]) -> np.ndarray:
-        out = self.empty((*xs[0].shape[:3], sum(x.shape[3] for x in xs)))
+        out = self.buffers.empty((*xs[0].shape[:3], sum(x.shape[3] for x in xs)))
         return self.inference.route(xs, out=out)
 
     def route_backward(self, dy, channels: Sequence[int]) -> list[np.ndarray]:
@@ -281,7 +283,7 @@ class CpuTraining:
 
     def dropout(self, x, mask: tuple[np.ndarray, float]) -> np.ndarray:
         self._threads()
-        out = self.empty(x.shape)
+        out = self.buffers.empty(x.shape)
         elementwise.dropout(x, *mask, out)
         return out
 
