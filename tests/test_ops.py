@@ -197,7 +197,7 @@ def test_maxpool_window_wholly_in_the_padding_gives_minus_flt_max(rng, fast, ref
     assert np.array_equal(got[:, :, 2:7, 2:6], x)
 
 
-@pytest.mark.parametrize("shape", [(1, 5, 7, 9), (3, 1000, 14, 14), (2, 3, 1, 1)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 5, 7, 9), (3, 1000, 14, 14), (2, 37, 3, 5), (2, 3, 1, 1)], ids=str)
 def test_avgpool_matches_ref(rng, fast, ref64, shape):
     x = rng.standard_normal(shape).astype(np.float32)
     assert_close(fast.to_numpy(fast.avgpool(fast.asarray(x))), ref64.avgpool(ref64.asarray(x)), 1e-6)
