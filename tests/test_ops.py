@@ -126,10 +126,12 @@ def test_cpu_direct_conv_matches_ref(rng, ref64, shape):
 @pytest.mark.parametrize("kernel", [conv_gemm, conv_gemm16], ids=["8 lanes", "16 lanes"])
 @pytest.mark.parametrize("pixels", [1, 7, 11, 13, 25, 200])
 @pytest.mark.parametrize("activation", ["linear", "leaky", "logistic"])
-def test_gemm_writes_every_output_and_nothing_else(rng, kernel, pixels, activation):
-    # conv_gemm (6 x 16 tile) and conv_gemm16 (12 x 16) as a plain GEMM: a 1x1 convolution of a
-    # 1 x pixels image. Rows and pixels not multiples of the tiles; 200 pixels > WHOLE_COLUMN_PIXELS
-    groups, rows, depth = 2, 21, 37
+@pytest.mark.parametrize("rows", [21, 40])
+def test_gemm_writes_every_output_and_nothing_else(rng, kernel, pixels, activation, rows):
+    # conv_gemm (6 x 16 tile) and conv_gemm16 (6 x 32: two panels; an odd last panel alone) as a
+    # plain GEMM: a 1x1 convolution of a 1 x pixels image. Rows (2 and 3 panels per group) and
+    # pixels not multiples of the tiles; 200 pixels > WHOLE_COLUMN_PIXELS
+    groups, depth = 2, 37
     a = rng.standard_normal((groups, rows, depth)).astype(np.float32)
     b = rng.standard_normal((pixels, groups * depth)).astype(np.float32)
     bias = rng.standard_normal(groups * rows).astype(np.float32)

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.buffers import Empty, new_array
-from kern.cpu.gemm import TILE_M, TILE_P, TILE_P16, gemm_tables
+from kern.cpu.gemm import TILE_M, TILE_P, gemm_tables
 from kern.cpu.simd import (
     SIXTEEN,
     add8,
@@ -42,6 +42,7 @@ from kern.cpu.simd import (
 
 add16 = SIXTEEN.add
 
+TILE_K16 = 12  # taps per tile of the 16-lane kernel (12 zmm accumulators)
 CHUNK_PIXELS = 128  # per chunk: the input's lines of a tap tile (8 KB) and dz's (8 KB per panel)
 PANELS_PER_JOB = 4  # filter panels a job runs on each tap tile while its input lines are in L1
 JOBS_PER_THREAD = 2  # where a layer has few panel groups, its taps are split to give this many
@@ -190,7 +191,7 @@ def weight_gradient16(images, rows, width, ksize, stride, groups, out_h, out_w, 
     pixels = starts.size
     per_group = rows.shape[1] // groups
     panels = width // TILE_M
-    k_tiles = (depth + TILE_P16 - 1) // TILE_P16
+    k_tiles = (depth + TILE_K16 - 1) // TILE_K16
     panel_jobs, k_jobs = _jobs(groups, panels, k_tiles, tiles_per_job)
     last_tap = depth - 1
     for job in prange(groups * panel_jobs * k_jobs):
@@ -202,7 +203,7 @@ def weight_gradient16(images, rows, width, ksize, stride, groups, out_h, out_w, 
         target = dw[g]
         first_tile = k_job * tiles_per_job
         last_tile = min(k_tiles, first_tile + tiles_per_job)
-        for k in range(first_tile * TILE_P16, min(depth, last_tile * TILE_P16)):
+        for k in range(first_tile * TILE_K16, min(depth, last_tile * TILE_K16)):
             target[k, first_panel * TILE_M : last_panel * TILE_M] = 0.0
         local = np.empty((PANELS_PER_JOB, CHUNK_PIXELS, TILE_M), dtype=np.float32)
         flat_local = local.reshape(-1)
@@ -210,7 +211,7 @@ def weight_gradient16(images, rows, width, ksize, stride, groups, out_h, out_w, 
             chunk_end = min(pixels, chunk_start + CHUNK_PIXELS)
             _chunk_panels(rows, g, per_group, first_panel, last_panel, chunk_start, chunk_end, local)
             for tile in range(first_tile, last_tile):
-                k = tile * TILE_P16
+                k = tile * TILE_K16
                 t0 = taps[k] + base
                 t1 = taps[min(k + 1, last_tap)] + base
                 t2 = taps[min(k + 2, last_tap)] + base
@@ -272,7 +273,7 @@ def conv2d_backward_weights(
     depth = ksize * ksize * group_channels
     width = -(-(filters // groups) // TILE_M) * TILE_M  # a group's filters, rounded up to a panel
     rows = np.ascontiguousarray(dz).reshape(-1, filters)
-    kernel, tile = (weight_gradient16, TILE_P16) if lanes == 16 else (weight_gradient, TILE_P)
+    kernel, tile = (weight_gradient16, TILE_K16) if lanes == 16 else (weight_gradient, TILE_P)
     per_job = tiles_per_job(depth, groups * width // TILE_M, threads, tile)
     dw = empty((groups, depth, width))
     kernel(images, rows, width, ksize, stride, groups, out_h, out_w, per_job, dw)
