@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit
 
-from kern.cpu.simd import add8, div8, exp8, max8, mul8, splat8, sub8
+from kern.cpu.simd import EIGHT, SIXTEEN, VectorOps
 
 LINEAR, LEAKY, RELU, LOGISTIC, TANH = 0, 1, 2, 3, 4  # the order of kern.params.ACTIVATIONS
 _TWO = np.float32(2.0)
@@ -34,22 +34,32 @@ def activate_scalar(v, code):
     return v
 
 
-@njit(inline="always", cache=True)
-def activate8(v, code):
-    """activate_scalar on eight lanes at once (v: a simd.float32x8); the same values, since
-    Darknet's leaky "v > 0 ? v : 0.1 v" is max(v, 0.1 v), and relu max(v, 0)."""
-    if code == LEAKY:
-        return max8(v, mul8(v, splat8(LEAK)))
-    if code == RELU:
-        return max8(v, splat8(_ZERO))
-    if code == LOGISTIC:
-        one = splat8(_ONE)
-        return div8(one, add8(one, exp8(mul8(max8(v, splat8(LOGISTIC_FLOOR)), splat8(-_ONE)))))
-    if code == TANH:
-        one = splat8(_ONE)
-        floored = max8(v, splat8(TANH_FLOOR))
-        return sub8(div8(splat8(_TWO), add8(one, exp8(mul8(floored, splat8(-_TWO))))), one)
-    return v
+def _vector_activation(ops: VectorOps):
+    """activate_scalar on a vector of ops.lanes lanes at once; the same values, since Darknet's
+    leaky "v > 0 ? v : 0.1 v" is max(v, 0.1 v), and relu max(v, 0). The same operations for
+    every width, lane by lane: 8- and 16-lane kernels agree bit for bit."""
+    add, sub, mul, div, vmax, exp, splat = ops.add, ops.sub, ops.mul, ops.div, ops.max, ops.exp, ops.splat
+
+    @njit(inline="always", cache=True)
+    def activate(v, code):
+        if code == LEAKY:
+            return vmax(v, mul(v, splat(LEAK)))
+        if code == RELU:
+            return vmax(v, splat(_ZERO))
+        if code == LOGISTIC:
+            one = splat(_ONE)
+            return div(one, add(one, exp(mul(vmax(v, splat(LOGISTIC_FLOOR)), splat(-_ONE)))))
+        if code == TANH:
+            one = splat(_ONE)
+            floored = vmax(v, splat(TANH_FLOOR))
+            return sub(div(splat(_TWO), add(one, exp(mul(floored, splat(-_TWO))))), one)
+        return v
+
+    return activate
+
+
+activate8 = _vector_activation(EIGHT)  # v: a simd.float32x8
+activate16 = _vector_activation(SIXTEEN)  # v: a simd.float32x16
 
 
 @njit(inline="always", cache=True)

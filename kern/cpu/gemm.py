@@ -34,8 +34,9 @@ are identical for every thread count.
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import activate8, activate_scalar
+from kern.cpu.activation import activate8, activate16, activate_scalar
 from kern.cpu.simd import (
+    SIXTEEN,
     add8,
     broadcast8,
     broadcast16,
@@ -51,6 +52,7 @@ from kern.cpu.simd import (
     store16,
 )
 
+add16 = SIXTEEN.add
 TILE_P, TILE_M = 6, 16  # the register tile: pixels x filters (two float32x8 per pixel)
 CHUNK_PIXELS = 24  # pixels one job runs against one weight panel (the panel stays in L1)
 WHOLE_COLUMN_PIXELS = 96  # up to this many pixels, a job runs them all: each panel read once
@@ -270,21 +272,29 @@ def store_sums16(out, p, o, count, c):
 @njit(inline="always", cache=True)
 def finish_tile16(tile_at, m_block, rows, plane_size, sums, finish):
     """Store one panel's 6 x 16 accumulators (`sums`, pixels p.. of tile_at = (out_rows,
-    out_row, p, pixels, the group's first filter)) and apply bias, activation and the shortcut
-    (finish = residual, bias, act, residual_act)."""
+    out_row, p, pixels, the group's first filter)) with bias, activation and the shortcut
+    (finish = residual, bias, act, residual_act). A whole panel gets them in registers, one
+    pixel at a time (one copy of the activation's code, not six), and is stored once; a
+    partial one is stored as it is and finished in place by finish_tile. Both do what
+    conv_gemm does, lane by lane."""
     out_rows, out_row, p, pixels, group_first = tile_at
     residual, bias, act, residual_act = finish
-    c0, c1, c2, c3, c4, c5 = sums
-    plane_filters = out_rows.shape[1]
     o = group_first + m_block * TILE_M
+    plane_filters = out_rows.shape[1]
     plane_rows = o // plane_filters * plane_size  # a panel lies in one plane
     column = o % plane_filters
     count = min(TILE_M, rows - m_block * TILE_M)
-    store_sums16(out_rows, out_row[p] + plane_rows, column, count, c0)
-    for q, c in ((1, c1), (2, c2), (3, c3), (4, c4), (5, c5)):
-        if p + q < pixels:
-            store_sums16(out_rows, out_row[p + q] + plane_rows, column, count, c)
     n_tile = min(TILE_P16, pixels - p)
+    if count == TILE_M:
+        b = load16(bias, o)
+        for q in range(n_tile):
+            v = activate16(add16(sums[q], b), act)
+            if residual_act >= 0:
+                v = activate16(add16(v, load16(residual[p + q], o)), residual_act)
+            store16(out_rows[out_row[p + q] + plane_rows], column, v)
+        return
+    for q in range(n_tile):
+        store_sums16(out_rows, out_row[p + q] + plane_rows, column, count, sums[q])
     finish_tile((out_rows, out_row, plane_rows), residual, p, n_tile, column, o, count, bias, act, residual_act)
 
 
