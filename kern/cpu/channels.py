@@ -5,7 +5,7 @@ channels are contiguous, so the inner loop runs along them in vector lanes."""
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import activate_scalar
+from kern.cpu.activation import activate_row
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -14,9 +14,11 @@ def affine(x, scale, bias, slope, act, out):
     slope 1: none); x, out (pixels, C)."""
     pixels, channels = x.shape
     for p in prange(pixels):
+        row, target = x[p], out[p]
         for c in range(channels):
-            v = x[p, c] * scale[c] + bias[c]
-            out[p, c] = activate_scalar(v if v > 0 else v * slope[c], act)
+            v = row[c] * scale[c] + bias[c]
+            target[c] = v if v > 0 else v * slope[c]
+        activate_row(target, act)
 
 
 @njit(parallel=True, fastmath=True, cache=True)

@@ -12,7 +12,7 @@ grouped GEMM, 5.9 ms here.
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import activate_scalar
+from kern.cpu.activation import activate_row
 
 
 def fits(groups: int, group_channels: int, per_group: int) -> bool:
@@ -46,5 +46,6 @@ def conv2d_depthwise(x, w, bias, stride, padding, act, out):
                         continue
                     for c in range(channels):
                         acc[c] += x[n, y, xx, c] * w[ky, kx, c]
-            for c in range(channels):
-                out[n, i, j, c] = activate_scalar(acc[c], act)
+            target = out[n, i, j]
+            target[:] = acc
+            activate_row(target, act)

@@ -4,15 +4,23 @@ route (concatenation), crop."""
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import activate_scalar, gradient_scalar
+from kern.cpu.activation import activate_row, gradient_scalar
+
+ACTIVATE_BLOCK = 4096  # elements per job of activate (16 KB: in L1 between the copy and the activation)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def activate(x, act, out):
-    """out = activation applied to every element of x (same shape, C-contiguous)."""
+    """out = activation applied to every element of x (same shape, C-contiguous), in blocks
+    of ACTIVATE_BLOCK elements: a copy, then activate_row's loop."""
     flat, target = x.reshape(-1), out.reshape(-1)
-    for i in prange(flat.size):
-        target[i] = activate_scalar(flat[i], act)
+    blocks = (flat.size + ACTIVATE_BLOCK - 1) // ACTIVATE_BLOCK
+    for block in prange(blocks):
+        start = block * ACTIVATE_BLOCK
+        end = min(flat.size, start + ACTIVATE_BLOCK)
+        part = target[start:end]
+        part[:] = flat[start:end]
+        activate_row(part, act)
 
 
 @njit(parallel=True, cache=True)
@@ -50,15 +58,17 @@ def shortcut(x, source, alpha, beta, act, out):
         n, i = job // h_out, job % h_out
         added_row = i % sample == 0 and i // sample < height
         for j in range(w_out):
+            target, row = out[n, i, j], x[n, i, j]
             if added_row and j % sample == 0 and j // sample < width:
                 src = source[n, (i // sample) * stride, (j // sample) * stride]
                 for c in range(channels):
-                    out[n, i, j, c] = activate_scalar(a * x[n, i, j, c] + b * src[c], act)
+                    target[c] = a * row[c] + b * src[c]
                 for c in range(channels, c_out):
-                    out[n, i, j, c] = activate_scalar(x[n, i, j, c], act)
+                    target[c] = row[c]
             else:
                 for c in range(c_out):
-                    out[n, i, j, c] = activate_scalar(x[n, i, j, c], act)
+                    target[c] = row[c]
+            activate_row(target, act)
 
 
 @njit(parallel=True, cache=True)
