@@ -65,21 +65,3 @@ def pair(value: int | tuple[int, int]) -> tuple[int, int]:
     """(height, width) of a kernel size or padding given as one number or two (Caffe's
     non-square kernels: prepare_conv's padding may be a pair, the weights' KH and KW differ)."""
     return (int(value), int(value)) if np.ndim(value) == 0 else (int(value[0]), int(value[1]))
-
-
-def square_kernel(weights: np.ndarray, padding: int | tuple[int, int]) -> tuple[np.ndarray, int]:
-    """A KH x KW kernel with padding (ph, pw) as a K x K one, K = max(KH, KW), for kernels that
-    take square ones only (CUDA's): its taps at row and column offsets (dy, dx) inside zeros,
-    with one padding P. Exact where it reads the same cells and gives the same output size:
-    P - dy = ph, P - dx = pw, 2P - K = 2 ph - KH = 2 pw - KW ("same" padding, as all of
-    Caffe's 1x7 and 7x1 layers have); it multiplies by the zeros too (K / min(KH, KW) times
-    the work). ValueError where it cannot be exact."""
-    (k_h, k_w), (pad_h, pad_w) = weights.shape[2:], pair(padding)
-    size = max(k_h, k_w)
-    twice = 2 * pad_h - k_h + size
-    dy, dx = twice // 2 - pad_h, twice // 2 - pad_w
-    if 2 * pad_h - k_h != 2 * pad_w - k_w or twice % 2 or not (0 <= dy <= size - k_h and 0 <= dx <= size - k_w):
-        raise ValueError(f"a {k_h}x{k_w} kernel with padding {pad_h},{pad_w} has no square equivalent")
-    square = np.zeros(weights.shape[:2] + (size, size), dtype=weights.dtype)
-    square[:, :, dy : dy + k_h, dx : dx + k_w] = weights
-    return square, twice // 2

@@ -108,7 +108,7 @@ def shared_prototxts() -> list[Path]:
 
 def test_every_shared_prototxt_translates():
     """All 66: a 1000-class output each (the 1x7 and 7x1 kernels of Inception v3/v4,
-    Inception-ResNet-v2 and vgg16-3c4x as square ones: nets/caffe/graph.py)."""
+    Inception-ResNet-v2 and vgg16-3c4x as they are: nets/layers.RectangularConvolutional)."""
     found = shared_prototxts()
     if not found:
         pytest.skip(f"the 66 shared Caffe prototxts are not at {SHARED} (KERN_CAFFE_PROTOTXTS)")
@@ -211,7 +211,7 @@ def test_caffes_pooling_rules_match_opencv(tmp_path, backends, request):
 def test_non_square_kernels_match_opencv(tmp_path):
     prototxt = tmp_path / "rect.prototxt"
     prototxt.write_text(NON_SQUARE)
-    compare_with_opencv(prototxt, tmp_path, None, backends=("cpu", "ref"), batch=3)
+    compare_with_opencv(prototxt, tmp_path, None, backends=("cpu", "ref", "cudasim"), batch=3)
 
 
 SHARED_CASES = [  # the other kinds the shipped ones leave out, at full size where pooling is fixed

@@ -122,7 +122,7 @@ BUGS = {
         big_conv, "race",
     ),
     "gemm 128: gather table read one tap too far": (
-        "conv.cu", "if (ok && t < taps) {", "if (ok && t <= taps) {", 1, big_conv, "past the end of argument 20 (tap_table)",
+        "conv.cu", "if (ok && t < taps) {", "if (ok && t <= taps) {", 1, big_conv, "past the end of argument 22 (tap_table)",
     ),
     "split-K: a warp's second __syncwarp removed": ("conv.cu", "__syncwarp();  // the warp's", "// the warp's", 1, splitk_conv, "race"),
     "split-K: the reduction's __syncthreads removed": ("conv.cu", GEMM_SYNC, "", 5, splitk_conv, "race"),

@@ -362,8 +362,6 @@ def test_permuted_channels_read_a_permuted_input(rng):
 @pytest.mark.parametrize("size,stride,padding", [(3, 1, -1), (0, 1, 0), (2, 0, 0)])
 def test_cpu_refuses_windows_its_kernels_cannot_index(cpu, size, stride, padding):
     # Numba does no bounds checks: a negative padding wrote before a buffer (issue 13).
-    from kern.errors import KernError
-
     weights = np.ones((8, 3, max(size, 1), max(size, 1)), dtype=np.float32)
     with pytest.raises(KernError, match="expected 1, 1 and 0 or more"):
         cpu.prepare_conv(weights[..., :size, :size] if size else weights[..., :0, :0], np.zeros(8, np.float32),
@@ -412,8 +410,6 @@ def test_cudasim_layers_past_the_tap_table_run_on_the_table_free_gemm(rng, cudas
     asked for by name is refused in one line."""
     import sys
 
-    from kern.errors import KernError
-
     monkeypatch.setattr(sys.modules["kern.cudasim._cuda_backend"], "TAP_CHANNELS", 16)  # cudasim's backend.py
     x, weights, bias, _, options = random_conv(rng, (2, 24, 13, 12, 70, 3, 1, 1, 1), "leaky", with_bn=False)
     expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **options))
@@ -429,7 +425,7 @@ NON_SQUARE_SHAPES = [
     (2, 5, 9, 11, 7, (1, 7), 1, (0, 3), 1),  # Inception's 1x7, "same" padding
     (1, 8, 10, 8, 12, (7, 1), 1, (3, 0), 1),  # and 7x1
     (2, 6, 9, 9, 10, (3, 1), 2, (1, 0), 2),  # strided, grouped
-    (1, 24, 7, 6, 40, (1, 3), 1, (0, 1), 1),  # CUDA's 128 GEMM (as a square kernel there)
+    (1, 24, 7, 6, 40, (1, 3), 1, (0, 1), 1),  # 42 pixels: CUDA's split-K GEMM
 ]
 
 
@@ -455,8 +451,17 @@ def test_non_square_conv_matches_ref(rng, fast, ref64, shape):
     assert_close(fast.to_numpy(fused), np.maximum(expected + residual, 0), 1e-5)
 
 
-def test_cuda_refuses_a_non_square_kernel_it_cannot_make_square(rng, cudasim, cpu):
-    x, weights, bias, options = random_non_square(rng, (1, 4, 6, 6, 3, (1, 3), 1, (0, 0), 1))
-    assert cpu.conv2d(cpu.asarray(x), cpu.prepare_conv(weights, bias, None, **options)).shape == (1, 6, 4, 3)
-    with pytest.raises(KernError, match="the CUDA backend runs square kernels: a 1x3 kernel with padding 0,0"):
-        cudasim.prepare_conv(weights, bias, None, **options)
+@pytest.mark.parametrize("kernel", ["conv2d_direct", "conv2d_implicit_gemm", "conv2d_implicit_gemm_128",
+                                    "conv2d_implicit_gemm_splitk"])
+@pytest.mark.parametrize("shape", [*NON_SQUARE_SHAPES, (1, 4, 6, 6, 3, (1, 3), 1, (0, 0), 1)], ids=str)
+def test_cudasim_runs_non_square_kernels_as_they_are(rng, cudasim, ref64, kernel, shape):
+    """conv.cu's four kernels take KH x KW and (pad_h, pad_w) (no square kernel with zeros
+    around the taps: a 1x3 without padding has no such equivalent), each asked for by name,
+    into a poisoned output."""
+    x, weights, bias, options = random_non_square(rng, shape)
+    expected = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, None, **options))
+    conv = cudasim.prepare_conv(weights, bias, None, **options)
+    assert tuple(conv.weights.shape[2:]) == shape[5]
+    out = cudasim.asarray(np.full(expected.shape, np.nan, np.float32))
+    got = cudasim.conv2d(cudasim.asarray(x), conv, out=out, kernel=kernel)
+    assert_close(cudasim.to_numpy(got), expected)

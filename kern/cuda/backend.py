@@ -26,7 +26,6 @@ from kern.params import (
     fold_batchnorm,
     maxpool_output_size,
     pair,
-    square_kernel,
 )
 
 try:
@@ -78,11 +77,11 @@ class CudaConv:
     weights: cupy.ndarray  # OIHW, batchnorm folded
     bias: cupy.ndarray
     stride: int
-    padding: int
+    padding: int | tuple[int, int]  # (pad_h, pad_w) for Caffe's non-square kernels
     groups: int
     act: int
     # Per tap of a group: channel << 12 | ky << 6 | kx (the 128 GEMM and split-K); None where
-    # that does not fit an int32 (TAP_CHANNELS channels per group or more, or k over 64).
+    # that does not fit an int32 (TAP_CHANNELS channels per group or more, or KH or KW over 64).
     tap_table: cupy.ndarray | None
 
 
@@ -101,10 +100,10 @@ TAP_SIZE = 64
 def make_tap_table(weights) -> cupy.ndarray | None:
     """The 128 GEMM's and split-K's table of the taps of OIHW weights (host or device: only
     their shape is read), or None where it does not fit."""
-    channels, k = weights.shape[1], weights.shape[2]
-    if channels >= TAP_CHANNELS or k > TAP_SIZE:
+    channels, k_h, k_w = weights.shape[1:]
+    if channels >= TAP_CHANNELS or max(k_h, k_w) > TAP_SIZE:
         return None
-    ci, ky, kx = np.meshgrid(np.arange(channels), np.arange(k), np.arange(k), indexing="ij")
+    ci, ky, kx = np.meshgrid(np.arange(channels), np.arange(k_h), np.arange(k_w), indexing="ij")
     return cupy.asarray(((ci << 12) | (ky << 6) | kx).reshape(-1).astype(np.int32))
 
 
@@ -184,11 +183,6 @@ class CudaBackend:
         return out
 
     def prepare_conv(self, weights, bias, bn, *, stride, padding, groups, activation) -> CudaConv:
-        if weights.shape[2] != weights.shape[3] or pair(padding)[0] != pair(padding)[1]:
-            try:  # Caffe's 1x7 and 7x1: conv.cu's kernels are square
-                weights, padding = square_kernel(weights, padding)
-            except ValueError as error:
-                raise KernError(f"the CUDA backend runs square kernels: {error}") from None
         w, b = fold_batchnorm(weights, bias, bn)
         act = activation_code(activation)
         return CudaConv(cupy.asarray(w), cupy.asarray(b), stride, padding, groups, act, make_tap_table(w))
@@ -202,18 +196,20 @@ class CudaBackend:
     def _conv(self, x: cupy.ndarray, conv: CudaConv, residual: cupy.ndarray | None, res_act: int,
               out: cupy.ndarray | None, kernel: str | None = None):
         n, c, h, w = x.shape
-        f, _, k, _ = conv.weights.shape
-        oh = conv_output_size(h, k, conv.stride, conv.padding)
-        ow = conv_output_size(w, k, conv.stride, conv.padding)
+        f, _, k_h, k_w = conv.weights.shape
+        pad_h, pad_w = pair(conv.padding)
+        oh = conv_output_size(h, k_h, conv.stride, pad_h)
+        ow = conv_output_size(w, k_w, conv.stride, pad_w)
         y = self._out(out, (n, f, oh, ow))
-        args = (x, conv.weights, conv.bias, y, *map(np.int32, (n, c, h, w, f, k, conv.stride,
-                conv.padding, conv.groups, oh, ow)), _image_stride(x), _image_stride(y),
+        args = (x, conv.weights, conv.bias, y, *map(np.int32, (n, c, h, w, f, k_h, k_w, conv.stride,
+                pad_h, pad_w, conv.groups, oh, ow)), _image_stride(x), _image_stride(y),
                 np.int32(conv.act), y if residual is None else residual, np.int32(res_act))
         pixels, group_filters = n * oh * ow, f // conv.groups
         chosen = kernel or choose_conv_kernel(pixels, group_filters)
         if conv.tap_table is None and chosen not in ("conv2d_direct", "conv2d_implicit_gemm"):
             if kernel:
-                raise KernError(f"{kernel}: {c // conv.groups} channels a group or {k}x{k} taps: no tap table")
+                taps = f"{c // conv.groups} channels a group or {k_h}x{k_w} taps"
+                raise KernError(f"{kernel}: {taps}: no tap table")
             chosen = "conv2d_implicit_gemm"  # the tap table cannot hold this layer's taps
         kernel = chosen
         if kernel == "conv2d_direct":

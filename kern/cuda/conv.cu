@@ -1,5 +1,6 @@
 // Convolution, NCHW float32, batchnorm folded into w and bias on the host.
-// x (N, C, H, W); w (F, C/groups, K, K); y (N, F, OH, OW); y = act(conv(x, w) + bias).
+// x (N, C, H, W); w (F, C/groups, KH, KW); y (N, F, OH, OW); y = act(conv(x, w) + bias). The
+// kernel may be KH x KW with padding (pad_h, pad_w): Caffe's 1x7 and 7x1 (Inception) run as they are.
 // Image b of x starts at x + b * x_image and image b of y at y + b * y_image: C*H*W and
 // F*OH*OW for whole arrays, more where x or y is a channel slice of a route's output
 // (nets/memory.py places a route's inputs there, so the route copies nothing).
@@ -20,7 +21,7 @@ __device__ __forceinline__ float epilogue(float v, int act, const float* __restr
 // Consecutive threads take consecutive ox, so the stores (and most loads) are coalesced.
 extern "C" __global__ void conv2d_direct(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
+    float* __restrict__ y, int n, int c, int h, int wd, int f, int kh, int kw, int stride, int pad_h, int pad_w,
     int groups, int oh, int ow, long long x_image, long long y_image, int act,
     const float* __restrict__ residual, int res_act)
 {
@@ -34,17 +35,17 @@ extern "C" __global__ void conv2d_direct(
     const long long b = t / f;
     const int cg = c / groups;
     const int g = fo / (f / groups);
-    const float* wf = w + (long long)fo * cg * k * k;
+    const float* wf = w + (long long)fo * cg * kh * kw;
     float acc = 0.f;
     for (int ci = 0; ci < cg; ++ci) {
         const float* plane = x + b * x_image + (long long)(g * cg + ci) * h * wd;
-        for (int ky = 0; ky < k; ++ky) {
-            const int iy = oy * stride - pad + ky;
+        for (int ky = 0; ky < kh; ++ky) {
+            const int iy = oy * stride - pad_h + ky;
             if (iy < 0 || iy >= h) continue;
-            for (int kx = 0; kx < k; ++kx) {
-                const int ix = ox * stride - pad + kx;
+            for (int kx = 0; kx < kw; ++kx) {
+                const int ix = ox * stride - pad_w + kx;
                 if (ix < 0 || ix >= wd) continue;
-                acc += wf[(ci * k + ky) * k + kx] * plane[iy * wd + ix];
+                acc += wf[(ci * kh + ky) * kw + kx] * plane[iy * wd + ix];
             }
         }
     }
@@ -70,13 +71,13 @@ extern "C" __global__ void conv2d_direct(
 
 extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
+    float* __restrict__ y, int n, int c, int h, int wd, int f, int kh, int kw, int stride, int pad_h, int pad_w,
     int groups, int oh, int ow, long long x_image, long long y_image, int act,
     const float* __restrict__ residual, int res_act)
 {
     __shared__ float a_tile[TILE_K][TILE_M];
     __shared__ float b_tile[TILE_K][TILE_N];
-    const int cg = c / groups, fg = f / groups, taps = cg * k * k;
+    const int cg = c / groups, fg = f / groups, taps = cg * kh * kw;
     const int pixels = n * oh * ow, plane = oh * ow;
     const int g = blockIdx.z, m0 = blockIdx.y * TILE_M, p0 = blockIdx.x * TILE_N;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -92,9 +93,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm(
             const int tap = k0 + kk, p = p0 + pp;
             float v = 0.f;
             if (tap < taps && p < pixels) {
-                const int ci = tap / (k * k), r = tap % (k * k);
+                const int ci = tap / (kh * kw), r = tap % (kh * kw);
                 const int b = p / plane, q = p % plane;
-                const int iy = (q / ow) * stride - pad + r / k, ix = (q % ow) * stride - pad + r % k;
+                const int iy = (q / ow) * stride - pad_h + r / kw, ix = (q % ow) * stride - pad_w + r % kw;
                 if (iy >= 0 && iy < h && ix >= 0 && ix < wd)
                     v = x[b * x_image + ((long long)(g * cg + ci) * h + iy) * wd + ix];
             }
@@ -220,13 +221,13 @@ __device__ __forceinline__ void big_async_tiles(
 
 extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
+    float* __restrict__ y, int n, int c, int h, int wd, int f, int kh, int kw, int stride, int pad_h, int pad_w,
     int groups, int oh, int ow, long long x_image, long long y_image, int act,
     const float* __restrict__ residual, int res_act, const int* __restrict__ tap_table)
 {
     __shared__ float a_tile[2][BIG_K][BIG_M];
     __shared__ float b_tile[2][BIG_K][BIG_N];
-    const int cg = c / groups, fg = f / groups, taps = cg * k * k;
+    const int cg = c / groups, fg = f / groups, taps = cg * kh * kw;
     const int pixels = n * oh * ow, plane = oh * ow;
     const int g = blockIdx.z, m0 = blockIdx.y * BIG_M, p0 = blockIdx.x * BIG_N;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -239,7 +240,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
     const int p = p0 + bp;
     const bool b_ok = p < pixels;
     const int image_index = b_ok ? p / plane : 0, q = b_ok ? p % plane : 0;
-    const int iy0 = (q / ow) * stride - pad, ix0 = (q % ow) * stride - pad;
+    const int iy0 = (q / ow) * stride - pad_h, ix0 = (q % ow) * stride - pad_w;
     const float* image = x + image_index * x_image + (long long)g * cg * h * wd;
 
 #if BIG_ASYNC
@@ -329,14 +330,14 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_128(
 
 extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_splitk(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    float* __restrict__ y, int n, int c, int h, int wd, int f, int k, int stride, int pad,
+    float* __restrict__ y, int n, int c, int h, int wd, int f, int kh, int kw, int stride, int pad_h, int pad_w,
     int groups, int oh, int ow, long long x_image, long long y_image, int act,
     const float* __restrict__ residual, int res_act, const int* __restrict__ tap_table)
 {
     __shared__ float a_tile[WARPS][SMALL_K][SMALL_M];
     __shared__ float b_tile[WARPS][SMALL_K][SMALL_N];
     __shared__ float partial[WARPS][SMALL_M * SMALL_N];
-    const int cg = c / groups, fg = f / groups, taps = cg * k * k;
+    const int cg = c / groups, fg = f / groups, taps = cg * kh * kw;
     const int pixels = n * oh * ow, plane = oh * ow;
     const int g = blockIdx.z, m0 = blockIdx.y * SMALL_M, p0 = blockIdx.x * SMALL_N;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -346,7 +347,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) conv2d_implicit_gemm_split
     const int p = p0 + bp;
     const bool b_ok = p < pixels;
     const int image_index = b_ok ? p / plane : 0, q = b_ok ? p % plane : 0;
-    const int iy0 = (q / ow) * stride - pad, ix0 = (q % ow) * stride - pad;
+    const int iy0 = (q / ow) * stride - pad_h, ix0 = (q % ow) * stride - pad_w;
     const float* image = x + image_index * x_image + (long long)g * cg * h * wd;
     float acc[4][4] = {{0.f}};
     for (int k0 = warp * SMALL_K; k0 < taps; k0 += WARPS * SMALL_K) {
