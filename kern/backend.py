@@ -110,9 +110,10 @@ class TrainingBackend(Protocol):
     maxpool_forward / maxpool_backward, avgpool / avgpool_backward, softmax_cross_entropy,
     shortcut / shortcut_backward, route / route_backward, dropout_mask (a pass's mask in the
     backend's own form, made once for forward and backward) / dropout / dropout_backward, crop,
-    sgd_update; and asarray, to_numpy, parameter, host, zeros, add, conv_weights, new_pass (a
-    pass begins: arrays the ops returned before may be reused) and give_back (an array the
-    ops returned is dead: its memory may be reused at once).
+    sgd_update; and asarray, to_numpy, parameter, host, zeros, add, conv_weights (with
+    `previous`, what it returned for the layer before the update: its arrays may be reused),
+    new_pass (a pass begins: arrays the ops returned before may be reused) and give_back (an
+    array the ops returned is dead: its memory may be reused at once).
     """
 
     name: str

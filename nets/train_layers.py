@@ -140,13 +140,16 @@ class TrainConvolutional(Linear):
     def __init__(self, layer, section, values, ops):
         super().__init__(layer, section, values, ops)
         self.prepared: Any = None  # the weights as the backend's conv ops read them
+        self.stale: Any = None  # ... before the last update (the backend may reuse its arrays)
 
     def changed(self) -> None:
-        self.prepared = None
+        if self.prepared is not None:
+            self.stale, self.prepared = self.prepared, None
 
     def _weights(self, ops: Any) -> Any:
         if self.prepared is None:
-            self.prepared = ops.conv_weights(self.params["weights"], self.layer.groups)
+            self.prepared = ops.conv_weights(self.params["weights"], self.layer.groups, previous=self.stale)
+            self.stale = None
         return self.prepared
 
     def forward(self, ops, x, outputs, step):

@@ -61,7 +61,7 @@ def mean_and_variance(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return shift + plain / pixels, variance
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def _normalize(rows, mean, factor, biases, act, out):
     """out = act((z - mean) * factor + biases), factor = scales / (sqrt(variance) + 1e-6).
     Leaky, every Darknet classifier's, has a loop of its own: in one loop activate_scalar's
@@ -119,7 +119,7 @@ def _gradient_sums(dy, y, z, mean, act, partial):
             partial[chunk, 1, c] = centred[c]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def _input_gradient(dy, y, z, mean, a, b, c0, act, out):
     """out = d * a + (z - mean) * b + c0 per channel, d = dy * act'(y) (out may be dy)."""
     for p in prange(dy.shape[0]):

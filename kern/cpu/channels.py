@@ -8,7 +8,7 @@ from numba import njit, prange
 from kern.cpu.activation import activate_row
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def affine(x, scale, bias, slope, act, out):
     """out = activation(v), v = x * scale[c] + bias[c], times slope[c] where v < 0 (PReLU;
     slope 1: none); x, out (pixels, C)."""
@@ -29,7 +29,7 @@ def combine(x, other, is_max, out):
         target[i] = max(a[i], b[i]) if is_max else a[i] * b[i]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def scale_channels(x, factors, add, has_add, out):
     """out = x * factors[n, c] (+ add where has_add); x, add, out (N, pixels, C), factors (N, C)."""
     n_images, pixels, channels = x.shape

@@ -24,7 +24,7 @@ def pack_weights(weights: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weights[:, 0].transpose(1, 2, 0), dtype=np.float32)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def conv2d_depthwise(x, w, bias, stride, padding, act, out):
     """out[n, i, j, c] = act(bias[c] + sum over taps of x[n, i*s+ky-p, j*s+kx-p, c] * w[ky, kx, c]),
     cells outside the input counting as 0; x (N, H, W, C), out (N, OH, OW, C)."""

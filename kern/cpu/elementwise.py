@@ -9,7 +9,7 @@ from kern.cpu.activation import activate_row, gradient_scalar
 ACTIVATE_BLOCK = 4096  # elements per job of activate (16 KB: in L1 between the copy and the activation)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def activate(x, act, out):
     """out = activation applied to every element of x (same shape, C-contiguous), in blocks
     of ACTIVATE_BLOCK elements: a copy, then activate_row's loop."""
@@ -44,7 +44,7 @@ def softmax_rows(x, groups, temperature):
     return out
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def shortcut(x, source, alpha, beta, act, out):
     """out = Darknet's residual add (NHWC, x's shape); see kern/ref/elementwise.py for the
     shape rules."""
@@ -90,7 +90,7 @@ def concat_channels(xs, out):
                 first += source.size
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def crop(x, height, width, scale, shift):
     """The centred height x width window (NHWC), then value*scale + shift."""
     n_images, in_h, in_w, channels = x.shape
@@ -116,7 +116,7 @@ def add_into(into, value):
         target[i] += source[i]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def shortcut_backward(dy, y, alpha, beta, act, dx, dsource):
     """The gradients of shortcut() (NHWC) for its input x and its source, from dL/dy and its
     output y (kern/ref/elementwise.py: shortcut_backward); dsource must be zeroed."""

@@ -29,10 +29,12 @@ from kern.ref.elementwise import softmax_cross_entropy
 class TrainConv:
     """A convolution's weights as the training ops read them, until the next update: packed
     for the direct GEMM, for Winograd where it fits (3x3, stride 1, padding 1, one group, 64
-    channels or more), and turned for the input gradient, each the first time it is needed."""
+    channels or more), and turned for the input gradient, each the first time it is needed.
+    The Winograd packs go into the arrays of the layer's TrainConv before the update (`spare`)."""
 
     weights: np.ndarray  # OIHW
     groups: int
+    spare: dict[tuple, object] = field(default_factory=dict)
     prepared: dict[tuple, object] = field(default_factory=dict)
 
     def _get(self, key: tuple, make):
@@ -44,7 +46,8 @@ class TrainConv:
         return self._get(("direct",), lambda: conv.pack_weights(self.weights, self.groups))
 
     def winograd(self) -> np.ndarray:
-        return self._get(("winograd",), lambda: winograd_plain.pack_weights(self.weights))
+        key = ("winograd",)
+        return self._get(key, lambda: winograd_plain.pack_weights(self.weights, out=self.spare.get(key)))
 
     def phases(self, stride: int, padding: int) -> list:
         return self._get(("turned", stride, padding),
@@ -53,7 +56,8 @@ class TrainConv:
     def turned_winograd(self) -> np.ndarray:
         """The input gradient of a 3x3 stride-1 padding-1 layer is a 3x3 stride-1 padding-1
         convolution of dz with these weights, (C, F, 3, 3) turned around."""
-        return self._get(("turned winograd",), lambda: winograd_plain.pack_weights(self.weights, turned=True))
+        key = ("turned winograd",)
+        return self._get(key, lambda: winograd_plain.pack_weights(self.weights, True, self.spare.get(key)))
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,8 @@ class CpuTraining:
         return into
 
     # ---- convolution
-    def conv_weights(self, weights: np.ndarray, groups: int) -> TrainConv:
-        return TrainConv(weights, groups)
+    def conv_weights(self, weights: np.ndarray, groups: int, previous: TrainConv | None = None) -> TrainConv:
+        return TrainConv(weights, groups, spare={} if previous is None else previous.prepared)
 
     def conv2d(self, x, prepared: TrainConv, *, stride, padding, groups, bias=None, activation="linear"):
         self._threads()

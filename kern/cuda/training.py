@@ -117,7 +117,10 @@ class CudaTraining:
         return into, into, np.int32(1)
 
     # ---- convolution
-    def conv_weights(self, weights: cupy.ndarray, groups: int) -> TrainWeights:
+    def conv_weights(
+        self, weights: cupy.ndarray, groups: int, previous: TrainWeights | None = None
+    ) -> TrainWeights:
+        """previous: not read (CuPy's pool already reuses memory)."""
         return TrainWeights(weights, groups, self._taps(weights))
 
     def _taps(self, weights: cupy.ndarray) -> cupy.ndarray | None:

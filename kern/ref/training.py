@@ -60,7 +60,7 @@ class RefTraining:
         """NumPy frees what nothing refers to."""
 
     # ---- convolution
-    def conv_weights(self, weights: np.ndarray, groups: int) -> np.ndarray:
+    def conv_weights(self, weights: np.ndarray, groups: int, previous: np.ndarray | None = None) -> np.ndarray:
         """The weights as conv2d and conv2d_backward_input take them after an update."""
         return weights
 
