@@ -187,6 +187,7 @@ float32x16 = SIXTEEN.type
 load16, store16, broadcast16, splat16, lane16, fma16 = (
     SIXTEEN.load, SIXTEEN.store, SIXTEEN.broadcast, SIXTEEN.splat, SIXTEEN.lane, SIXTEEN.fma,
 )
+add16 = SIXTEEN.add
 _QUARTER = ir.VectorType(ir.FloatType(), 4)  # half of an 8-lane vector: one 128-bit xmm register
 
 

@@ -24,6 +24,8 @@ from kern.cpu.gemm import conv_gemm, pack_panels
 from kern.params import activation_code, conv_output_size, maxpool_output_size
 from kern.ref.elementwise import softmax_cross_entropy
 
+WINOGRAD, TURNED_WINOGRAD = ("winograd",), ("turned winograd",)  # TrainConv's keys of reusable packs
+
 
 @dataclass
 class TrainConv:
@@ -45,9 +47,11 @@ class TrainConv:
     def packed(self) -> np.ndarray:
         return self._get(("direct",), lambda: conv.pack_weights(self.weights, self.groups))
 
+    def _winograd(self, key: tuple, turned: bool) -> np.ndarray:
+        return self._get(key, lambda: winograd_plain.pack_weights(self.weights, turned, self.spare.get(key)))
+
     def winograd(self) -> np.ndarray:
-        key = ("winograd",)
-        return self._get(key, lambda: winograd_plain.pack_weights(self.weights, out=self.spare.get(key)))
+        return self._winograd(WINOGRAD, False)
 
     def phases(self, stride: int, padding: int) -> list:
         return self._get(("turned", stride, padding),
@@ -56,8 +60,7 @@ class TrainConv:
     def turned_winograd(self) -> np.ndarray:
         """The input gradient of a 3x3 stride-1 padding-1 layer is a 3x3 stride-1 padding-1
         convolution of dz with these weights, (C, F, 3, 3) turned around."""
-        key = ("turned winograd",)
-        return self._get(key, lambda: winograd_plain.pack_weights(self.weights, True, self.spare.get(key)))
+        return self._winograd(TURNED_WINOGRAD, True)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,10 @@ class CpuTraining:
 
     # ---- convolution
     def conv_weights(self, weights: np.ndarray, groups: int, previous: TrainConv | None = None) -> TrainConv:
-        return TrainConv(weights, groups, spare={} if previous is None else previous.prepared)
+        # Only the Winograd packs are packed into again: the previous direct packs may go.
+        old = {} if previous is None else previous.prepared
+        spare = {key: old[key] for key in (WINOGRAD, TURNED_WINOGRAD) if key in old}
+        return TrainConv(weights, groups, spare=spare)
 
     def conv2d(self, x, prepared: TrainConv, *, stride, padding, groups, bias=None, activation="linear"):
         self._threads()

@@ -26,8 +26,8 @@ from numba import njit, prange
 from kern.cpu.buffers import Empty, new_array
 from kern.cpu.gemm import TILE_M, TILE_P, gemm_tables
 from kern.cpu.simd import (
-    SIXTEEN,
     add8,
+    add16,
     broadcast8,
     broadcast16,
     fma8,
@@ -39,8 +39,6 @@ from kern.cpu.simd import (
     store8,
     store16,
 )
-
-add16 = SIXTEEN.add
 
 TILE_K16 = 12  # taps per tile of the 16-lane kernel (12 zmm accumulators)
 CHUNK_PIXELS = 128  # per chunk: the input's lines of a tap tile (8 KB) and dz's (8 KB per panel)
