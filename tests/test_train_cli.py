@@ -95,6 +95,20 @@ def train(*args, cwd=None, timeout=600, env=None):
     )
 
 
+def read_first_iteration(process) -> str:
+    """The child's output up to its first iteration line (the kernels compiled or loaded);
+    a child that ends before it fails the test with its stderr, rather than spin on EOF."""
+    seen = ""
+    while " avg, " not in seen:
+        line = process.stdout.readline()
+        if not line:
+            process.wait(timeout=60)
+            pytest.fail(f"nets.train ended ({process.returncode}) before its first batch: "
+                        f"{process.stderr.read()[-2000:] if process.stderr else ''}")
+        seen += line
+    return seen
+
+
 def iteration_lines(stdout):
     return [line for line in stdout.splitlines() if " avg, " in line]
 
@@ -177,9 +191,7 @@ def test_ctrl_c_saves_and_stops(tmp_path):
         [sys.executable, "-m", "nets.train", str(data), str(cfg), "--max-batches", "100000"], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    seen = ""
-    while " avg, " not in seen:  # after the first batch (the kernels compiled or loaded)
-        seen += process.stdout.readline()
+    seen = read_first_iteration(process)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -203,8 +215,7 @@ def test_kill_never_leaves_a_truncated_checkpoint(tmp_path):
             [sys.executable, "-m", "nets.train", str(data), str(cfg), "--max-batches", "100000"], cwd=REPO,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
-        while " avg, " not in process.stdout.readline():
-            pass
+        read_first_iteration(process)
         time.sleep(rng.uniform(0.0, 0.5))
         process.kill()
         process.wait()

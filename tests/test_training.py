@@ -199,6 +199,47 @@ def test_augmentation_without_jitter_is_the_centre_crop(rng):
     np.testing.assert_allclose(out, image[2:30, 2:30][:, ::-1].transpose(2, 0, 1) / 255, atol=1e-6)
 
 
+def _rotate_crop(image, angle, scale, aspect, dx, dy, width, height):
+    """Darknet's rotate_crop_image, a plain per-pixel float64 reading of it: bilinear, zeros
+    outside the image."""
+    in_h, in_w, _ = image.shape
+    values = image.astype(np.float64) / 255
+
+    def pixel(x, y):
+        return values[y, x] if 0 <= x < in_w and 0 <= y < in_h else np.zeros(3)
+
+    out = np.empty((3, height, width))
+    for y in range(height):
+        for x in range(width):
+            u = (x - width / 2 + dx) / scale * aspect
+            v = (y - height / 2 + dy) / scale
+            rx = np.cos(angle) * u - np.sin(angle) * v + in_w / 2
+            ry = np.sin(angle) * u + np.cos(angle) * v + in_h / 2
+            ix, iy = int(np.floor(rx)), int(np.floor(ry))
+            fx, fy = rx - ix, ry - iy
+            out[:, y, x] = ((1 - fy) * (1 - fx) * pixel(ix, iy) + fy * (1 - fx) * pixel(ix, iy + 1)
+                            + (1 - fy) * fx * pixel(ix + 1, iy) + fy * fx * pixel(ix + 1, iy + 1))
+    return out
+
+
+def test_rotated_scaled_crops_match_a_plain_reading_edges_included(rng):
+    """Crops that turn, stretch and hang over every edge of an odd-sized image (the kernel
+    reads interior pixels without bounds checks: a wrong test for the edge shows here)."""
+    image = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    aug = Augmentation(11, 9, 8, 30, angle=40, aspect=1.4)
+    draws = aug.draws(rng, 40)
+    draws[:, 6:] = [0, 1, 1]  # no colour jitter: the crop alone
+    for draw in draws:
+        draw[5] = 0
+        out = np.full((3, 9, 11), np.nan, np.float32)
+        aug.apply(image, draw, out)
+        aspect, side, angle, ox, oy = draw[:5]
+        scale = float(np.float32(side) / np.float32(int(min(13.0, 17 * aspect))))
+        dx, dy = ox * abs(17 * scale / aspect - 11) / 2, oy * abs(13 * scale - 9) / 2
+        expected = _rotate_crop(image, angle, scale, aspect, dx, dy, 11, 9)
+        np.testing.assert_allclose(out, expected, atol=3e-5)
+
+
 def test_hsv_jitter_round_trips_and_stays_in_range(rng):
     image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     aug = Augmentation(16, 16, 16, 16, hue=0.3, saturation=1.5, exposure=1.5)
