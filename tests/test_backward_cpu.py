@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import pytest
 
-from kern.cpu import batchnorm, elementwise, pool
+from kern.cpu import batchnorm, conv, elementwise, pool, wgrad
 from kern.cpu.training import CpuTraining
 from kern.ref.training import RefTraining
 from tests.conftest import assert_close
@@ -80,6 +80,33 @@ def test_conv_forward_and_both_gradients(ops, ref, rng, n, c, h, w, f, k, stride
     into = start.copy()
     ops.conv2d_backward_weights(nhwc(x), nhwc(dz), ksize=k, into=into, **options)
     assert_close(into - start, dw, RTOL)
+
+
+@pytest.mark.parametrize("n, c, h, w, f, k, stride, padding, groups", [
+    (4, 3, 28, 27, 32, 3, 1, 1, 1),  # a first layer's: 27 taps
+    (3, 8, 31, 29, 20, 3, 2, 1, 2),
+    (2, 6, 23, 25, 12, 1, 1, 0, 3),
+])
+def test_weight_gradient_in_pixel_blocks(ref, rng, monkeypatch, n, c, h, w, f, k, stride, padding, groups):
+    """Small weight gradients are summed over blocks of pixels, then the blocks in order
+    (blocks of 128 pixels here, 2048 in use): against float64, and the same bits on 1 and 2
+    threads and on both vector widths."""
+    monkeypatch.setattr(wgrad, "BLOCK_PIXELS", 128)
+    x = rng.standard_normal((n, c, h, w))
+    options = dict(stride=stride, padding=padding, groups=groups)
+    dz = rng.standard_normal(ref.conv2d(x, np.zeros((f, c // groups, k, k)), **options).shape)
+    assert wgrad.pixel_blocks(dz[:, 0].size, c // groups * k * k * 16) >= 3
+    dw = np.zeros((f, c // groups, k, k))
+    ref.conv2d_backward_weights(x, dz, ksize=k, into=dw, **options)
+    padded = conv.pad(nhwc(x), padding) if padding else nhwc(x)
+    results = []
+    for threads, lanes in ((1, 8), (2, 8), (1, 16), (2, 16)):
+        numba.set_num_threads(threads)
+        results.append(wgrad.conv2d_backward_weights(padded, nhwc(dz), k, stride, groups, threads, lanes))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert_close(results[0], dw, RTOL)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 70, 3, 5), (4, 10, 1, 1), (1, 16, 33, 31)])
