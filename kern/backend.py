@@ -106,7 +106,8 @@ class TrainingBackend(Protocol):
 
     conv2d / conv2d_backward_input / conv2d_backward_weights, bias_activate,
     activation_backward (with the bias gradient), batchnorm_forward / batchnorm_backward (Darknet's
-    training batchnorm, kern/ref/batchnorm.py), connected (+ both backwards),
+    training batchnorm, kern/ref/batchnorm.py; the backward gets the forward's output y and its
+    scales and biases: a backend may read y or recompute it from z), connected (+ both backwards),
     maxpool_forward / maxpool_backward, avgpool / avgpool_backward, softmax_cross_entropy,
     shortcut / shortcut_backward, route / route_backward, dropout_mask (a pass's mask in the
     backend's own form, made once for forward and backward) / dropout / dropout_backward, crop,

@@ -130,7 +130,8 @@ class Linear(Trainable):
         layer = self.layer
         if layer.batch_normalize:
             return ops.batchnorm_backward(
-                dy, self.y, self.z, self.mean, self.variance, self.params["scales"], layer.activation,
+                dy, self.y, self.z, self.mean, self.variance, self.params["scales"], self.params["biases"],
+                layer.activation,
                 scales_into=self.updates["scales"], biases_into=self.updates["biases"],
             )
         return ops.activation_backward(dy, self.y, layer.activation, biases_into=self.updates["biases"])

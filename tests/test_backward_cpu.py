@@ -129,13 +129,19 @@ def test_batchnorm_forward_and_backward(ops, ref, rng, shape, activation):
 
     dy = rng.standard_normal(shape)
     ds, db = np.zeros(channels), np.zeros(channels)
-    dz = ref.batchnorm_backward(dy, y, z, mean, variance, scales, activation, scales_into=ds, biases_into=db)
+    dz = ref.batchnorm_backward(dy, y, z, mean, variance, scales, biases, activation, scales_into=ds, biases_into=db)
     ds32, db32 = np.ones(channels, np.float32), np.ones(channels, np.float32)  # buffers holding momentum
-    dz32 = ops.batchnorm_backward(nhwc(dy), nhwc(y), nhwc(z), mean32, variance32, scales.astype(np.float32), activation,
+    params32 = [a.astype(np.float32) for a in (scales, biases)]
+    dz32 = ops.batchnorm_backward(nhwc(dy), y32, nhwc(z), mean32, variance32, *params32, activation,
                                   scales_into=ds32, biases_into=db32)
     close(dz32, dz, 1e-4)  # d = dy * act'(y) from float32 y: a leaky kink may flip at y ~ 0
     assert_close(ds32 - 1, ds, 1e-4)
     assert_close(db32 - 1, db, 1e-4)
+    if activation in ("leaky", "linear"):  # y's sign comes from z: y itself is never read
+        poisoned = np.full_like(y32, np.nan)
+        again = ops.batchnorm_backward(nhwc(dy), poisoned, nhwc(z), mean32, variance32, *params32, activation,
+                                       scales_into=ds32, biases_into=db32)
+        np.testing.assert_array_equal(again, dz32)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -287,7 +293,8 @@ def test_sums_are_the_same_bits_on_any_thread_count(ops, rng):
         CpuTraining(threads=threads).conv2d_backward_weights(x, dz, ksize=3, stride=1, padding=1, groups=1, into=dw)
         y, mean, variance = batchnorm.batchnorm_forward(dz, np.ones(40, np.float32), np.zeros(40, np.float32),
                                                         np.zeros(40, np.float32), np.ones(40, np.float32), 1)
-        dz_in, dscales, dbiases = batchnorm.batchnorm_backward(dz.copy(), y, dz, mean, variance, np.ones(40, np.float32), 1)
+        ones, zeros = np.ones(40, np.float32), np.zeros(40, np.float32)
+        dz_in, dscales, dbiases = batchnorm.batchnorm_backward(dz.copy(), y, dz, mean, variance, ones, zeros, 1)
         results.append([dw, y, mean, variance, dz_in, dscales, dbiases, winograd])
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for one, two in zip(*results):

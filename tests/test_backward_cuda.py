@@ -92,10 +92,10 @@ def test_batchnorm_forward_and_backward(ops, ref, rng, shape, activation):
 
     dy = f32(rng.standard_normal(shape))
     ds, db = np.zeros(channels), np.zeros(channels)
-    dz = ref.batchnorm_backward(dy, y, z, mean, variance, scales, activation, scales_into=ds, biases_into=db)
+    dz = ref.batchnorm_backward(dy, y, z, mean, variance, scales, biases, activation, scales_into=ds, biases_into=db)
     ds32, db32 = ops.parameter(np.ones(channels)), ops.parameter(np.ones(channels))  # buffers holding momentum
     dz32 = ops.batchnorm_backward(ops.asarray(dy), y32, ops.asarray(z), mean32, variance32, ops.parameter(scales),
-                                  activation, scales_into=ds32, biases_into=db32)
+                                  ops.parameter(biases), activation, scales_into=ds32, biases_into=db32)
     close(ops, dz32, dz, 1e-4)  # d = dy * act'(y) from float32 y: a leaky kink may flip at y ~ 0
     assert_close(ops.host(ds32) - 1, ds, 1e-4)
     assert_close(ops.host(db32) - 1, db, 1e-4)
@@ -240,7 +240,7 @@ def test_sums_repeat_bit_for_bit(ops, rng):
         rolling = [ops.zeros((10,)), ops.parameter(np.ones(10))]
         y, mean, variance = ops.batchnorm_forward(dz, ops.parameter(np.ones(10)), ops.zeros((10,)), *rolling, "leaky")
         sums = [ops.zeros((10,)), ops.zeros((10,))]
-        dzz = ops.batchnorm_backward(dz, y, dz, mean, variance, ops.parameter(np.ones(10)), "leaky",
+        dzz = ops.batchnorm_backward(dz, y, dz, mean, variance, ops.parameter(np.ones(10)), ops.zeros((10,)), "leaky",
                                      scales_into=sums[0], biases_into=sums[1])
         results.append([ops.to_numpy(a) for a in (dw, y, mean, variance, dzz, *sums, *rolling)])
     for one, two in zip(*results):

@@ -23,7 +23,7 @@ out = {}
 for act in (0, 1):
     out[f"bn_forward_{act}"] = batchnorm.batchnorm_forward(
         z, scales, biases, np.zeros(48, np.float32), np.ones(48, np.float32), act)[0]
-    out[f"bn_backward_{act}"] = batchnorm.batchnorm_backward(dy.copy(), y, z, mean, variance, scales, act)[0]
+    out[f"bn_backward_{act}"] = batchnorm.batchnorm_backward(dy.copy(), y, z, mean, variance, scales, biases, act)[0]
     target = np.empty_like(z)
     elementwise.shortcut(z, src, 0.7, 1.3, act, target)
     out[f"shortcut_{act}"] = target

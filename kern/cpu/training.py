@@ -192,10 +192,12 @@ class CpuTraining:
         rolling = (rolling_mean, rolling_variance)
         return batchnorm.batchnorm_forward(z, scales, biases, *rolling, act, self.buffers.empty)
 
-    def batchnorm_backward(self, dy, y, z, mean, variance, scales, activation, *, scales_into, biases_into):
+    def batchnorm_backward(
+        self, dy, y, z, mean, variance, scales, biases, activation, *, scales_into, biases_into
+    ):
         self._threads()
         act = activation_code(activation)
-        dz, dscales, dbiases = batchnorm.batchnorm_backward(dy, y, z, mean, variance, scales, act)
+        dz, dscales, dbiases = batchnorm.batchnorm_backward(dy, y, z, mean, variance, scales, biases, act)
         scales_into += dscales
         biases_into += dbiases
         return dz

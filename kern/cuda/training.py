@@ -192,7 +192,9 @@ class CudaTraining:
         self._elementwise("batchnorm_apply", z.size, args)
         return y, mean, variance
 
-    def batchnorm_backward(self, dy, y, z, mean, variance, scales, activation, *, scales_into, biases_into):
+    def batchnorm_backward(
+        self, dy, y, z, mean, variance, scales, biases, activation, *, scales_into, biases_into
+    ):
         n, c, h, w = z.shape
         act = activation_code(activation)
         deltas = cupy.empty((2 * c,), dtype=cupy.float32)

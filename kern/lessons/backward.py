@@ -145,7 +145,8 @@ class Gradients:
         channels = self.p.out_shape[1]
         z, dy, scales = ops.asarray(self.z), ops.asarray(self.dy), ops.parameter(self.scales)
         rolling = (ops.zeros((channels,)), ops.parameter(np.ones(channels, np.float32)))
-        y, mean, variance = ops.batchnorm_forward(z, scales, ops.parameter(self.biases), *rolling, "leaky")
+        biases = ops.parameter(self.biases)
+        y, mean, variance = ops.batchnorm_forward(z, scales, biases, *rolling, "leaky")
         as64 = [np.asarray(ops.host(a), np.float64) for a in (mean, variance)]
         want = ref_batchnorm.batchnorm_backward(
             self.dy.astype(np.float64),
@@ -159,7 +160,7 @@ class Gradients:
         def run():
             sums = ops.zeros((channels,)), ops.zeros((channels,))
             dz = ops.batchnorm_backward(
-                dy, y, z, mean, variance, scales, "leaky", scales_into=sums[0], biases_into=sums[1]
+                dy, y, z, mean, variance, scales, biases, "leaky", scales_into=sums[0], biases_into=sums[1]
             )
             return dz, *sums
 

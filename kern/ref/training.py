@@ -93,7 +93,9 @@ class RefTraining:
             z, scales, biases, rolling_mean, rolling_variance, activation, self.batchnorm_variant
         )
 
-    def batchnorm_backward(self, dy, y, z, mean, variance, scales, activation, *, scales_into, biases_into):
+    def batchnorm_backward(
+        self, dy, y, z, mean, variance, scales, biases, activation, *, scales_into, biases_into
+    ):
         dz, dscales, dbiases = batchnorm.batchnorm_backward(
             dy, y, z, mean, variance, scales, activation, self.batchnorm_variant
         )
