@@ -281,6 +281,37 @@ def test_loader_epochs_are_permutations_and_batches_depend_on_seed_and_number():
     assert not np.array_equal(Loader(dataset, Augmentation(4, 4, 4, 4), 4, 6, stream).indices(1), loader.indices(1))
 
 
+def test_loader_batches_are_the_same_whoever_prepares_them(tmp_path, rng):
+    """Batch 3 got after 1 and 2 (prepared by the loader thread while 2 was used) is the
+    batch a fresh loader makes for it at once; an image of the wrong size fails get() with its
+    one line, whichever thread met it."""
+    from PIL import Image
+
+    paths = []
+    for i in range(10):
+        paths.append(str(tmp_path / f"{i}_cat.png"))
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(paths[-1])
+    dataset = TrainingSet("x.data", paths, np.zeros(10, int), ["cat"], "backup")
+    aug = Augmentation(6, 6, 8, 8, angle=10, hue=0.1, saturation=1.5, exposure=1.5)
+    first, fresh = (Loader(dataset, aug, 4, seed=3, stream=stream) for _ in range(2))
+    try:
+        for number in (1, 2):
+            first.get(number)
+        images, classes = first.get(3)
+        alone, alone_classes = fresh.get(3)
+        assert np.array_equal(images, alone) and np.array_equal(classes, alone_classes)
+        Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(paths[0])
+        bad = Loader(dataset, aug, 10, seed=3, stream=stream)  # every batch holds image 0
+        with pytest.raises(KernError, match="expected images whose shorter side is 8"):
+            bad.get(1)
+        with pytest.raises(KernError, match="expected images whose shorter side is 8"):
+            bad.get(2)  # begun by the loader thread
+        bad.close()
+    finally:
+        first.close()
+        fresh.close()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
 def test_the_loader_thread_yields_to_the_kernels():
     """The loader thread runs at nice 19, the process (the kernels' threads) as it was."""
