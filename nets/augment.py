@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from nets.cfg import Section
 from nets.image import center_crop
@@ -71,12 +71,20 @@ class Augmentation:
             out[...] = center_crop(image.transpose(2, 0, 1) / F32(255), self.width, self.height)
             _flip_distort(out, bool(flip), hue, saturation, exposure)
             return
-        in_h, in_w = image.shape[:2]
-        shorter = int(min(float(in_h), in_w * aspect))
-        scale = float(F32(side) / F32(max(shorter, 1)))
-        dx = ox * abs(in_w * scale / aspect - self.width) / 2
-        dy = oy * abs(in_h * scale - self.height) / 2
-        augment(image, angle, scale, aspect, dx, dy, bool(flip), hue, saturation, exposure, out)
+        augment_drawn(image, draw, out)
+
+    def apply_many(self, images: list[np.ndarray], draws: np.ndarray, out: np.ndarray) -> None:
+        """apply to each image and its draws, into out (len(images), 3, height, width): the
+        same values, the images in parallel on Numba's threads (the caller's)."""
+        if self.center or not images:
+            for image, draw, target in zip(images, draws, out):
+                self.apply(image, draw, target)
+            return
+        shapes = np.array([image.shape[:2] for image in images], dtype=np.int64)
+        sizes = np.array([image.size for image in images])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        pixels = np.concatenate([image.reshape(-1) for image in images])
+        augment_many(pixels, starts, shapes, np.ascontiguousarray(draws, dtype=np.float64), out)
 
 
 def _rand_scale(rng: np.random.Generator, s: float, count: int) -> np.ndarray:
@@ -147,6 +155,32 @@ def augment(image, angle, scale, aspect, dx, dy, flip, hue, saturation, exposure
                         + w11 * _pixel(image, values, ix + 1, iy + 1, c)
                     )
     _flip_distort(out, flip, hue, saturation, exposure)
+
+
+@njit(nogil=True, cache=True)
+def augment_drawn(image, draw, out):
+    """augment with one image's draws (Augmentation.draws' row): the crop's scale and offsets
+    from them and the image's size, in C's int and float32 where Darknet has them."""
+    in_h, in_w, _ = image.shape
+    _, height, width = out.shape
+    aspect, side, angle, ox, oy, flip, hue, saturation, exposure = (
+        draw[0], draw[1], draw[2], draw[3], draw[4], draw[5], draw[6], draw[7], draw[8]
+    )
+    shorter = int(min(float(in_h), in_w * aspect))
+    scale = np.float64(np.float32(side) / np.float32(max(shorter, 1)))
+    dx = ox * abs(in_w * scale / aspect - width) / 2
+    dy = oy * abs(in_h * scale - height) / 2
+    augment(image, angle, scale, aspect, dx, dy, flip != 0, hue, saturation, exposure, out)
+
+
+@njit(parallel=True, cache=True)
+def augment_many(pixels, starts, shapes, draws, out):
+    """augment_drawn for each image i, (shapes[i], 3) uint8 at pixels[starts[i]:], with
+    draws[i], into out[i]: one image a job."""
+    for i in prange(out.shape[0]):
+        height, width = shapes[i, 0], shapes[i, 1]
+        image = pixels[starts[i] : starts[i] + height * width * 3].reshape((height, width, 3))
+        augment_drawn(image, draws[i], out[i])
 
 
 @njit(inline="always", cache=True)
