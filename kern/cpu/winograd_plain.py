@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import activate8, activate_scalar
+from kern.cpu.activation import LEAKY, LINEAR, activate8, activate_scalar
 from kern.cpu.buffers import Empty, new_array
 from kern.cpu.conv import pad_images, zero_border
 from kern.cpu.gemm import TILE_M, TILE_P
@@ -233,6 +233,7 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
     """Y = A^T M A for each tile's 16 filters of `panel`, then bias, activation, residual."""
     o = panel * TILE_M
     count = min(TILE_M, filters - o)
+    _, padded_h, padded_w, _ = out.shape
     for t in range(tiles):
         n, within = (first + t) // per_image, (first + t) % per_image
         oy, ox = 2 * (within // tiles_x), 2 * (within % tiles_x)
@@ -247,12 +248,36 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
             s2, s3 = add8(add8(m02, m12), m22), add8(add8(m03, m13), m23)
             d0, d1 = sub8(sub8(m10, m20), m30), sub8(sub8(m11, m21), m31)
             d2, d3 = sub8(sub8(m12, m22), m32), sub8(sub8(m13, m23), m33)
-            f0 = o + half
+            p00, p01 = add8(add8(s0, s1), s2), sub8(sub8(s1, s2), s3)
+            p10, p11 = add8(add8(d0, d1), d2), sub8(sub8(d1, d2), d3)
+            inside = oy + 1 < padded_h - 2 * q and ox + 1 < padded_w - 2 * q
+            if inside and count == TILE_M and residual_act < 0 and (act == LEAKY or act == LINEAR):
+                # Darknet's layers: four stores in a row, each inlined with leaky alone.
+                _store_leaky(out[n, oy + q], ox + q, o + half, p00, bias, act)
+                _store_leaky(out[n, oy + q], ox + q + 1, o + half, p01, bias, act)
+                _store_leaky(out[n, oy + q + 1], ox + q, o + half, p10, bias, act)
+                _store_leaky(out[n, oy + q + 1], ox + q + 1, o + half, p11, bias, act)
+                continue
+            # Else the four pixels back into M (read already) and one store in a loop: four
+            # inlined copies of the whole finish (every activation, the residual, a partial
+            # panel) made this kernel take 31 s to compile.
+            store8(m, at, p00)
+            store8(m, at + step, p01)
+            store8(m, at + 2 * step, p10)
+            store8(m, at + 3 * step, p11)
             finish = (count, filters, bias, act, q, residual, residual_act)
-            _store_pixel(out, n, oy, ox, f0, add8(add8(s0, s1), s2), finish)
-            _store_pixel(out, n, oy, ox + 1, f0, sub8(sub8(s1, s2), s3), finish)
-            _store_pixel(out, n, oy + 1, ox, f0, add8(add8(d0, d1), d2), finish)
-            _store_pixel(out, n, oy + 1, ox + 1, f0, sub8(sub8(d1, d2), d3), finish)
+            for k in range(4):
+                _store_pixel(out, n, oy + k // 2, ox + k % 2, o + half, load8(m, at + k * step), finish)
+
+
+@njit(inline="always", cache=True)
+def _store_leaky(out_row, x, first, sums, bias, act):
+    """Filters first .. first + 7 of pixel x of an output row: + bias, then leaky where act is
+    (activate8's operations: the same bits)."""
+    value = add8(sums, load8(bias, first))
+    if act == LEAKY:
+        value = activate8(value, LEAKY)
+    store8(out_row[x], first, value)
 
 
 @njit(inline="always", cache=True)
