@@ -251,12 +251,15 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
             p00, p01 = add8(add8(s0, s1), s2), sub8(sub8(s1, s2), s3)
             p10, p11 = add8(add8(d0, d1), d2), sub8(sub8(d1, d2), d3)
             inside = oy + 1 < padded_h - 2 * q and ox + 1 < padded_w - 2 * q
-            if inside and count == TILE_M and residual_act < 0 and (act == LEAKY or act == LINEAR):
-                # Darknet's layers: four stores in a row, each inlined with leaky alone.
-                _store_leaky(out[n, oy + q], ox + q, o + half, p00, bias, act)
-                _store_leaky(out[n, oy + q], ox + q + 1, o + half, p01, bias, act)
-                _store_leaky(out[n, oy + q + 1], ox + q, o + half, p10, bias, act)
-                _store_leaky(out[n, oy + q + 1], ox + q + 1, o + half, p11, bias, act)
+            plain = (act == LEAKY or act == LINEAR) and residual_act <= LINEAR
+            if inside and count == TILE_M and plain:
+                # Darknet's layers (leaky or linear, a linear shortcut or none): four stores
+                # in a row, each inlined with leaky alone.
+                f0, shortcut = o + half, residual_act == LINEAR
+                _store_leaky(out, n, oy + q, ox + q, f0, p00, bias, act, residual, shortcut, q)
+                _store_leaky(out, n, oy + q, ox + q + 1, f0, p01, bias, act, residual, shortcut, q)
+                _store_leaky(out, n, oy + q + 1, ox + q, f0, p10, bias, act, residual, shortcut, q)
+                _store_leaky(out, n, oy + q + 1, ox + q + 1, f0, p11, bias, act, residual, shortcut, q)
                 continue
             # Else the four pixels back into M (read already) and one store in a loop: four
             # inlined copies of the whole finish (every activation, the residual, a partial
@@ -271,13 +274,15 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
 
 
 @njit(inline="always", cache=True)
-def _store_leaky(out_row, x, first, sums, bias, act):
-    """Filters first .. first + 7 of pixel x of an output row: + bias, then leaky where act is
-    (activate8's operations: the same bits)."""
+def _store_leaky(out, n, y, x, first, sums, bias, act, residual, shortcut, q):
+    """Filters first .. first + 7 of out[n, y, x]: + bias, then leaky where act is, then + the
+    residual (at y - q, x - q) where `shortcut` (activate8's operations: the same bits)."""
     value = add8(sums, load8(bias, first))
     if act == LEAKY:
         value = activate8(value, LEAKY)
-    store8(out_row[x], first, value)
+    if shortcut:
+        value = add8(value, load8(residual[n, y - q, x - q], first))
+    store8(out[n, y, x], first, value)
 
 
 @njit(inline="always", cache=True)
