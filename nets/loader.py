@@ -178,9 +178,8 @@ class Loader:
         try:
             if len(rest):
                 images = [self._image(int(job.indices[i])) for i in rest]
-                out = np.empty((len(rest), *job.images.shape[1:]), dtype=np.float32)
-                self.augmentation.apply_many(images, job.draws[rest.start : rest.stop], out)
-                job.images[rest.start : rest.stop] = out
+                part = slice(rest.start, rest.stop)  # a run of whole images: contiguous
+                self.augmentation.apply_many(images, job.draws[part], job.images[part])
         except BaseException as error:
             job.finished(len(rest), error)
         else:
