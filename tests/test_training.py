@@ -240,6 +240,20 @@ def test_rotated_scaled_crops_match_a_plain_reading_edges_included(rng):
         np.testing.assert_allclose(out, expected, atol=3e-5)
 
 
+def test_a_batch_in_parallel_is_each_image_alone(rng):
+    """apply_many (the trainer's share of a batch, on Numba's threads) gives apply's bits for
+    every image, images of different sizes and a crop hanging over the edges included."""
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((13, 17), (9, 9), (20, 11), (13, 17))]
+    aug = Augmentation(11, 9, 8, 30, angle=40, aspect=1.4, hue=0.2, saturation=1.5, exposure=1.5)
+    draws = aug.draws(rng, len(images))
+    together = np.full((len(images), 3, 9, 11), np.nan, np.float32)
+    aug.apply_many(images, draws, together)
+    for image, draw, got in zip(images, draws, together):
+        alone = np.full((3, 9, 11), np.nan, np.float32)
+        aug.apply(image, draw, alone)
+        np.testing.assert_array_equal(got, alone)
+
+
 def test_hsv_jitter_round_trips_and_stays_in_range(rng):
     image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     aug = Augmentation(16, 16, 16, 16, hue=0.3, saturation=1.5, exposure=1.5)

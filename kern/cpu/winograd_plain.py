@@ -234,6 +234,9 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
     o = panel * TILE_M
     count = min(TILE_M, filters - o)
     _, padded_h, padded_w, _ = out.shape
+    # Darknet's layers: a whole panel, leaky or linear, a linear shortcut or none.
+    plain = count == TILE_M and (act == LEAKY or act == LINEAR) and residual_act <= LINEAR
+    shortcut = residual_act == LINEAR
     for t in range(tiles):
         n, within = (first + t) // per_image, (first + t) % per_image
         oy, ox = 2 * (within // tiles_x), 2 * (within % tiles_x)
@@ -250,12 +253,9 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
             d2, d3 = sub8(sub8(m12, m22), m32), sub8(sub8(m13, m23), m33)
             p00, p01 = add8(add8(s0, s1), s2), sub8(sub8(s1, s2), s3)
             p10, p11 = add8(add8(d0, d1), d2), sub8(sub8(d1, d2), d3)
-            inside = oy + 1 < padded_h - 2 * q and ox + 1 < padded_w - 2 * q
-            plain = (act == LEAKY or act == LINEAR) and residual_act <= LINEAR
-            if inside and count == TILE_M and plain:
-                # Darknet's layers (leaky or linear, a linear shortcut or none): four stores
-                # in a row, each inlined with leaky alone.
-                f0, shortcut = o + half, residual_act == LINEAR
+            if plain and oy + 1 < padded_h - 2 * q and ox + 1 < padded_w - 2 * q:
+                # The tile inside the map: four stores in a row, each inlined with leaky alone.
+                f0 = o + half
                 _store_leaky(out, n, oy + q, ox + q, f0, p00, bias, act, residual, shortcut, q)
                 _store_leaky(out, n, oy + q, ox + q + 1, f0, p01, bias, act, residual, shortcut, q)
                 _store_leaky(out, n, oy + q + 1, ox + q, f0, p10, bias, act, residual, shortcut, q)
