@@ -9,6 +9,7 @@ import pytest
 
 from kern import KernError, get_backend
 from kern.cpu.simd import SIMD_PATHS, choose_simd, host_simd
+from kern.params import ACTIVATIONS
 from tests.conftest import assert_close
 from tests.test_ops import CONV_SHAPES, random_conv, tolerance
 
@@ -81,3 +82,30 @@ def test_weight_gradient_is_the_same_on_both_widths():
         eight = wgrad.conv2d_backward_weights(x, dz, 3, 1, groups, lanes=8)
         sixteen = wgrad.conv2d_backward_weights(x, dz, 3, 1, groups, lanes=16)
         np.testing.assert_array_equal(eight, sixteen)
+
+
+# Filters 70 (GEMM: four whole panels, an odd partial last one) and 72 (Winograd: a partial last
+# panel of 8), odd maps: every pair of activations takes the kernels' registers (linear, leaky,
+# relu, whole panels) or activation.finish_outputs (logistic, tanh, partial panels).
+FINISH_SHAPES = [(2, 24, 7, 9, 70, 3, 1, 1, 1), (2, 64, 9, 7, 72, 3, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("residual_activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape", FINISH_SHAPES, ids=("gemm", "winograd"))
+def test_every_activation_with_every_shortcut_activation(rng, ref64, paths, shape, activation, residual_activation):
+    x, weights, bias, bn, options = random_conv(rng, shape, activation)
+    sums = ref64.conv2d(ref64.asarray(x), ref64.prepare_conv(weights, bias, bn, **dict(options, activation="linear")))
+    residual = rng.standard_normal(sums.shape).astype(np.float32)
+    convolved = ref64.activate(sums, activation)
+    expected = ref64.activate(convolved + residual, residual_activation)
+    out = {}
+    for name, backend in paths.items():
+        conv = backend.prepare_conv(weights, bias, bn, **options)
+        assert (conv.plain_winograd is not None) == (shape[4] == 72)
+        fused = backend.conv2d_residual(backend.asarray(x), conv, backend.asarray(residual), activation=residual_activation)
+        out[name] = backend.to_numpy(fused)
+    assert np.array_equal(out["avx512"], out["avx2"])
+    # Every activation has slope <= 1: an error in the sums passes through at most as it is.
+    bound = tolerance(shape) * (np.abs(sums).max() + np.abs(residual).max())
+    assert np.all(np.isfinite(out["avx512"])) and np.abs(out["avx512"] - expected).max() <= bound

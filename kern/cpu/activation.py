@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit
 
-from kern.cpu.simd import EIGHT, SIXTEEN, VectorOps
+from kern.cpu.simd import EIGHT, SIXTEEN, VectorOps, add8, load8, store8
 
 LINEAR, LEAKY, RELU, LOGISTIC, TANH = 0, 1, 2, 3, 4  # the order of kern.params.ACTIVATIONS
 _TWO = np.float32(2.0)
@@ -34,18 +34,25 @@ def activate_scalar(v, code):
     return v
 
 
-def _vector_activation(ops: VectorOps):
+def _vector_activations(ops: VectorOps):
     """activate_scalar on a vector of ops.lanes lanes at once; the same values, since Darknet's
     leaky "v > 0 ? v : 0.1 v" is max(v, 0.1 v), and relu max(v, 0). The same operations for
-    every width, lane by lane: 8- and 16-lane kernels agree bit for bit."""
+    every width, lane by lane: 8- and 16-lane kernels agree bit for bit. Returns (activate,
+    rectify): rectify is activate for the codes up to RELU (linear, leaky, relu: one max at
+    most) and returns v for the others, for kernels that inline it where a caller checked the
+    code (every inlined copy of activate's exp costs seconds of compile time)."""
     add, sub, mul, div, vmax, exp, splat = ops.add, ops.sub, ops.mul, ops.div, ops.max, ops.exp, ops.splat
 
     @njit(inline="always", cache=True)
-    def activate(v, code):
+    def rectify(v, code):
         if code == LEAKY:
             return vmax(v, mul(v, splat(LEAK)))
         if code == RELU:
             return vmax(v, splat(_ZERO))
+        return v
+
+    @njit(inline="always", cache=True)
+    def activate(v, code):
         if code == LOGISTIC:
             one = splat(_ONE)
             return div(one, add(one, exp(mul(vmax(v, splat(LOGISTIC_FLOOR)), splat(-_ONE)))))
@@ -53,13 +60,34 @@ def _vector_activation(ops: VectorOps):
             one = splat(_ONE)
             floored = vmax(v, splat(TANH_FLOOR))
             return sub(div(splat(_TWO), add(one, exp(mul(floored, splat(-_TWO))))), one)
-        return v
+        return rectify(v, code)
 
-    return activate
+    return activate, rectify
 
 
-activate8 = _vector_activation(EIGHT)  # v: a simd.float32x8
-activate16 = _vector_activation(SIXTEEN)  # v: a simd.float32x16
+activate8, rectify8 = _vector_activations(EIGHT)  # v: a simd.float32x8
+activate16, rectify16 = _vector_activations(SIXTEEN)  # v: a simd.float32x16
+
+
+@njit(cache=True)
+def finish_outputs(row, column, bias, first, count, act, residual, residual_act):
+    """row[column + j] = act(row[column + j] + bias[first + j]) for j < count, then, where
+    residual_act >= 0, residual_act(that + residual[first + j]): the store of a GEMM's or
+    Winograd's outputs for any activation, 8 lanes at a time (activate_scalar's values).
+    Not inlined, on purpose: one compiled copy serves every kernel, for their rare outputs
+    (logistic, tanh, a partial panel), while their registers handle linear, leaky and relu.
+    Inlined, its exps made conv_winograd compile in 9 s, conv_gemm16 in 7."""
+    whole = count - count % 8
+    for j in range(0, whole, 8):
+        v = activate8(add8(load8(row, column + j), load8(bias, first + j)), act)
+        if residual_act >= 0:
+            v = activate8(add8(v, load8(residual, first + j)), residual_act)
+        store8(row, column + j, v)
+    for j in range(whole, count):
+        v = activate_scalar(row[column + j] + bias[first + j], act)
+        if residual_act >= 0:
+            v = activate_scalar(v + residual[first + j], residual_act)
+        row[column + j] = v
 
 
 @njit(inline="always", fastmath=True, cache=True)

@@ -34,7 +34,7 @@ are identical for every thread count.
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import activate8, activate16, activate_scalar
+from kern.cpu.activation import RELU, finish_outputs, rectify8, rectify16
 from kern.cpu.simd import (
     add8,
     add16,
@@ -92,24 +92,26 @@ def store_sums(out, p, o, count, c0, c1):
 def finish_tile(out_at, residual, p, n_pixels, column, o, count, bias, act, residual_act):
     """Bias, activation and the fused shortcut on filters o .. o + count - 1 of pixels
     p .. p + n_pixels - 1 (out[out_row[q] + plane_rows, column:] for (out, out_row,
-    plane_rows) = out_at), in place, just after store_sums (the
-    tile is still in L1). One loop for the whole tile rather than a copy inlined per pixel:
-    six copies made conv_gemm compile in 35 s, one in 7 s."""
+    plane_rows) = out_at), in place, just after store_sums (the tile is still in L1), through
+    activation.finish_outputs: one compiled copy of every activation for all kernels (six
+    inlined copies, one per pixel, made conv_gemm compile in 35 s)."""
+    out, out_row, plane_rows = out_at
+    for q in range(p, p + n_pixels):
+        finish_outputs(out[out_row[q] + plane_rows], column, bias, o, count, act, residual[q], residual_act)
+
+
+@njit(inline="always", cache=True)
+def rectify_tile(out_at, residual, p, n_pixels, column, o, bias, act, residual_act):
+    """finish_tile for a whole panel whose activation and shortcut's are linear, leaky or relu,
+    inlined (a max at most: cheap to compile); the same operations, the same bits."""
     out, out_row, plane_rows = out_at
     for q in range(p, p + n_pixels):
         row = out[out_row[q] + plane_rows]
-        if count == TILE_M:
-            for half in range(0, TILE_M, 8):
-                v = activate8(add8(load8(row, column + half), load8(bias, o + half)), act)
-                if residual_act >= 0:
-                    v = activate8(add8(v, load8(residual[q], o + half)), residual_act)
-                store8(row, column + half, v)
-        else:
-            for j in range(count):
-                v = activate_scalar(row[column + j] + bias[o + j], act)
-                if residual_act >= 0:
-                    v = activate_scalar(v + residual[q, o + j], residual_act)
-                row[column + j] = v
+        for half in range(0, TILE_M, 8):
+            v = rectify8(add8(load8(row, column + half), load8(bias, o + half)), act)
+            if residual_act >= 0:
+                v = rectify8(add8(v, load8(residual[q], o + half)), residual_act)
+            store8(row, column + half, v)
 
 
 @njit(cache=True)
@@ -190,6 +192,7 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding
         plane_rows = o // plane_filters * padded_h * padded_w  # a panel lies in one plane
         column = o % plane_filters
         count = min(TILE_M, rows - m_block * TILE_M)
+        rectified = count == TILE_M and act <= RELU and residual_act <= RELU  # Darknet's, Caffe's
         for tile in range(first_tile, min(p_tiles, first_tile + chunk)):
             p = tile * TILE_P
             # Pixels past the last one re-read it; their stores are skipped.
@@ -236,7 +239,10 @@ def conv_gemm(images, panels, bias, act, ksize, stride, out, planes, out_padding
                 store_sums(out_rows, out_row[p + 5] + plane_rows, column, count, c50, c51)
             n_tile = min(TILE_P, pixels - p)
             out_at = out_rows, out_row, plane_rows
-            finish_tile(out_at, residual_rows, p, n_tile, column, o, count, bias, act, residual_act)
+            if rectified:
+                rectify_tile(out_at, residual_rows, p, n_tile, column, o, bias, act, residual_act)
+            else:
+                finish_tile(out_at, residual_rows, p, n_tile, column, o, count, bias, act, residual_act)
 
 
 # ---- sixteen lanes (AVX-512) ------------------------------------------------------------------
@@ -269,32 +275,40 @@ def store_sums16(out, p, o, count, c):
 
 
 @njit(inline="always", cache=True)
-def finish_tile16(tile_at, m_block, rows, plane_size, sums, finish):
-    """Store one panel's 6 x 16 accumulators (`sums`, pixels p.. of tile_at = (out_rows,
-    out_row, p, pixels, the group's first filter)) with bias, activation and the shortcut
-    (finish = residual, bias, act, residual_act). A whole panel gets them in registers, one
-    pixel at a time (one copy of the activation's code, not six), and is stored once; a
-    partial one is stored as it is and finished in place by finish_tile. Both do what
-    conv_gemm does, lane by lane."""
-    out_rows, out_row, p, pixels, group_first = tile_at
-    residual, bias, act, residual_act = finish
+def panel_at(tile_at, m_block, rows, plane_size):
+    """Where panel m_block of a tile goes (tile_at = out_rows, out_row, p, pixels, the group's
+    first filter): its first filter o, the rows of its plane, its column there, its filters."""
+    out_rows, _, _, _, group_first = tile_at
     o = group_first + m_block * TILE_M
     plane_filters = out_rows.shape[1]
     plane_rows = o // plane_filters * plane_size  # a panel lies in one plane
-    column = o % plane_filters
-    count = min(TILE_M, rows - m_block * TILE_M)
+    return o, plane_rows, o % plane_filters, min(TILE_M, rows - m_block * TILE_M)
+
+
+@njit(inline="always", cache=True)
+def store_panel16(tile_at, m_block, rows, plane_size, sums, finish):
+    """Store one panel's 6 x 16 accumulators (`sums`, pixels p.. of the tile) and return
+    whether they are finished (finish = residual, bias, act, residual_act). A whole panel whose
+    activation and shortcut's are linear, leaky or relu (Darknet's and Caffe's layers) gets
+    bias, activation and the shortcut in registers, one pixel at a time, stored once. Anything
+    else is stored as it is, and the caller finishes it in place with finish_tile, whose one
+    copy of every activation serves both panels: an inlined copy per panel made conv_gemm16
+    compile in 12 s. Both do what conv_gemm does, lane by lane."""
+    out_rows, out_row, p, pixels, _ = tile_at
+    residual, bias, act, residual_act = finish
+    o, plane_rows, column, count = panel_at(tile_at, m_block, rows, plane_size)
     n_tile = min(TILE_P16, pixels - p)
-    if count == TILE_M:
+    if count == TILE_M and act <= RELU and residual_act <= RELU:
         b = load16(bias, o)
         for q in range(n_tile):
-            v = activate16(add16(sums[q], b), act)
+            v = rectify16(add16(sums[q], b), act)
             if residual_act >= 0:
-                v = activate16(add16(v, load16(residual[p + q], o)), residual_act)
+                v = rectify16(add16(v, load16(residual[p + q], o)), residual_act)
             store16(out_rows[out_row[p + q] + plane_rows], column, v)
-        return
+        return True
     for q in range(n_tile):
         store_sums16(out_rows, out_row[p + q] + plane_rows, column, count, sums[q])
-    finish_tile((out_rows, out_row, plane_rows), residual, p, n_tile, column, o, count, bias, act, residual_act)
+    return False
 
 
 @njit(inline="always", cache=True)
@@ -391,7 +405,13 @@ def conv_gemm16(images, panels, bias, act, ksize, stride, out, planes, out_paddi
             else:  # an odd last panel, alone
                 alone = sums_6x16(flat, firsts, taps, panel_a)
                 sums = alone + alone
-            # Two inlined copies of the finish, not three: conv_gemm16 compiles in 12 s, not 21.
-            finish_tile16(tile_at, m_a, rows, plane_size, sums[:6], finish)
-            if m_b != m_a:
-                finish_tile16(tile_at, m_b, rows, plane_size, sums[6:], finish)
+            finished_a = store_panel16(tile_at, m_a, rows, plane_size, sums[:6], finish)
+            finished_b = m_b == m_a or store_panel16(tile_at, m_b, rows, plane_size, sums[6:], finish)
+            if not (finished_a and finished_b):
+                # Logistic, tanh or a partial panel: one copy of the whole finish, in a loop.
+                for m_block in range(m_a, m_b + 1):
+                    if not (finished_a if m_block == m_a else finished_b):
+                        o, plane_rows, column, count = panel_at(tile_at, m_block, rows, plane_size)
+                        out_at = out_rows, out_row, plane_rows
+                        n_tile = min(TILE_P16, pixels - p)
+                        finish_tile(out_at, residual_rows, p, n_tile, column, o, count, bias, act, residual_act)

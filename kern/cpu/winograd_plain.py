@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import LEAKY, LINEAR, activate8, activate_scalar
+from kern.cpu.activation import RELU, finish_outputs, rectify8
 from kern.cpu.buffers import Empty, new_array
 from kern.cpu.conv import pad_images, zero_border
 from kern.cpu.gemm import TILE_M, TILE_P
@@ -234,9 +234,8 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
     o = panel * TILE_M
     count = min(TILE_M, filters - o)
     _, padded_h, padded_w, _ = out.shape
-    # Darknet's layers: a whole panel, leaky or linear, a linear shortcut or none.
-    plain = count == TILE_M and (act == LEAKY or act == LINEAR) and residual_act <= LINEAR
-    shortcut = residual_act == LINEAR
+    # Darknet's and Caffe's layers: a whole panel, linear, leaky or relu, their shortcut or none.
+    plain = count == TILE_M and act <= RELU and residual_act <= RELU
     for t in range(tiles):
         n, within = (first + t) // per_image, (first + t) % per_image
         oy, ox = 2 * (within // tiles_x), 2 * (within % tiles_x)
@@ -254,12 +253,12 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
             p00, p01 = add8(add8(s0, s1), s2), sub8(sub8(s1, s2), s3)
             p10, p11 = add8(add8(d0, d1), d2), sub8(sub8(d1, d2), d3)
             if plain and oy + 1 < padded_h - 2 * q and ox + 1 < padded_w - 2 * q:
-                # The tile inside the map: four stores in a row, each inlined with leaky alone.
+                # The tile inside the map: four stores in a row, each inlined with one max at most.
                 f0 = o + half
-                _store_leaky(out, n, oy + q, ox + q, f0, p00, bias, act, residual, shortcut, q)
-                _store_leaky(out, n, oy + q, ox + q + 1, f0, p01, bias, act, residual, shortcut, q)
-                _store_leaky(out, n, oy + q + 1, ox + q, f0, p10, bias, act, residual, shortcut, q)
-                _store_leaky(out, n, oy + q + 1, ox + q + 1, f0, p11, bias, act, residual, shortcut, q)
+                _store_rectified(out, n, oy + q, ox + q, f0, p00, bias, act, residual, residual_act, q)
+                _store_rectified(out, n, oy + q, ox + q + 1, f0, p01, bias, act, residual, residual_act, q)
+                _store_rectified(out, n, oy + q + 1, ox + q, f0, p10, bias, act, residual, residual_act, q)
+                _store_rectified(out, n, oy + q + 1, ox + q + 1, f0, p11, bias, act, residual, residual_act, q)
                 continue
             # Else the four pixels back into M (read already) and one store in a loop: four
             # inlined copies of the whole finish (every activation, the residual, a partial
@@ -274,14 +273,13 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
 
 
 @njit(inline="always", cache=True)
-def _store_leaky(out, n, y, x, first, sums, bias, act, residual, shortcut, q):
-    """Filters first .. first + 7 of out[n, y, x]: + bias, then leaky where act is, then + the
-    residual (at y - q, x - q) where `shortcut` (activate8's operations: the same bits)."""
-    value = add8(sums, load8(bias, first))
-    if act == LEAKY:
-        value = activate8(value, LEAKY)
-    if shortcut:
-        value = add8(value, load8(residual[n, y - q, x - q], first))
+def _store_rectified(out, n, y, x, first, sums, bias, act, residual, residual_act, q):
+    """Filters first .. first + 7 of out[n, y, x]: + bias, the activation, then + the residual
+    (at y - q, x - q) and its activation where residual_act >= 0; act and residual_act linear,
+    leaky or relu (activate8's operations: the same bits)."""
+    value = rectify8(add8(sums, load8(bias, first)), act)
+    if residual_act >= 0:
+        value = rectify8(add8(value, load8(residual[n, y - q, x - q], first)), residual_act)
     store8(out[n, y, x], first, value)
 
 
@@ -293,26 +291,22 @@ def _four(m, at, step):
 @njit(inline="always", cache=True)
 def _store_pixel(out, n, y, x, first, sums, finish):
     """Filters first .. first + 7 of pixel (y, x), if the pixel is inside the output (at (y + q,
-    x + q) of out): bias, activation and the residual applied (finish: count, filters, bias,
-    act, q, residual, residual_act)."""
+    x + q) of out): stored, then bias, activation and the residual applied in place by
+    activation.finish_outputs (finish: count, filters, bias, act, q, residual, residual_act)."""
     count, filters, bias, act, q, residual, residual_act = finish
     _, padded_h, padded_w, _ = out.shape
     if y >= padded_h - 2 * q or x >= padded_w - 2 * q:
         return
     target = out[n, y + q, x + q]
     if count == TILE_M:
-        value = activate8(add8(sums, load8(bias, first)), act)
-        if residual_act >= 0:
-            value = activate8(add8(value, load8(residual[n, y, x], first)), residual_act)
-        store8(target, first, value)
+        store8(target, first, sums)
+        finish_outputs(target, first, bias, first, 8, act, residual[n, y, x], residual_act)
         return
-    for j in range(8):
-        f = first + j
-        if f < filters:
-            value = activate_scalar(lane8(sums, j) + bias[f], act)
-            if residual_act >= 0:
-                value = activate_scalar(value + residual[n, y, x, f], residual_act)
-            target[f] = value
+    present = min(8, filters - first)  # none in the upper half of a panel of 8 or fewer
+    for j in range(present):
+        target[first + j] = lane8(sums, j)
+    if present > 0:
+        finish_outputs(target, first, bias, first, present, act, residual[n, y, x], residual_act)
 
 
 def conv2d_winograd(
