@@ -200,7 +200,8 @@ def _activation_gradient(dy, y, act, partial):
                     d = dy[p, c] * gradient_scalar(y[p, c], act)
                     dy[p, c] = d
                     total[c] += d
-        partial[chunk] = total
+        for c in range(channels):  # a loop, not an array assignment: no shape check to compile
+            partial[chunk, c] = total[c]
 
 
 def activation_backward(dy: np.ndarray, y: np.ndarray, act: int) -> tuple[np.ndarray, np.ndarray]:
