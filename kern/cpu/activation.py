@@ -90,6 +90,14 @@ def finish_outputs(row, column, bias, first, count, act, residual, residual_act)
         row[column + j] = v
 
 
+@njit(cache=True)
+def activate_vectors(row, first, count, act):
+    """row[first : first + count] = act(that), in place, 8 lanes at a time (count: whole
+    vectors). Not inlined, as finish_outputs: one compiled copy for the grouped kernels."""
+    for i in range(first, first + count, 8):
+        store8(row, i, activate8(load8(row, i), act))
+
+
 @njit(inline="always", fastmath=True, cache=True)
 def activate_row(row, act):
     """row[:] = activate_scalar(row[:], act), in place, one loop per activation: a loop with

@@ -43,7 +43,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kern.cpu.activation import LEAK, LEAKY, LINEAR, activate8
+from kern.cpu.activation import LEAK, LEAKY, LINEAR, activate_vectors
 from kern.cpu.simd import (
     aligned_empty,
     fma8,
@@ -197,9 +197,7 @@ def store_tile_row(rows_at, pixel, f0, f1, f2, f3, slope, lanes_out):
 def activate_columns(rows, first, count, o, width, act):
     """rows[first : first + count, o : o + width] = act(that), in place (width: whole vectors)."""
     for p in range(first, first + count):
-        row = rows[p]
-        for i in range(o, o + width, 8):
-            store8(row, i, activate8(load8(row, i), act))
+        activate_vectors(rows[p], o, width, act)
 
 
 @njit(parallel=True, cache=True)
