@@ -17,18 +17,17 @@ from kern import DISTRIBUTION, __version__
 from kern.errors import KernError
 
 # What a first run waits for, measured on 2 cores (docs/benchmarks.md, "Start-up"): tiny 12-23 s
-# (AMD EPYC Zen 4 and Zen 3, checkout or wheel; 26 s on Zen 4 with the 16-lane GEMM and Winograd
-# in inference, 2026-12-04), every Darknet kernel about 31 s; Caffe's
+# (AMD EPYC Zen 4 and Zen 3, checkout or wheel; 17-18 s on Zen 4 with the 16-lane GEMM and
+# Winograd in inference, 2026-12-04), every Darknet kernel about 31-40 s; Caffe's
 # ResNeXt-26, ResNet-50 and DenseNet-121 28, 63 and 76 s (Zen 3, loaded; docs/caffe.md).
 COMPILE_NOTICE = (
     "compiling this network's kernels (first run only: 12-80 s on 2 cores, by network; "
     "later runs load them from Numba's cache in about a second)..."
 )
-# The training kernels too (nets.train's first batch), cold cache: 67-70 s for cifar_small and
-# cifar on 2 AMD EPYC Zen 4 cores (docs/training.md); cifar_small 50 s after 2026-12-04's
-# Winograd change.
+# The training kernels too (nets.train's first batch), cold cache, 2 AMD EPYC Zen 4 cores:
+# cifar_small 34-40 s, cifar 46 s (2026-12-04; 67-70 s on 2026-12-03: docs/training.md).
 TRAIN_COMPILE_NOTICE = (
-    "compiling the training kernels (first run only: 50-70 s on 2 cores; "
+    "compiling the training kernels (first run only: 35-70 s on 2 cores; "
     "later runs load them from Numba's cache in about a second)..."
 )
 SLOW_NOTICES = {
