@@ -260,9 +260,10 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
                 _store_rectified(out, n, oy + q + 1, ox + q, f0, p10, bias, act, residual, residual_act, q)
                 _store_rectified(out, n, oy + q + 1, ox + q + 1, f0, p11, bias, act, residual, residual_act, q)
                 continue
-            # Else the four pixels back into M (read already) and one store in a loop: four
-            # inlined copies of the whole finish (every activation, the residual, a partial
-            # panel) made this kernel take 31 s to compile.
+            # Else (logistic, tanh, a partial panel, the map's edge) the four pixels back into M
+            # (read already) and one store in a loop, finished by a call: four inlined copies of
+            # the whole finish (every activation, the residual, a partial panel) made this
+            # kernel take 31 s to compile.
             store8(m, at, p00)
             store8(m, at + step, p01)
             store8(m, at + 2 * step, p10)
