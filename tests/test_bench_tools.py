@@ -31,7 +31,9 @@ def test_scaling_measures_each_thread_count_for_the_network_and_each_layer():
     assert per_layer.shape == (len(counts), len(nets.load_spec("cfg/tiny.cfg").layers))
     assert (per_layer > 0).all()
     for total, layers in zip(totals, per_layer):
-        assert total == pytest.approx(layers.sum(), rel=0.5)  # medians of sums vs sums of medians
+        # Medians of sums vs sums of medians, of 2 x 2 passes: a busy machine stretches one
+        # pass (1.68x the layers' sum once, in CI beside other work); a wrong sum is off by far more.
+        assert 0.5 * layers.sum() <= total <= 2.0 * layers.sum()
 
 
 def test_progress_announces_each_step_with_an_estimate(capsys):
