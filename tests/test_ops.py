@@ -10,6 +10,7 @@ import numba
 import numpy as np
 import pytest
 
+from kern import get_backend
 from kern.cpu import conv as cpu_conv
 from kern.cpu import grouped as cpu_grouped
 from kern.cpu import winograd as cpu_winograd
@@ -235,11 +236,21 @@ def test_shortcut_matches_ref(rng, fast, ref64, x_shape, source_shape, activatio
     assert_close(got, expected, 1e-6)
 
 
-@pytest.mark.parametrize("channels", [(2, 5, 1), (7,), (16, 32), (3, 1, 4, 1)], ids=str)
+@pytest.mark.parametrize("channels", [(2, 5, 1), (7,), (16, 32), (3, 1, 4, 1), (13, 37, 8)], ids=str)
 def test_route_matches_ref(rng, fast, ref64, channels):
     xs = [rng.standard_normal((3, c, 5, 7)).astype(np.float32) for c in channels]
     got = fast.to_numpy(fast.route([fast.asarray(x) for x in xs]))
     assert_close(got, ref64.route([ref64.asarray(x) for x in xs]), 0)
+
+
+def test_cpu_route_writes_every_channel_and_refuses_unlike_maps(rng):
+    """Vectors of 8 and a tail per input (13 + 37 + 8 channels), into a NaN-poisoned out."""
+    cpu = get_backend("cpu")
+    xs = [rng.standard_normal((2, 5, 3, c)).astype(np.float32) for c in (13, 37, 8)]
+    out = np.full((2, 5, 3, 58), np.nan, dtype=np.float32)
+    assert np.array_equal(cpu.route(xs, out=out), np.concatenate(xs, axis=3))
+    with pytest.raises(ValueError, match=r"route: inputs .* differ in batch, height or width"):
+        cpu.route([xs[0], xs[1][:, :4]])
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

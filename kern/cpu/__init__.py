@@ -291,6 +291,8 @@ class CpuBackend:
 
     def route(self, xs: Sequence[np.ndarray], *, out: np.ndarray | None = None) -> np.ndarray:
         self._use_threads()
+        if any(x.shape[:3] != xs[0].shape[:3] for x in xs):  # the kernel reads every input's N, H, W
+            raise ValueError(f"route: inputs {[x.shape for x in xs]} differ in batch, height or width")
         out = output_array(xs[0].shape[:3] + (sum(x.shape[3] for x in xs),), out)
         elementwise.concat_channels(tuple(np.ascontiguousarray(x) for x in xs), out)
         return out

@@ -5,6 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate_row, gradient_scalar
+from kern.cpu.simd import load8, store8
 
 ACTIVATE_BLOCK = 4096  # elements per job of activate (16 KB: in L1 between the copy and the activation)
 
@@ -73,21 +74,28 @@ def shortcut(x, source, alpha, beta, act, out):
 
 @njit(parallel=True, cache=True)
 def concat_channels(xs, out):
-    """out = the arrays of the tuple xs side by side along channels (NHWC, same N, H, W), in
-    one launch and one pass over out, parallel over image rows: each pixel's channels are
-    written in order, input after input. A launch and a pass per input, each writing a part
-    of every pixel, took 2-3x as long (densenet201's 8x64x64x(224 + 32): 15.8 -> 7.4 ms)."""
-    n_images, height, width, _ = out.shape
-    for job in prange(n_images * height):
-        n, i = job // height, job % height
-        for j in range(width):
-            row = out[n, i, j]
-            first = 0
-            for x in xs:
-                source = x[n, i, j]
-                for c in range(source.size):
-                    row[first + c] = source[c]
-                first += source.size
+    """out = the arrays of the tuple xs side by side along channels (NHWC, same N, H, W; all
+    C-contiguous), in one launch, parallel over image rows: a job copies its row of each input
+    in turn, 8 lanes at a time. A launch and a pass per input over the whole array took 2-3x as
+    long (densenet201's 8x64x64x(224 + 32): 15.8 -> 7.4 ms); a plain element loop was not
+    vectorized (LLVM could not rule out overlap): 2.2-4.3x the time of the vectors (8x16x16x(32
+    + 992) 0.45 -> 0.11 ms, PyTorch's cat 0.11; AMD EPYC Zen 4, 2 threads)."""
+    n_images, height, width, channels = out.shape
+    target = out.reshape(-1)
+    for row in prange(n_images * height):
+        first = 0  # the input's first channel in out
+        for x in xs:
+            size = x.shape[3]
+            source = x.reshape(-1)
+            whole = size - size % 8
+            for j in range(width):
+                pixel = row * width + j
+                to, at = pixel * channels + first, pixel * size
+                for c in range(0, whole, 8):
+                    store8(target, to + c, load8(source, at + c))
+                for c in range(whole, size):
+                    target[to + c] = source[at + c]
+            first += size
 
 
 @njit(parallel=True, cache=True)
