@@ -19,9 +19,10 @@ from kern.errors import KernError
 # What a first run waits for, measured on 2 cores (docs/benchmarks.md, "Start-up"): tiny 12-23 s
 # (AMD EPYC Zen 4 and Zen 3, checkout or wheel; 17-18 s on Zen 4 with the 16-lane GEMM and
 # Winograd in inference, 2026-12-04), every Darknet kernel about 31-40 s; Caffe's
-# ResNeXt-26, ResNet-50 and DenseNet-121 28, 63 and 76 s (Zen 3, loaded; docs/caffe.md).
+# ResNeXt-26, ResNet-50 and DenseNet-121 28, 63 and 76 s (Zen 3, loaded), 21-23 s since the
+# finish split (Zen 4, 2026-12-04; 31-40 s there before it; docs/caffe.md).
 COMPILE_NOTICE = (
-    "compiling this network's kernels (first run only: 12-80 s on 2 cores, by network; "
+    "compiling this network's kernels (first run only: 12-60 s on 2 cores, by network; "
     "later runs load them from Numba's cache in about a second)..."
 )
 # The training kernels too (nets.train's first batch), cold cache, 2 AMD EPYC Zen 4 cores:
