@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,6 +222,20 @@ def _start_workers(count: int):
         signal.signal(signal.SIGINT, previous)
 
 
+def end_workers(pool, wait: float = 10.0) -> None:
+    """pool.terminate() and join, given at most `wait` seconds: terminate kills workers in a
+    race with the pool's own task thread, and a worker killed while it sends a result keeps the
+    result queue's lock, on which that thread (and terminate with it) then waits forever (it
+    hung nets.valid after Ctrl-C once, in CI). Past `wait`, what is left of the workers is
+    killed and the process goes on; the pool's threads are daemons and do not hold up its exit."""
+    closer = threading.Thread(target=lambda: (pool.terminate(), pool.join()), daemon=True)
+    closer.start()
+    closer.join(wait)
+    if closer.is_alive():
+        for child in multiprocessing.active_children():
+            child.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import nets  # after argument checks: loading compiles nothing, but imports Numba
@@ -306,8 +321,7 @@ def _local_engine(args, weights, random: bool, labelled, tally: Tally, names):
 
     def end() -> None:
         if pool:
-            pool.terminate()
-            pool.join()
+            end_workers(pool)
 
     return (lambda: _count(net, labelled, pool, work, tally, names, args.batch)), end
 

@@ -2,17 +2,20 @@
 
 import contextlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from nets import valid as valid_cli
 from tests.conftest import default_sigint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,6 +248,25 @@ def test_ctrl_c_with_workers_writes_the_summary_and_exits(tmp_path):
     assert "interrupted: the summary so far" in stderr and "Traceback" not in seen + stderr
     assert stdout.startswith("top-1 ")
     assert json.loads((tmp_path / "r.json").read_text())["counted"] > 0
+
+
+def test_ending_the_workers_cannot_hang_on_a_lock_a_killed_worker_kept():
+    """The deadlock, made on purpose: the result queue's write lock held (as by a worker killed
+    while sending) blocks pool.terminate(); end_workers gives up on it and kills the workers."""
+    pool = valid_cli._start_workers(2)
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2 and pool.apply(abs, (-3,)) == 3
+    held = pool._outqueue._wlock
+    held.acquire()
+    try:
+        start = time.perf_counter()
+        valid_cli.end_workers(pool, wait=1.0)
+        assert time.perf_counter() - start < 5
+        for worker in workers:
+            worker.join(5)
+            assert not worker.is_alive()
+    finally:
+        held.release()
 
 
 @pytest.mark.parametrize("weights", ["tiny", "tiny.weights"])
