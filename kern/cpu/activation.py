@@ -66,7 +66,7 @@ def _vector_activations(ops: VectorOps):
 
 
 activate8, rectify8 = _vector_activations(EIGHT)  # v: a simd.float32x8
-activate16, rectify16 = _vector_activations(SIXTEEN)  # v: a simd.float32x16
+_, rectify16 = _vector_activations(SIXTEEN)  # v: a simd.float32x16 (the 16-lane kernels inline no exp)
 
 
 @njit(cache=True)
