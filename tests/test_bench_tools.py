@@ -155,24 +155,28 @@ def test_ab_summary_counts_the_rounds_b_won():
 
 
 # One process runs both (pytest -n 2): the check that no worktree is left saw the other
-# case's, still running, when they ran side by side.
+# case's, still running, when they ran side by side; once more in a CI run on 2026-12-04 (a
+# kern-ab- worktree of HEAD while the bad revision ran), so each run now makes its worktree
+# under its own tmp_path and checks that one.
 @pytest.mark.xdist_group("bench-ab")
 @pytest.mark.parametrize(
     "revision,cfg,says",
     [("no-such-revision", "tiny", "bench.ab: no-such-revision:"), ("HEAD", "no-such-cfg", "bench.ab: ")],
 )
-def test_ab_says_a_bad_revision_or_cfg_in_one_line(revision, cfg, says):
+def test_ab_says_a_bad_revision_or_cfg_in_one_line(revision, cfg, says, tmp_path):
+    import os
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-m", "bench.ab", revision, cfg, "--rounds", "1"], capture_output=True, text=True, cwd=repo
+        [sys.executable, "-m", "bench.ab", revision, cfg, "--rounds", "1"], capture_output=True, text=True,
+        cwd=repo, env={**os.environ, "TMPDIR": str(tmp_path)},  # its worktree in here, not another run's
     )
     last = done.stderr.strip().splitlines()[-1]  # after bench.ab's progress lines
     assert done.returncode == 2 and last.startswith(says) and "Traceback" not in done.stderr
     worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=repo).stdout
-    assert "kern-ab-" not in worktrees  # removed again
+    assert str(tmp_path) not in worktrees  # removed again
 
 
 def test_train_benchmark_measures_both_peers_and_the_layers(tmp_path):
