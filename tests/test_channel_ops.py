@@ -82,7 +82,7 @@ def test_ref_lrn_is_caffes_formula_written_out(rng):
     np.testing.assert_allclose(channels.lrn(x, size, alpha, beta, k), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("first,count", [(0, 1), (3, 5), (60, 4), (0, 64)])
+@pytest.mark.parametrize("first,count", [(0, 1), (3, 5), (60, 4), (0, 64), (5, 21)])
 def test_slice_channels_matches_ref(rng, fast, ref64, first, count):
     x = data(rng, (3, 64, 5, 7))
     got = fast.slice_channels(fast.asarray(x), first=first, count=count, out=poisoned(fast, (3, count, 5, 7)))

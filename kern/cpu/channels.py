@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate_row
+from kern.cpu.simd import load8, store8
 
 
 @njit(parallel=True, cache=True)
@@ -59,11 +60,18 @@ def lrn(x, size, alpha, beta, k, out):
 
 @njit(parallel=True, cache=True)
 def slice_channels(x, first, out):
-    """out = channels first .. first + out's channels of x; x (pixels, C), out (pixels, count)."""
+    """out = channels first .. first + out's channels of x; x (pixels, C), out (pixels, count),
+    8 lanes at a time: LLVM did not vectorize the element loop (as route's, elementwise.py),
+    which took 4-5x as long (8x56x56 pixels, 256 of 296 channels: 3.39 -> 0.60 ms, AMD EPYC Zen
+    4, 2 threads)."""
     pixels, count = out.shape
+    whole = count - count % 8
     for p in prange(pixels):
-        for c in range(count):
-            out[p, c] = x[p, first + c]
+        source, target = x[p], out[p]
+        for c in range(0, whole, 8):
+            store8(target, c, load8(source, first + c))
+        for c in range(whole, count):
+            target[c] = source[first + c]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
