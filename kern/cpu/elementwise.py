@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from kern.cpu.activation import activate_row, gradient_scalar
-from kern.cpu.simd import load8, store8
+from kern.cpu.simd import copy_floats
 
 ACTIVATE_BLOCK = 4096  # elements per job of activate (16 KB: in L1 between the copy and the activation)
 
@@ -87,14 +87,9 @@ def concat_channels(xs, out):
         for x in xs:
             size = x.shape[3]
             source = x.reshape(-1)
-            whole = size - size % 8
             for j in range(width):
                 pixel = row * width + j
-                to, at = pixel * channels + first, pixel * size
-                for c in range(0, whole, 8):
-                    store8(target, to + c, load8(source, at + c))
-                for c in range(whole, size):
-                    target[to + c] = source[at + c]
+                copy_floats(target, pixel * channels + first, source, pixel * size, size)
             first += size
 
 

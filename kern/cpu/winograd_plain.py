@@ -268,7 +268,7 @@ def _transform_output(m, first, tiles, per_image, tiles_x, panel, filters, bias,
             store8(m, at + step, p01)
             store8(m, at + 2 * step, p10)
             store8(m, at + 3 * step, p11)
-            finish = (count, filters, bias, act, q, residual, residual_act)
+            finish = (filters, bias, act, q, residual, residual_act)
             for k in range(4):
                 _store_pixel(out, n, oy + k // 2, ox + k % 2, o + half, load8(m, at + k * step), finish)
 
@@ -291,23 +291,22 @@ def _four(m, at, step):
 
 @njit(inline="always", cache=True)
 def _store_pixel(out, n, y, x, first, sums, finish):
-    """Filters first .. first + 7 of pixel (y, x), if the pixel is inside the output (at (y + q,
-    x + q) of out): stored, then bias, activation and the residual applied in place by
-    activation.finish_outputs (finish: count, filters, bias, act, q, residual, residual_act)."""
-    count, filters, bias, act, q, residual, residual_act = finish
+    """Filters first .. first + 7 (those below `filters`) of pixel (y, x), if the pixel is
+    inside the output (at (y + q, x + q) of out): stored, then bias, activation and the
+    residual applied in place by activation.finish_outputs (finish: filters, bias, act, q,
+    residual, residual_act)."""
+    filters, bias, act, q, residual, residual_act = finish
     _, padded_h, padded_w, _ = out.shape
-    if y >= padded_h - 2 * q or x >= padded_w - 2 * q:
+    present = min(8, filters - first)  # none in the upper half of a panel of 8 or fewer
+    if y >= padded_h - 2 * q or x >= padded_w - 2 * q or present <= 0:
         return
     target = out[n, y + q, x + q]
-    if count == TILE_M:
+    if present == 8:
         store8(target, first, sums)
-        finish_outputs(target, first, bias, first, 8, act, residual[n, y, x], residual_act)
-        return
-    present = min(8, filters - first)  # none in the upper half of a panel of 8 or fewer
-    for j in range(present):
-        target[first + j] = lane8(sums, j)
-    if present > 0:
-        finish_outputs(target, first, bias, first, present, act, residual[n, y, x], residual_act)
+    else:
+        for j in range(present):
+            target[first + j] = lane8(sums, j)
+    finish_outputs(target, first, bias, first, present, act, residual[n, y, x], residual_act)
 
 
 def conv2d_winograd(
